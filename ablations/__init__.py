@@ -1,0 +1,21 @@
+"""ablations: study specs, planning, and running studies on Ray Tune with MLflow tracking and Parquet results.
+
+`from ablations import load_study, plan, run_study`. Running imports Ray and torch; loading and planning do not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ablations.plan import plan
+from ablations.spec import load_study
+
+__all__ = ["load_study", "plan", "run_study"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run_study":
+        from ablations.run import run_study
+
+        return run_study
+    raise AttributeError(name)

@@ -1,0 +1,184 @@
+"""`mm1ablate`: plan, run, status, report, ui, schema. The YAML is the input; flags name only places and addresses."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ablations.spec import StudyError, load_study, study_json_schema
+
+__all__ = ["main"]
+
+
+def _results_root(args: argparse.Namespace) -> Path:
+    return Path(args.results_dir)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*(str(c) for c in row)) for row in rows]
+    return "\n".join(lines)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ablations.plan import plan
+    from ablations.results import ResultsStore
+
+    study = load_study(args.study)
+    trials = plan(study)
+    finished = ResultsStore.finished_ids_at(_results_root(args) / study.name)
+    axis_names = [a.name for a in study.spec.axes]
+    rows = [
+        [
+            t.arm,
+            *(str(t.axis_values.get(a, "(ref)")) for a in axis_names),
+            t.seed,
+            t.trial_id,
+            "finished" if t.trial_id in finished else "to run",
+        ]
+        for t in trials
+    ]
+    print(_table(rows, ["arm", *axis_names, "seed", "trial_id", "status"]))
+    arms = len({t.arm for t in trials})
+    todo = sum(t.trial_id not in finished for t in trials)
+    print(
+        f"\n{len(trials)} trials ({arms} arms x {len(study.spec.seeds)} seeds, design {study.spec.design}); "
+        f"{len(trials) - todo} finished, {todo} to run; {study.spec.resources.cpu:g} CPU"
+        f"{f', {study.spec.resources.gpu:g} GPU' if study.spec.resources.gpu else ''} per trial"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    study = load_study(args.study)  # validated completely before Ray or MLflow start
+    from ablations.run import run_study
+
+    summary = run_study(
+        study, results_root=_results_root(args), address=args.address, tracking_uri=args.tracking_uri
+    )
+    print(
+        f"[{study.name}] done in {summary.wall_time_s:.0f}s: {len(summary.finished)} finished, "
+        f"{len(summary.failed)} failed, {summary.skipped} skipped (already finished)"
+    )
+    for trial_id, error in summary.failed.items():
+        last = [line for line in error.strip().splitlines() if line.strip()][-1:]
+        print(f"  failed {trial_id}: {last[0] if last else error}")
+    if summary.finished or summary.skipped:
+        from dashboards.report import write_report
+
+        path = write_report(summary.results_dir, tracking_uri=summary.tracking_uri)
+        print(f"report: {path}")
+    return 1 if summary.failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    study_dir = _results_root(args) / args.study
+    path = study_dir / "trials.parquet"
+    if not path.exists():
+        print(f"no results for study {args.study!r} in {study_dir}", file=sys.stderr)
+        return 2
+    trials = pd.read_parquet(path)
+    print(trials.groupby("status").size().to_string())
+    cols = [
+        c for c in ("arm", "seed", "trial_id", "status", "wall_time_s", "heldout/accuracy") if c in trials
+    ]
+    print(trials[cols].to_string(index=False))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ablations.tracking import resolve_tracking_uri
+    from dashboards.report import write_report
+
+    study_dir = _results_root(args) / args.study
+    if not (study_dir / "trials.parquet").exists():
+        print(
+            f"no results for study {args.study!r} in {study_dir}; run it first (mm1ablate run STUDY.yaml)",
+            file=sys.stderr,
+        )
+        return 2
+    uri = resolve_tracking_uri(args.tracking_uri, _results_root(args))
+    print(write_report(study_dir, tracking_uri=uri))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from ablations.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, _results_root(args))
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    command = [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    if uri.startswith("sqlite:"):
+        command += ["--default-artifact-root", (_results_root(args) / "mlartifacts").resolve().as_uri()]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri}", flush=True)
+    return subprocess.call(command)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(study_json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mm1ablate", description=__doc__)
+    parser.add_argument(
+        "--results-dir",
+        default=os.environ.get("MM1ABLATE_RESULTS", "results"),
+        help="where studies write (default: ./results, or MM1ABLATE_RESULTS)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="validate a study and list its trials")
+    p.add_argument("study", help="study YAML file")
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("run", help="run a study on Ray Tune, tracked in MLflow")
+    p.add_argument("study", help="study YAML file")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else embedded Ray)"
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under the results dir)",
+    )
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("status", help="trials of a study and their status")
+    p.add_argument("study", help="study name")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("report", help="write results/<study>/report.html")
+    p.add_argument("study", help="study name")
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("ui", help="the MLflow UI on the studies' store, on 127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_ui)
+    p = sub.add_parser("schema", help="print the JSON Schema of the study format")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        return args.func(args)
+    except StudyError as err:
+        print(f"error: the study is invalid; nothing was run:\n{err}", file=sys.stderr)
+        return 2
+    finally:
+        if os.environ.get("MM1ABLATE_TIMING"):
+            print(f"({time.perf_counter() - started:.3f}s)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""results/<study>/: trials.parquet (one row per trial), curves.parquet (per step), items.parquet (per eval item).
+
+Each finished trial is written at once as its own part files under parts/, then the study tables are rebuilt from
+the parts; every write goes to a temporary file and is renamed into place, so a killed driver never leaves a torn
+table and never loses a trial that had finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["ResultsStore", "TRIAL_COLUMNS"]
+
+# Columns every trials.parquet has, before the axis and metric columns.
+TRIAL_COLUMNS = (
+    "study",
+    "trial_id",
+    "arm",
+    "seed",
+    "status",
+    "error",
+    "wall_time_s",
+    "num_params",
+    "device",
+    "mlflow_run_id",
+    "finished_at",
+    "config_json",
+)
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+class ResultsStore:
+    def __init__(self, study_dir: Path) -> None:
+        self.dir = study_dir
+        self.parts = study_dir / "parts"
+        self.parts.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def trials_path(self) -> Path:
+        return self.dir / "trials.parquet"
+
+    @property
+    def curves_path(self) -> Path:
+        return self.dir / "curves.parquet"
+
+    @property
+    def items_path(self) -> Path:
+        return self.dir / "items.parquet"
+
+    def finished_ids(self) -> set[str]:
+        return self.finished_ids_at(self.dir)
+
+    @staticmethod
+    def finished_ids_at(study_dir: Path) -> set[str]:
+        """Ids of finished trials, read without creating anything (the planner must not write)."""
+        path = study_dir / "trials.parquet"
+        if not path.exists():
+            return set()
+        table = pq.read_table(path, columns=["trial_id", "status"]).to_pydict()
+        return {t for t, s in zip(table["trial_id"], table["status"]) if s == "finished"}
+
+    def read_trials(self) -> pd.DataFrame:
+        return pd.read_parquet(self.trials_path) if self.trials_path.exists() else pd.DataFrame()
+
+    def save_trial(
+        self, row: dict[str, Any], curves: list[dict[str, Any]], items: list[dict[str, Any]]
+    ) -> None:
+        """Record one trial (finished or failed) and rebuild the study tables."""
+        trial_id = row["trial_id"]
+        _write_atomic(pa.Table.from_pylist([row]), self.parts / f"{trial_id}.trial.parquet")
+        if curves:
+            _write_atomic(pa.Table.from_pylist(curves), self.parts / f"{trial_id}.curves.parquet")
+        if items:
+            _write_atomic(pa.Table.from_pylist(items), self.parts / f"{trial_id}.items.parquet")
+        self.consolidate()
+
+    def consolidate(self) -> None:
+        for kind, path in (
+            ("trial", self.trials_path),
+            ("curves", self.curves_path),
+            ("items", self.items_path),
+        ):
+            files = sorted(self.parts.glob(f"*.{kind}.parquet"))
+            if not files:
+                continue
+            frames = [pd.read_parquet(f) for f in files]
+            table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+            _write_atomic(table, path)
+
+
+def config_json(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)

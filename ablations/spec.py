@@ -1,0 +1,260 @@
+"""The study format: a reference model, axes to vary, a design, seeds, resources and a budget.
+
+`load_study` checks a study file completely before anything runs. Every error names the file, the line and the
+field path (`studies/x.yaml:12: axes[1].values[2]: unknown connector 'cabs'; known: avg-pool`), and all errors are
+reported together. Axis names are dotted config paths or the paper's names (ALIASES).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ablations.yamlio import LoadedYaml, YamlError, load_yaml
+from mm1core.config import ConfigError, apply_overrides, config_to_dict, field_paths, unknown_path_message
+from mm1core.presets import PRESETS, get_preset
+
+__all__ = [
+    "ALIASES",
+    "BUDGET_STAGES",
+    "StudySpec",
+    "Study",
+    "StudyError",
+    "load_study",
+    "study_from_dict",
+    "resolve_axis",
+    "study_json_schema",
+]
+
+# The paper's names for the axes it ablates, and the config field each one sets.
+ALIASES: dict[str, str] = {
+    "resolution": "encoder.resolution",
+    "image_tokens": "connector.num_image_tokens",
+    "connector": "connector.name",
+    "data_ratio": "data.ratio",
+}
+# Budget stages and the config field that holds each one's step count.
+BUDGET_STAGES: dict[str, str] = {"multimodal": "train.steps"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Reference(_Strict):
+    preset: str = Field(description=f"a named model size: {', '.join(PRESETS)}")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted config path -> value")
+
+
+class Axis(_Strict):
+    name: str = Field(description="a dotted config path or one of the paper's names: " + ", ".join(ALIASES))
+    values: list[Any] = Field(min_length=1)
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial; a trial uses this many threads")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions share a GPU")
+
+
+class StageBudget(_Strict):
+    steps: int | None = Field(None, gt=0)
+    tokens: int | None = Field(
+        None, gt=0, description="converted to steps of batch_size x max_seq_len tokens"
+    )
+
+    @field_validator("tokens")
+    @classmethod
+    def _one_of(cls, tokens: int | None, info: Any) -> int | None:
+        if tokens is not None and info.data.get("steps") is not None:
+            raise ValueError("give steps or tokens, not both")
+        return tokens
+
+
+class StudySpec(_Strict):
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="also the results folder and MLflow experiment"
+    )
+    description: str = ""
+    reference: Reference
+    axes: list[Axis] = Field(default_factory=list)
+    design: Literal["grid", "one_at_a_time", "zip"] = "grid"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    resources: Resources = Resources()
+    budget: dict[str, StageBudget] = Field(
+        default_factory=dict, description="per stage: " + ", ".join(BUDGET_STAGES)
+    )
+
+
+class StudyError(ValueError):
+    """Everything wrong with a study file, one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Study:
+    """A validated study: the spec, the resolved reference config and where each value came from."""
+
+    def __init__(self, spec: StudySpec, reference: dict, source: LoadedYaml | None) -> None:
+        self.spec = spec
+        self.reference = reference  # nested config dict with reference overrides and budget applied
+        self.source = source
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def where(self, path: tuple) -> str:
+        return _where(self.source, path)
+
+
+def _where(source: LoadedYaml | None, path: tuple) -> str:
+    """`file:line: field.path` for messages; the line is that of the deepest node the path reaches."""
+    if source is None:
+        return _format_path(path)
+    line = source.line_of(path)
+    return (
+        f"{source.source}:{line}: {_format_path(path)}" if line else f"{source.source}: {_format_path(path)}"
+    )
+
+
+def _format_path(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def resolve_axis(name: str) -> str:
+    """The dotted config path an axis name sets; raises ConfigError with the nearest names."""
+    if name in ALIASES:
+        return ALIASES[name]
+    if name in field_paths():
+        return name
+    if "." not in name:
+        close = difflib.get_close_matches(name, list(ALIASES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            name,
+            f"unknown axis {name!r}{hint} (known names: {', '.join(ALIASES)}, or a dotted "
+            "config path such as connector.num_image_tokens)",
+        )
+    raise ConfigError(name, unknown_path_message(name))
+
+
+def _budget_overrides(spec: StudySpec, reference_tree: dict) -> dict[str, int]:
+    overrides = {}
+    for stage, budget in spec.budget.items():
+        field = BUDGET_STAGES[stage]
+        if budget.steps is not None:
+            overrides[field] = budget.steps
+        elif budget.tokens is not None:
+            tokens_per_step = reference_tree["train"]["batch_size"] * reference_tree["data"]["max_seq_len"]
+            overrides[field] = max(1, math.ceil(budget.tokens / tokens_per_step))
+    return overrides
+
+
+def study_from_dict(data: Any, source: LoadedYaml | None = None) -> Study:
+    """Validate a parsed study completely; raises StudyError listing every problem with its location."""
+    from ablations.plan import arm_problems  # plan imports this module
+
+    def where(path: tuple) -> str:
+        return _where(source, path)
+
+    if not isinstance(data, dict):
+        raise StudyError(
+            [f"{where(())}: a study is a mapping with name, reference, axes, ... (got {type(data).__name__})"]
+        )
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as err:
+        raise StudyError([_pydantic_problem(e, where) for e in err.errors()]) from None
+
+    problems: list[str] = []
+    if spec.reference.preset not in PRESETS:
+        close = difflib.get_close_matches(spec.reference.preset, list(PRESETS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.append(
+            f"{where(('reference', 'preset'))}: unknown preset {spec.reference.preset!r}{hint} "
+            f"(known: {', '.join(PRESETS)})"
+        )
+        raise StudyError(problems)
+    for stage in spec.budget:
+        if stage not in BUDGET_STAGES:
+            problems.append(
+                f"{where(('budget', stage))}: unknown budget stage {stage!r}; known: {', '.join(BUDGET_STAGES)}"
+            )
+    base = config_to_dict(get_preset(spec.reference.preset))
+    try:
+        reference = apply_overrides(base, spec.reference.overrides)
+    except ConfigError as err:
+        problems.append(f"{where(('reference', 'overrides', err.path))}: {err.message}")
+        raise StudyError(problems) from None
+    if not problems:
+        reference = apply_overrides(reference, _budget_overrides(spec, reference))
+    study = Study(spec, reference, source)
+    for i, axis in enumerate(spec.axes):
+        try:
+            resolve_axis(axis.name)
+        except ConfigError as err:
+            problems.append(f"{study.where(('axes', i, 'name'))}: {err.message}")
+    if spec.design == "zip" and len({len(a.values) for a in spec.axes}) > 1:
+        lengths = ", ".join(f"{a.name}: {len(a.values)}" for a in spec.axes)
+        problems.append(f"{study.where(('axes',))}: design zip needs axes of equal length ({lengths})")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        problems.append(f"{study.where(('seeds',))}: seeds repeat: {spec.seeds}")
+    if problems:
+        raise StudyError(problems)
+    problems += arm_problems(study)
+    if problems:
+        raise StudyError(problems)
+    return study
+
+
+def _pydantic_problem(error: dict, where: Any) -> str:
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent_fields = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), parent_fields, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{where(loc)}: unknown key {loc[-1]!r}{hint} (known: {', '.join(parent_fields)})"
+    detail = error["msg"]
+    if "input" in error and error["type"] != "missing":
+        detail += f" (got {error['input']!r})"
+    return f"{where(loc)}: {detail}"
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model: Any = StudySpec
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        args = getattr(annotation, "__args__", ())
+        model = next(
+            (a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
+    return list(model.model_fields) if model else []
+
+
+def load_study(path: str | Path) -> Study:
+    path = Path(path)
+    if not path.exists():
+        raise StudyError([f"{path}: no such study file"])
+    try:
+        loaded = load_yaml(path)
+    except YamlError as err:
+        raise StudyError([str(err)]) from None
+    return study_from_dict(loaded.data, loaded)
+
+
+def study_json_schema() -> dict:
+    schema = StudySpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "mm1ablate study"
+    return schema

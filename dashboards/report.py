@@ -1,0 +1,213 @@
+"""results/<study>/report.html: arms x metrics (mean and 95% CI over seeds) and metric-vs-axis figures.
+
+Self-contained: plotly.js is inlined once, nothing is fetched when the page opens. Study names, descriptions, arms and
+errors are escaped: a report shows what a study says, it never runs it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+from scipy import stats
+
+__all__ = ["arm_table", "write_report", "metric_columns"]
+
+_META = {
+    "study",
+    "trial_id",
+    "arm",
+    "seed",
+    "status",
+    "error",
+    "wall_time_s",
+    "num_params",
+    "device",
+    "mlflow_run_id",
+    "finished_at",
+    "config_json",
+    "eval_protocol_json",
+}
+
+
+def metric_columns(trials: pd.DataFrame) -> list[str]:
+    return sorted(c for c in trials.columns if "/" in c and c not in _META)
+
+
+def axis_columns(trials: pd.DataFrame, study_axes: list[str]) -> list[str]:
+    return [a for a in study_axes if a in trials.columns]
+
+
+def _ci95(values: pd.Series) -> float:
+    values = values.dropna()
+    if len(values) < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
+
+
+def arm_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per arm: seeds finished, and mean / 95% CI half-width of every metric over seeds."""
+    done = trials[trials["status"] == "finished"]
+    rows = []
+    for arm, group in done.groupby("arm", sort=False):
+        row = {"arm": arm, "seeds": len(group)}
+        for metric in metric_columns(trials):
+            row[f"{metric} mean"] = group[metric].mean()
+            row[f"{metric} ci95"] = _ci95(group[metric])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(mean: float, ci: float) -> str:
+    if pd.isna(mean):
+        return "—"
+    return f"{mean:.3f}" if pd.isna(ci) else f"{mean:.3f} ± {ci:.3f}"
+
+
+def _table_html(table: pd.DataFrame, metrics: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in ["arm", "seeds", *metrics])
+    body = ""
+    for _, row in table.iterrows():
+        cells = [html.escape(str(row["arm"])), str(row["seeds"])]
+        cells += [_cell(row[f"{m} mean"], row[f"{m} ci95"]) for m in metrics]
+        body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>\n"
+    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
+
+
+def _axis_figure(trials: pd.DataFrame, axis: str, metric: str) -> go.Figure:
+    done = trials[trials["status"] == "finished"]
+    fig = go.Figure()
+    grouped = done.groupby(axis, sort=True)[metric]
+    means = grouped.mean()
+    cis = grouped.apply(_ci95).fillna(0.0)
+    xs = [str(x) for x in means.index]
+    fig.add_trace(
+        go.Scatter(
+            x=xs,
+            y=means.values,
+            error_y={"type": "data", "array": cis.values},
+            mode="lines+markers",
+            name="mean ± 95% CI",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[str(x) for x in done[axis]],
+            y=done[metric],
+            mode="markers",
+            name="seeds",
+            marker={"size": 6, "opacity": 0.5},
+            text=[f"seed {s}" for s in done["seed"]],
+        )
+    )
+    fig.update_layout(
+        title=f"{metric} vs {axis}",
+        xaxis_title=axis,
+        yaxis_title=metric,
+        height=380,
+        margin={"l": 50, "r": 20, "t": 50, "b": 50},
+        xaxis={"type": "category"},
+    )
+    return fig
+
+
+def _curves_figure(curves: pd.DataFrame, metric: str) -> go.Figure:
+    fig = go.Figure()
+    selected = curves[curves["metric"] == metric]
+    for (arm, seed), group in selected.groupby(["arm", "seed"], sort=True):
+        fig.add_trace(go.Scatter(x=group["step"], y=group["value"], mode="lines", name=f"{arm} s{seed}"))
+    fig.update_layout(
+        title=f"{metric} over training",
+        xaxis_title="step",
+        yaxis_title=metric,
+        height=380,
+        margin={"l": 50, "r": 20, "t": 50, "b": 50},
+    )
+    return fig
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.missing { color: #a33; } .muted { color: #666; font-size: 0.85rem; }
+.figure { page-break-inside: avoid; }
+"""
+
+
+def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    curves_path = study_dir / "curves.parquet"
+    curves = pd.read_parquet(curves_path) if curves_path.exists() else pd.DataFrame()
+    spec_path = study_dir / "study.json"
+    spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
+    study = spec.get("name", study_dir.name)
+    spec_axes = [axis["name"] for axis in spec.get("axes", [])] or _study_axes(trials)
+    metrics = metric_columns(trials)
+    headline = [m for m in metrics if m.startswith("heldout/")] or metrics
+    table = arm_table(trials)
+
+    figures = [
+        _axis_figure(trials, axis, metric)
+        for axis in axis_columns(trials, spec_axes)
+        for metric in headline
+        if trials[trials["status"] == "finished"][axis].nunique() > 0
+    ]
+    if len(curves):
+        figures += [
+            _curves_figure(curves, m)
+            for m in ("train/loss", "heldout/accuracy")
+            if (curves["metric"] == m).any()
+        ]
+
+    failed = trials[trials["status"] != "finished"]
+    failed_html = ""
+    if len(failed):
+        items = "".join(
+            f"<li><b>{html.escape(str(r.arm))}</b> seed {r.seed} ({html.escape(str(r.trial_id))}): "
+            f"{html.escape(_last_line(str(r.error)))}</li>"
+            for r in failed.itertuples()
+        )
+        failed_html = f"<h2 class='missing'>Missing: {len(failed)} trials did not finish</h2><ul>{items}</ul>"
+
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(study)} — mm1ablate report</title><style>{_STYLE}</style>",
+        f"<script>{get_plotlyjs()}</script></head><body>",
+        f"<h1>{html.escape(study)}</h1>",
+        f"<p>{html.escape(spec.get('description', ''))}</p>",
+        f"<p class='muted'>{len(trials)} trials recorded, {int((trials['status'] == 'finished').sum())} finished; "
+        f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        + (f"; MLflow: {html.escape(tracking_uri)}" if tracking_uri else "")
+        + "</p>",
+        "<h2>Arms</h2><p class='muted'>mean ± 95% confidence half-width over seeds (t distribution)</p>",
+        _table_html(table, headline) if len(table) else "<p class='missing'>No trial has finished yet.</p>",
+        failed_html,
+        "<h2>Figures</h2>",
+    ]
+    for fig in figures:
+        parts.append("<div class='figure'>" + fig.to_html(full_html=False, include_plotlyjs=False) + "</div>")
+    if len(table):
+        parts.append("<h2>All metrics</h2>" + _table_html(table, metrics))
+    parts.append("</body></html>")
+    path = study_dir / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _study_axes(trials: pd.DataFrame) -> list[str]:
+    """Axis columns: those that are neither bookkeeping nor metrics."""
+    return [c for c in trials.columns if c not in _META and "/" not in c]
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text

@@ -1,0 +1,350 @@
+"""MM1Config: the fully resolved configuration of one trial, and the config of each part it is built from.
+
+The part configs live here rather than beside their modules so that validating and planning thousands of trial
+configs never imports torch (the planner answers in well under a second). Each part's module builds from its config.
+`config_from_dict` builds an MM1Config from plain data (strict: unknown keys and wrong types are errors naming the
+field path), `config_problems` finds combinations that cannot be built (e.g. more image tokens than patches) without
+building anything, and `flatten` gives the dotted view used for overrides, MLflow params and results columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import TypeAdapter, ValidationError
+
+from mm1core.data.world import WorldConfig
+
+__all__ = [
+    "ViTConfig",
+    "ConnectorConfig",
+    "LMConfig",
+    "DataConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "MM1Config",
+    "ConfigError",
+    "STEMS",
+    "PRECISIONS",
+    "CONNECTOR_TOKEN_RULES",
+    "config_from_dict",
+    "config_to_dict",
+    "config_problems",
+    "connector_problem",
+    "flatten",
+    "apply_overrides",
+    "field_paths",
+    "parse_ratio",
+    "unknown_path_message",
+]
+
+STEMS = ("patchify", "conv")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViTConfig:
+    resolution: int
+    patch_size: int
+    width: int
+    depth: int
+    num_heads: int
+    stem: str = "conv"
+
+    @property
+    def grid_size(self) -> int:
+        return self.resolution // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectorConfig:
+    name: str = "avg-pool"
+    num_image_tokens: int = 16
+
+
+def _square_within_grid(name: str) -> Callable[[int, int], str | None]:
+    def rule(num_image_tokens: int, grid_size: int) -> str | None:
+        side = math.isqrt(num_image_tokens)
+        if side * side != num_image_tokens:
+            return f"{name} needs a square number of image tokens, got {num_image_tokens}"
+        if side > grid_size:
+            return (
+                f"{num_image_tokens} image tokens exceed the {grid_size}x{grid_size}={grid_size**2} patches "
+                "of the encoder (raise the resolution or lower the patch size)"
+            )
+        return None
+
+    return rule
+
+
+# What token counts each connector can produce from a grid_size x grid_size patch grid; keys are the connector
+# registry's names (mm1core.connectors.CONNECTORS, which a test keeps in step with this table).
+CONNECTOR_TOKEN_RULES: dict[str, Callable[[int, int], str | None]] = {
+    "avg-pool": _square_within_grid("avg-pool")
+}
+
+
+def connector_problem(cfg: ConnectorConfig, *, grid_size: int) -> str | None:
+    """Why this connector cannot be built on a grid_size x grid_size patch grid, or None if it can."""
+    if cfg.name not in CONNECTOR_TOKEN_RULES:
+        close = difflib.get_close_matches(cfg.name, list(CONNECTOR_TOKEN_RULES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown connector {cfg.name!r}{hint} (known: {', '.join(CONNECTOR_TOKEN_RULES)})"
+    return CONNECTOR_TOKEN_RULES[cfg.name](cfg.num_image_tokens, grid_size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LMConfig:
+    width: int
+    depth: int
+    num_heads: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    world: WorldConfig = WorldConfig()
+    # caption : interleaved : text-only, as in the paper's "5:5:1".
+    ratio: str = "1:0:0"
+    images_per_document: int = 2
+    max_seq_len: int = 64
+
+
+def parse_ratio(ratio: str) -> tuple[float, float, float]:
+    parts = ratio.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"data ratio {ratio!r} must be caption:interleaved:text, e.g. 5:5:1")
+    try:
+        weights = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"data ratio {ratio!r} must hold three numbers, e.g. 5:5:1") from None
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"data ratio {ratio!r} needs non-negative parts with a positive sum")
+    total = sum(weights)
+    return tuple(w / total for w in weights)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    z_loss_coef: float = 1e-4
+    precision: str = "fp32"
+    log_every: int = 25
+    eval_every: int = 0  # 0: evaluate at the end only
+    checkpoint_every: int = 200
+    freeze: str = "all"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    num_items: int = 200
+    batch_size: int = 50
+    set_seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class MM1Config:
+    encoder: ViTConfig
+    connector: ConnectorConfig
+    lm: LMConfig
+    data: DataConfig
+    train: TrainConfig
+    eval: EvalConfig
+    seed: int = 0
+
+
+class ConfigError(ValueError):
+    """A config problem at a dotted field path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@functools.cache
+def field_paths(cls: type = MM1Config, prefix: str = "") -> dict[str, Any]:
+    """Every leaf field of a config class as {dotted path: type}."""
+    paths: dict[str, Any] = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(hint):
+            paths |= field_paths(hint, f"{prefix}{name}.")
+        else:
+            paths[f"{prefix}{name}"] = hint
+    return paths
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def unknown_path_message(path: str) -> str:
+    known = list(field_paths())
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+    if not close:  # a typo in the leaf alone, e.g. connector.num_image_token
+        leaf = path.rsplit(".", 1)[-1]
+        close = [p for p in known if difflib.get_close_matches(leaf, [p.rsplit(".", 1)[-1]], cutoff=0.75)][:1]
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown config field {path!r}{hint}"
+
+
+def apply_overrides(tree: dict, overrides: dict[str, Any]) -> dict:
+    """A copy of the nested config dict with dotted-path overrides applied; unknown paths raise ConfigError."""
+    known = field_paths()
+    result = _copy(tree)
+    for path, value in overrides.items():
+        if path not in known:
+            raise ConfigError(path, unknown_path_message(path))
+        node = result
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return result
+
+
+def _copy(tree: dict) -> dict:
+    return {k: _copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+
+_ADAPTER = TypeAdapter(MM1Config)
+
+
+def config_from_dict(tree: dict) -> MM1Config:
+    """Strictly build an MM1Config; the first problem raises ConfigError with its dotted path."""
+    for path in flatten(tree):
+        if path not in field_paths():
+            raise ConfigError(path, unknown_path_message(path))
+    try:
+        return _ADAPTER.validate_python(tree, strict=False)
+    except ValidationError as err:
+        first = err.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(path, f"{first['msg']} (got {first.get('input')!r})") from None
+
+
+_MAY_BE_ZERO = {"seed", "set_seed", "eval_every", "z_loss_coef", "weight_decay", "warmup_steps"}
+
+
+def config_problems(cfg: MM1Config) -> list[ConfigError]:
+    """Every reason this config cannot be built or trained, each at the field that causes it."""
+    problems: list[ConfigError] = []
+    enc = cfg.encoder
+
+    def check(ok: bool, path: str, message: str) -> None:
+        if not ok:
+            problems.append(ConfigError(path, message))
+
+    for path, value in flatten(config_to_dict(cfg)).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if path.rsplit(".", 1)[-1] in _MAY_BE_ZERO:
+                check(value >= 0, path, f"must be >= 0, got {value}")
+            else:
+                check(value > 0, path, f"must be > 0, got {value}")
+    check(enc.stem in STEMS, "encoder.stem", f"unknown stem {enc.stem!r}; known: {', '.join(STEMS)}")
+    check(
+        enc.resolution % enc.patch_size == 0,
+        "encoder.resolution",
+        f"resolution {enc.resolution} is not divisible by patch_size {enc.patch_size}",
+    )
+    check(
+        enc.stem != "conv" or enc.patch_size % 2 == 0,
+        "encoder.patch_size",
+        f"the conv stem needs an even patch_size, got {enc.patch_size}",
+    )
+    check(
+        enc.width % enc.num_heads == 0,
+        "encoder.num_heads",
+        f"encoder width {enc.width} is not divisible by num_heads {enc.num_heads}",
+    )
+    check(
+        cfg.lm.width % cfg.lm.num_heads == 0,
+        "lm.num_heads",
+        f"lm width {cfg.lm.width} is not divisible by num_heads {cfg.lm.num_heads}",
+    )
+    if enc.patch_size > 0 and enc.resolution % enc.patch_size == 0:
+        problem = connector_problem(cfg.connector, grid_size=enc.grid_size)
+        if problem:
+            path = (
+                "connector.name"
+                if cfg.connector.name not in CONNECTOR_TOKEN_RULES
+                else "connector.num_image_tokens"
+            )
+            problems.append(ConfigError(path, problem))
+    try:
+        parse_ratio(cfg.data.ratio)
+    except ValueError as err:
+        problems.append(ConfigError("data.ratio", str(err)))
+    check(
+        cfg.train.precision in PRECISIONS,
+        "train.precision",
+        f"unknown precision {cfg.train.precision!r}; known: {', '.join(PRECISIONS)}",
+    )
+    check(
+        cfg.train.warmup_steps <= cfg.train.steps,
+        "train.warmup_steps",
+        f"warmup_steps {cfg.train.warmup_steps} exceed steps {cfg.train.steps}",
+    )
+    world = cfg.data.world
+    check(
+        world.min_objects <= world.max_objects,
+        "data.world.min_objects",
+        f"min_objects {world.min_objects} exceeds max_objects {world.max_objects}",
+    )
+    check(
+        world.max_objects + 1 <= world.grid_size**2,
+        "data.world.max_objects",
+        f"{world.max_objects} objects and a sign do not fit a {world.grid_size}x{world.grid_size} grid",
+    )
+    longest = _longest_document(cfg)
+    check(
+        longest <= cfg.data.max_seq_len,
+        "data.max_seq_len",
+        f"the longest document needs {longest} tokens with {cfg.connector.num_image_tokens} image tokens per image; "
+        f"max_seq_len is {cfg.data.max_seq_len}",
+    )
+    return problems
+
+
+def _longest_document(cfg: MM1Config) -> int:
+    world = cfg.data.world
+    caption = 5 + world.num_sign_digits + 1 + 7 * world.max_objects
+    per_image = cfg.connector.num_image_tokens + caption
+    try:
+        has_interleaved = parse_ratio(cfg.data.ratio)[1] > 0
+    except ValueError:
+        has_interleaved = False  # reported as its own problem
+    images = cfg.data.images_per_document if has_interleaved else 1
+    return 1 + images * per_image  # <bos> + documents; the final <eos> is a target only

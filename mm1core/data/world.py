@@ -1,0 +1,191 @@
+"""The procedurally generated world: scenes of objects and signs, rendered once and downsampled per resolution.
+
+A scene is drawn on a fixed canvas and box-downsampled to the encoder's resolution, so the content of an image is
+identical across resolutions and only its detail changes: reading a sign needs pixels, colour does not. Every scene is
+a pure function of (world config, seed), so data can be generated on the fly and reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "WorldConfig",
+    "SceneObject",
+    "Sign",
+    "Scene",
+    "COLORS",
+    "SHAPES",
+    "SIZES",
+    "POSITIONS",
+    "sample_scene",
+    "render_scene",
+    "world_vocabulary",
+]
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (140, 60, 190),
+    "orange": (245, 140, 30),
+    "cyan": (40, 200, 210),
+    "gray": (128, 128, 128),
+}
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+SIZES = ("small", "large")
+# Cell names for a 3x3 grid, in reading order; bigger grids are named by row/column numbers.
+_GRID3_NAMES = (
+    "top-left",
+    "top",
+    "top-right",
+    "left",
+    "center",
+    "right",
+    "bottom-left",
+    "bottom",
+    "bottom-right",
+)
+
+# 5x7 bitmap digits, one string per row: small enough that glyph scale decides legibility at a given resolution.
+_FONT_5X7 = {
+    "0": ("01110", "10001", "10011", "10101", "11001", "10001", "01110"),
+    "1": ("00100", "01100", "00100", "00100", "00100", "00100", "01110"),
+    "2": ("01110", "10001", "00001", "00010", "00100", "01000", "11111"),
+    "3": ("11110", "00001", "00001", "01110", "00001", "00001", "11110"),
+    "4": ("00010", "00110", "01010", "10010", "11111", "00010", "00010"),
+    "5": ("11111", "10000", "11110", "00001", "00001", "10001", "01110"),
+    "6": ("00110", "01000", "10000", "11110", "10001", "10001", "01110"),
+    "7": ("11111", "00001", "00010", "00100", "01000", "01000", "01000"),
+    "8": ("01110", "10001", "10001", "01110", "10001", "10001", "01110"),
+    "9": ("01110", "10001", "10001", "01111", "00001", "00010", "01100"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorldConfig:
+    """Difficulty knobs of the world; every result is logged with them."""
+
+    canvas_px: int = 192
+    grid_size: int = 3
+    min_objects: int = 1
+    max_objects: int = 3
+    num_sign_digits: int = 2
+    glyph_scales: tuple[int, ...] = (2, 3, 4)
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    shape: str
+    color: str
+    size: str
+    cell: int
+
+
+@dataclass(frozen=True)
+class Sign:
+    text: str
+    glyph_scale: int
+    cell: int
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[SceneObject, ...]
+    sign: Sign
+    jitter_seed: int
+
+
+def positions(grid_size: int) -> tuple[str, ...]:
+    if grid_size == 3:
+        return _GRID3_NAMES
+    return tuple(f"r{r}c{c}" for r in range(grid_size) for c in range(grid_size))
+
+
+POSITIONS = _GRID3_NAMES
+
+
+def world_vocabulary(cfg: WorldConfig) -> list[str]:
+    """Every word a caption or question about this world can use."""
+    words = ["the", "sign", "reads", "a", "at", ".", "there", "is", "are", "objects", "and"]
+    words += list(_FONT_5X7)  # digits double as counts
+    words += list(COLORS) + list(SHAPES) + list(SIZES) + list(positions(cfg.grid_size))
+    return words
+
+
+def sample_scene(cfg: WorldConfig, seed: int) -> Scene:
+    rng = random.Random(seed)
+    num_cells = cfg.grid_size * cfg.grid_size
+    cells = rng.sample(range(num_cells), cfg.max_objects + 1)
+    num_objects = rng.randint(cfg.min_objects, cfg.max_objects)
+    objects = tuple(
+        sorted(
+            (
+                SceneObject(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(SIZES), cell)
+                for cell in cells[1 : 1 + num_objects]
+            ),
+            key=lambda o: o.cell,
+        )
+    )
+    text = "".join(rng.choice("0123456789") for _ in range(cfg.num_sign_digits))
+    sign = Sign(text=text, glyph_scale=rng.choice(cfg.glyph_scales), cell=cells[0])
+    return Scene(objects=objects, sign=sign, jitter_seed=rng.getrandbits(31))
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, cx: float, cy: float, cell_px: float) -> None:
+    radius = cell_px * (0.18 if obj.size == "small" else 0.36)
+    fill = COLORS[obj.color]
+    box = (cx - radius, cy - radius, cx + radius, cy + radius)
+    if obj.shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif obj.shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif obj.shape == "triangle":
+        draw.polygon([(cx, cy - radius), (cx + radius, cy + radius), (cx - radius, cy + radius)], fill=fill)
+    elif obj.shape == "diamond":
+        draw.polygon([(cx, cy - radius), (cx + radius, cy), (cx, cy + radius), (cx - radius, cy)], fill=fill)
+    elif obj.shape == "cross":
+        arm = radius / 3
+        draw.rectangle((cx - radius, cy - arm, cx + radius, cy + arm), fill=fill)
+        draw.rectangle((cx - arm, cy - radius, cx + arm, cy + radius), fill=fill)
+    else:
+        raise ValueError(f"unknown shape {obj.shape!r}; known: {', '.join(SHAPES)}")
+
+
+def _draw_sign(canvas: np.ndarray, sign: Sign, cx: float, cy: float) -> None:
+    g = sign.glyph_scale
+    width = len(sign.text) * 6 * g + g
+    height = 9 * g
+    x0, y0 = int(cx - width / 2), int(cy - height / 2)
+    canvas[y0 : y0 + height, x0 : x0 + width] = 255
+    for i, char in enumerate(sign.text):
+        glyph = np.array([[c == "1" for c in row] for row in _FONT_5X7[char]])  # (7, 5)
+        pixels = np.kron(glyph, np.ones((g, g), dtype=bool))  # (7g, 5g)
+        gx, gy = x0 + g + i * 6 * g, y0 + g
+        canvas[gy : gy + 7 * g, gx : gx + 5 * g][pixels] = 0
+
+
+def render_scene(scene: Scene, cfg: WorldConfig, resolution: int) -> np.ndarray:
+    """(resolution, resolution, 3) uint8 image of the scene."""
+    cell_px = cfg.canvas_px / cfg.grid_size
+    jitter = random.Random(scene.jitter_seed)
+    image = Image.new("RGB", (cfg.canvas_px, cfg.canvas_px), (235, 235, 225))
+    draw = ImageDraw.Draw(image)
+
+    def centre(cell: int) -> tuple[float, float]:
+        row, col = divmod(cell, cfg.grid_size)
+        dx, dy = (jitter.uniform(-0.1, 0.1) * cell_px for _ in range(2))
+        return (col + 0.5) * cell_px + dx, (row + 0.5) * cell_px + dy
+
+    for obj in scene.objects:
+        _draw_object(draw, obj, *centre(obj.cell), cell_px)
+    canvas = np.asarray(image).copy()
+    _draw_sign(canvas, scene.sign, *centre(scene.sign.cell))
+    if resolution != cfg.canvas_px:
+        canvas = np.asarray(Image.fromarray(canvas).resize((resolution, resolution), Image.BOX))
+    return canvas

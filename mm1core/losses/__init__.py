@@ -1,0 +1,17 @@
+"""Losses as small functions returning named terms; a training step sums the `*_loss` keys and logs every term."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from mm1core.losses.lm import lm_loss
+
+__all__ = ["LOSSES", "total_loss"]
+
+LOSSES: dict[str, Callable[..., dict[str, torch.Tensor]]] = {"lm": lm_loss}
+
+
+def total_loss(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    return sum(v for k, v in terms.items() if k.endswith("_loss"))  # type: ignore[return-value]

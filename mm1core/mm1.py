@@ -1,0 +1,86 @@
+"""MM1: image encoder + connector + language model; image tokens are spliced in at `<image>` placeholders.
+
+A sequence carries `num_image_tokens` placeholder ids per image, so any number of images can sit anywhere in it
+(interleaved documents, few-shot prompts). Images are consumed in placeholder order, batch-major.
+
+Shape suffixes: B sequences, T sequence length, M images, K image tokens per image, D LM width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mm1core.config import ConnectorConfig, DataConfig, LMConfig, ViTConfig
+from mm1core.connectors import build_connector
+from mm1core.lm import DecoderLM
+from mm1core.vit import ViT
+
+__all__ = ["MM1", "build_mm1", "FREEZE_STAGES"]
+
+# What stays trainable in each named stage.
+FREEZE_STAGES: dict[str, tuple[str, ...]] = {
+    "all": ("image_encoder", "connector", "lm"),
+    "connector-warmup": ("connector",),
+    "frozen-encoder": ("connector", "lm"),
+}
+
+
+class MM1(nn.Module):
+    def __init__(
+        self, image_encoder: ViT, connector: nn.Module, lm: DecoderLM, *, image_token_id: int
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.connector = connector
+        self.lm = lm
+        self.image_token_id = image_token_id
+
+    def freeze(self, stage: str) -> tuple[str, ...]:
+        """Make only the parts named by `stage` trainable; returns their names."""
+        if stage not in FREEZE_STAGES:
+            raise ValueError(f"unknown freeze stage {stage!r}; known: {', '.join(FREEZE_STAGES)}")
+        trainable = FREEZE_STAGES[stage]
+        for name in ("image_encoder", "connector", "lm"):
+            getattr(self, name).requires_grad_(name in trainable)
+        return trainable
+
+    def forward(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T), images (M, 3, R, R) -> logits (B, T, V)."""
+        embeds = self.lm.embed(tokens)  # (B, T, D)
+        is_image = tokens == self.image_token_id  # (B, T)
+        num_slots = int(is_image.sum())
+        if images.shape[0] == 0:
+            if num_slots:
+                raise ValueError(
+                    f"the sequences hold {num_slots} image placeholder tokens but no images were given"
+                )
+            return self.lm(embeds)
+        image_tokens = self.connector(self.image_encoder(images))  # (M, K, D)
+        if num_slots != image_tokens.shape[0] * image_tokens.shape[1]:
+            raise ValueError(
+                f"the sequences hold {num_slots} image placeholder tokens but {image_tokens.shape[0]} images "
+                f"x {image_tokens.shape[1]} tokens = {image_tokens.shape[0] * image_tokens.shape[1]} were given"
+            )
+        embeds = embeds.masked_scatter(is_image.unsqueeze(-1), image_tokens.to(embeds.dtype))  # (B, T, D)
+        return self.lm(embeds)
+
+
+def build_mm1(
+    *,
+    vit: ViTConfig,
+    connector: ConnectorConfig,
+    lm: LMConfig,
+    data: DataConfig,
+    vocab_size: int,
+    image_token_id: int,
+) -> MM1:
+    image_encoder = ViT(vit)
+    language_model = DecoderLM(lm, vocab_size=vocab_size, max_seq_len=data.max_seq_len)
+    bridge = build_connector(
+        connector,
+        vision_dim=image_encoder.embed_dim,
+        grid_size=image_encoder.grid_size,
+        lm_dim=language_model.embed_dim,
+    )
+    return MM1(image_encoder, bridge, language_model, image_token_id=image_token_id)

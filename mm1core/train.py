@@ -1,0 +1,105 @@
+"""The training loop: AdamW, linear warm-up then cosine decay to 10% of peak, z-loss, gradient clipping, checkpoints.
+
+One plain function. Batches come from `get_batch(step)`, a pure function of the step, so a run resumed from a
+checkpoint replays exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mm1core.config import TrainConfig
+from mm1core.data.sources import Batch
+from mm1core.losses import LOSSES, total_loss
+from mm1core.mm1 import MM1
+
+__all__ = ["get_lr", "train"]
+
+
+def get_lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _save(path: Path, model: MM1, optimizer: torch.optim.Optimizer, step: int, config: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config},
+        tmp,
+    )
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+
+
+def train(
+    model: MM1,
+    get_batch: Callable[[int], Batch],
+    cfg: TrainConfig,
+    *,
+    device: torch.device,
+    on_log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None,
+    on_eval: Callable[[int], None] = lambda step: None,
+    checkpoint_path: Path | None = None,
+    checkpoint_config: dict | None = None,
+) -> int:
+    """Train `model` for cfg.steps steps (resuming from checkpoint_path if it exists); returns the last step."""
+    model.freeze(cfg.freeze)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    start = 0
+    if checkpoint_path is not None and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    model.train()
+    tick = time.perf_counter()
+    for step in range(start, cfg.steps):
+        batch = get_batch(step)
+        for group in optimizer.param_groups:
+            group["lr"] = get_lr(step, cfg)
+        with autocast:
+            logits = model(batch.tokens.to(device), batch.images.to(device))
+        terms = LOSSES["lm"](logits, batch.targets.to(device), z_loss_coef=cfg.z_loss_coef)
+        loss = total_loss(terms)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss {loss.item()} at step {step} (lr {get_lr(step, cfg):.3g}); "
+                "lower train.lr or raise train.warmup_steps"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = time.perf_counter() - tick
+            metrics = {f"train/{k}": v.item() for k, v in terms.items()}
+            metrics |= {
+                "train/loss": loss.item(),
+                "train/lr": get_lr(step, cfg),
+                "train/grad_norm": grad_norm.item(),
+            }
+            metrics["train/steps_per_s"] = cfg.log_every / elapsed if elapsed > 0 else 0.0
+            on_log(done, metrics)
+            tick = time.perf_counter()
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+            on_eval(done)
+            model.train()
+        if checkpoint_path is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            _save(checkpoint_path, model, optimizer, done, checkpoint_config or {})
+    return cfg.steps

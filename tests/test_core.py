@@ -1,0 +1,215 @@
+"""mm1core contracts: shapes per registered part, placeholder alignment, training, resume, the world's determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mm1core.config import (
+    CONNECTOR_TOKEN_RULES,
+    ConnectorConfig,
+    ViTConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+)
+from mm1core.connectors import CONNECTORS, build_connector
+from mm1core.data.sources import build_tokenizer, make_batch
+from mm1core.data.world import render_scene, sample_scene
+from mm1core.mm1 import build_mm1
+from mm1core.pipeline import run_trial
+from mm1core.presets import PRESETS, get_preset
+from mm1core.train import get_lr, train
+from mm1core.vit import STEM_BUILDERS, ViT
+
+
+def _model(cfg):
+    tokenizer = build_tokenizer(cfg.data)
+    torch.manual_seed(0)
+    model = build_mm1(
+        vit=cfg.encoder,
+        connector=cfg.connector,
+        lm=cfg.lm,
+        data=cfg.data,
+        vocab_size=tokenizer.vocab_size,
+        image_token_id=tokenizer.image_id,
+    )
+    return model, tokenizer
+
+
+def _batch(cfg, tokenizer, step=0):
+    return make_batch(
+        cfg.data,
+        tokenizer,
+        batch_size=cfg.train.batch_size,
+        resolution=cfg.encoder.resolution,
+        num_image_tokens=cfg.connector.num_image_tokens,
+        seed=cfg.seed,
+        step=step,
+    )
+
+
+@pytest.mark.parametrize("stem", sorted(STEM_BUILDERS))
+def test_vit_shapes(stem):
+    vit = ViT(ViTConfig(resolution=32, patch_size=8, width=32, depth=1, num_heads=2, stem=stem))
+    out = vit(torch.rand(3, 3, 32, 32))
+    assert out.shape == (3, vit.num_patches, vit.embed_dim) == (3, 16, 32)
+
+
+def test_connector_registry_matches_validation_rules():
+    assert set(CONNECTORS) == set(CONNECTOR_TOKEN_RULES)
+
+
+@pytest.mark.parametrize("name", sorted(CONNECTORS))
+@pytest.mark.parametrize("num_image_tokens", [1, 4, 16])
+def test_connector_shapes(name, num_image_tokens):
+    connector = build_connector(
+        ConnectorConfig(name=name, num_image_tokens=num_image_tokens), vision_dim=24, grid_size=4, lm_dim=40
+    )
+    assert connector(torch.randn(2, 16, 24)).shape == (2, num_image_tokens, 40)
+
+
+def test_connector_refuses_more_tokens_than_patches():
+    with pytest.raises(ValueError, match="exceed the 4x4=16 patches"):
+        build_connector(
+            ConnectorConfig(name="avg-pool", num_image_tokens=64), vision_dim=8, grid_size=4, lm_dim=8
+        )
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_are_valid_and_build(preset):
+    cfg = get_preset(preset)
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    model, tokenizer = _model(cfg)
+    batch = _batch(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=2)), tokenizer)
+    logits = model(batch.tokens, batch.images)
+    assert logits.shape == (*batch.tokens.shape, tokenizer.vocab_size)
+
+
+def test_placeholder_image_mismatch_is_an_error():
+    cfg = get_preset("tiny")
+    model, tokenizer = _model(cfg)
+    batch = _batch(cfg, tokenizer)
+    with pytest.raises(ValueError, match="image placeholder tokens but"):
+        model(batch.tokens, batch.images[:-1])
+    with pytest.raises(ValueError, match="but no images were given"):
+        model(batch.tokens, batch.images[:0])
+
+
+def test_several_images_per_sequence_land_in_order():
+    cfg = config_from_dict(apply_overrides(config_to_dict(get_preset("tiny")), {"data.ratio": "0:1:0"}))
+    model, tokenizer = _model(cfg)
+    batch = _batch(cfg, tokenizer)
+    assert batch.images.shape[0] == cfg.train.batch_size * cfg.data.images_per_document
+    # Changing only the last image must change logits only after its placeholders.
+    images = batch.images.clone()
+    images[-1] = 1.0 - images[-1]
+    with torch.no_grad():
+        a, b = model(batch.tokens, batch.images), model(batch.tokens, images)
+    last_row = batch.tokens[-1]
+    first_slot_of_last_image = (
+        (last_row == tokenizer.image_id).nonzero()[cfg.connector.num_image_tokens].item()
+    )
+    assert torch.equal(a[:-1], b[:-1])
+    assert torch.equal(a[-1, :first_slot_of_last_image], b[-1, :first_slot_of_last_image])
+    assert not torch.equal(a[-1], b[-1])
+
+
+def test_freeze_names_what_trains():
+    model, _ = _model(get_preset("tiny"))
+    assert model.freeze("connector-warmup") == ("connector",)
+    assert not any(p.requires_grad for p in model.image_encoder.parameters())
+    assert all(p.requires_grad for p in model.connector.parameters())
+    with pytest.raises(ValueError, match="unknown freeze stage"):
+        model.freeze("everything")
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    cfg = get_preset("small").train
+    assert get_lr(0, cfg) == pytest.approx(cfg.lr / cfg.warmup_steps)
+    assert get_lr(cfg.warmup_steps - 1, cfg) == pytest.approx(cfg.lr)
+    assert get_lr(cfg.steps - 1, cfg) == pytest.approx(0.1 * cfg.lr, rel=1e-3)
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    cfg = get_preset("tiny")
+    model, tokenizer = _model(cfg)
+    batch = _batch(cfg, tokenizer)
+    losses = []
+    train_cfg = dataclasses.replace(cfg.train, steps=40, warmup_steps=1, log_every=10)
+    train(
+        model,
+        lambda step: batch,
+        train_cfg,
+        device=torch.device("cpu"),
+        on_log=lambda step, m: losses.append(m["train/loss"]),
+    )
+    assert losses[-1] < 0.6 * losses[0]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
+    cfg = get_preset("tiny")  # 20 steps, checkpoint every 10, log every 5
+    tokenizer = build_tokenizer(cfg.data)
+
+    def run(checkpoint, kill_at=None):
+        model, _ = _model(cfg)
+        log = {}
+
+        def on_log(step, metrics):
+            if step == kill_at:
+                raise _Killed
+            log[step] = metrics["train/loss"]
+
+        try:
+            train(
+                model,
+                lambda step: _batch(cfg, tokenizer, step),
+                cfg.train,
+                device=torch.device("cpu"),
+                on_log=on_log,
+                checkpoint_path=checkpoint,
+            )
+        except _Killed:
+            pass
+        return model, log
+
+    straight, straight_log = run(None)
+    run(tmp_path / "ckpt.pt", kill_at=15)  # dies after step 15; its last checkpoint is step 10's
+    resumed, resumed_log = run(tmp_path / "ckpt.pt")
+    assert sorted(resumed_log) == [15, 20]  # it really resumed rather than starting over
+    for step, loss in resumed_log.items():
+        assert loss == straight_log[step]
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_non_finite_loss_aborts_with_a_clear_error():
+    cfg = config_from_dict(apply_overrides(config_to_dict(get_preset("tiny")), {"train.lr": 1e9}))
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        run_trial(cfg)
+
+
+def test_world_is_deterministic_and_resolution_keeps_content():
+    world = get_preset("tiny").data.world
+    a, b = sample_scene(world, 7), sample_scene(world, 7)
+    assert a == b
+    assert render_scene(a, world, 64).tobytes() == render_scene(b, world, 64).tobytes()
+    assert sample_scene(world, 8) != a
+    small, large = render_scene(a, world, 32), render_scene(a, world, 64)
+    # The same scene at two resolutions: the low one is the high one box-averaged, up to rounding.
+    pooled = large.reshape(32, 2, 32, 2, 3).mean(axis=(1, 3))
+    assert abs(pooled - small.astype(float)).mean() < 6
+
+
+def test_trial_reports_heldout_metrics_and_items():
+    outcome = run_trial(get_preset("tiny"))
+    for field in ("sign", "size", "color", "shape", "position", "accuracy"):
+        assert 0.0 <= outcome.metrics[f"heldout/{field}"] <= 1.0
+    assert {item["field"] for item in outcome.eval.items} == {"sign", "size", "color", "shape", "position"}
+    assert outcome.eval.protocol["num_items"] == get_preset("tiny").eval.num_items

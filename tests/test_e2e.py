@@ -1,0 +1,191 @@
+"""End to end through the real CLI, a real local Ray runtime and a real MLflow SQLite store.
+
+One tiny study (2 resolutions x 2 learning rates, the huge one diverging at run time) runs once per module; the
+tests read what it left: MLflow runs, Parquet tables, the report, a re-run that skips finished work, and the UI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import MM1ABLATE, run_cli
+
+pytestmark = pytest.mark.slow
+
+STUDY = """
+name: tiny-e2e
+description: "tiny <script>window.pwned = 1</script> study"
+reference:
+  preset: tiny
+axes:
+  - name: resolution
+    values: [16, 32]
+  - name: train.lr
+    values: [0.003, 1.0e+9]
+design: grid
+seeds: [0]
+resources: {cpu: 1}
+budget:
+  multimodal: {steps: 20}
+"""
+GOOD_ARMS = {"resolution=16,train.lr=0.003", "resolution=32,train.lr=0.003"}
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    (root / "tiny.yaml").write_text(STUDY.lstrip())
+    done = run_cli("run", "tiny.yaml", cwd=root)
+    return root, done
+
+
+def _client(root: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{root / 'results' / 'mlflow.db'}")
+
+
+def test_run_reports_progress_and_failures(finished_study):
+    root, done = finished_study
+    assert done.returncode == 1, done.stdout + done.stderr  # some trials failed
+    assert "4 trials planned, 0 already finished, 4 to run" in done.stdout
+    assert "step 20/20" in done.stdout  # per-trial step progress
+    assert "2 finished, 2 failed" in done.stdout
+    assert "non-finite training loss" in done.stdout
+
+
+def test_mlflow_holds_parent_and_child_runs(finished_study):
+    root, _ = finished_study
+    client = _client(root)
+    experiment = client.get_experiment_by_name("tiny-e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("mm1ablate.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("mm1ablate.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    for child in children:
+        tags = child.data.tags
+        assert tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert {"trial_id", "arm", "seed", "study", "git_commit", "config_hash"} <= set(tags)
+        assert child.data.params["encoder.resolution"] in ("16", "32")
+        assert child.data.params["train.steps"] == "20"
+        artifacts = [a.path for a in client.list_artifacts(child.info.run_id)]
+        assert "config.json" in artifacts
+        if tags["arm"] in GOOD_ARMS:
+            assert child.info.status == "FINISHED"
+            assert "heldout/accuracy" in child.data.metrics
+            history = client.get_metric_history(child.info.run_id, "train/loss")
+            assert [m.step for m in history] == [5, 10, 15, 20]
+        else:
+            assert child.info.status == "FAILED"
+            assert "non-finite training loss" in tags["error"]
+
+
+def test_parquet_tables(finished_study):
+    root, _ = finished_study
+    trials = pd.read_parquet(root / "results" / "tiny-e2e" / "trials.parquet")
+    assert len(trials) == 4
+    assert set(trials.loc[trials.status == "finished", "arm"]) == GOOD_ARMS
+    failed = trials[trials.status == "failed"]
+    assert failed["error"].str.contains("non-finite training loss").all()
+    assert {"resolution", "train.lr", "seed", "trial_id", "wall_time_s", "heldout/accuracy"} <= set(
+        trials.columns
+    )
+    finished = trials[trials.status == "finished"]
+    assert finished["heldout/accuracy"].between(0, 1).all() and (finished["wall_time_s"] > 0).all()
+    curves = pd.read_parquet(root / "results" / "tiny-e2e" / "curves.parquet")
+    assert set(curves["trial_id"]) >= set(finished["trial_id"])
+    assert {"step", "metric", "value"} <= set(curves.columns)
+    items = pd.read_parquet(root / "results" / "tiny-e2e" / "items.parquet")
+    assert len(items) > 0 and set(items["trial_id"]) == set(finished["trial_id"])
+
+
+def test_report_is_self_contained_and_escapes_the_study(finished_study):
+    root, _ = finished_study
+    done = run_cli("report", "tiny-e2e", cwd=root, timeout=180)
+    assert done.returncode == 0, done.stderr
+    page = (root / "results" / "tiny-e2e" / "report.html").read_text()
+    for arm in GOOD_ARMS:
+        assert arm in page
+    assert "accuracy vs resolution" in page  # plotly escapes the "/" inside its JSON
+    assert page.count('class="plotly-graph-div"') >= 2
+    assert "<script>window.pwned" not in page and "&lt;script&gt;" in page
+    assert "Missing: 2 trials did not finish" in page
+    assert "<script src=" not in page and "<link " not in page  # nothing to fetch: plotly.js is inline
+    assert "Plotly.newPlot" in page and len(page) > 3_000_000
+
+
+def test_rerun_skips_finished_trials(finished_study):
+    root, _ = finished_study
+    trials_before = pd.read_parquet(root / "results" / "tiny-e2e" / "trials.parquet")
+    done = run_cli("run", "tiny.yaml", cwd=root)
+    assert "4 trials planned, 2 already finished, 2 to run" in done.stdout, done.stdout
+    trials_after = pd.read_parquet(root / "results" / "tiny-e2e" / "trials.parquet")
+    keep = trials_before.status == "finished"
+    pd.testing.assert_frame_equal(
+        trials_before[keep].set_index("trial_id").sort_index(),
+        trials_after[trials_after.status == "finished"].set_index("trial_id").sort_index(),
+    )
+    plan = run_cli("plan", "tiny.yaml", cwd=root, timeout=120)
+    assert plan.stdout.count("finished") >= 2 and "2 finished, 2 to run" in plan.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_ui_serves_the_study(finished_study):
+    root, _ = finished_study
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    ui = subprocess.Popen(
+        [MM1ABLATE, "ui", "--port", str(port)],
+        cwd=root,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                experiment = _get(f"{base}/experiments/get-by-name?experiment_name=tiny-e2e")["experiment"]
+                break
+            except OSError:
+                assert ui.poll() is None, ui.stdout.read()
+                assert time.time() < deadline, "the MLflow UI did not answer within 120 s"
+                time.sleep(1)
+        runs = _post(
+            f"{base}/runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 100}
+        )["runs"]
+        roles = [next(t["value"] for t in r["data"]["tags"] if t["key"] == "mm1ablate.role") for r in runs]
+        assert roles.count("study") >= 1 and roles.count("trial") >= 4
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)

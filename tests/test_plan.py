@@ -1,0 +1,94 @@
+"""Planning: design counts, ids that are stable across processes and distinct across configs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from ablations.plan import REFERENCE_ARM, plan
+from ablations.spec import load_study
+from conftest import REPO
+
+STUDY = """
+name: p
+reference:
+  preset: tiny
+axes:
+  - name: resolution
+    values: [16, 32, 64]
+  - name: train.lr
+    values: [0.003, 0.001]
+design: {design}
+seeds: [0, 1]
+"""
+
+
+def _plan(write_study, design: str, **replace: str):
+    text = STUDY.format(design=design)
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return plan(load_study(write_study(text)))
+
+
+def test_grid_count(write_study):
+    trials = _plan(write_study, "grid")
+    assert len(trials) == 3 * 2 * 2
+    assert len({t.arm for t in trials}) == 6
+
+
+def test_one_at_a_time_count(write_study):
+    # The tiny reference has resolution 32 and lr 0.003: those values are the reference arm itself.
+    trials = _plan(write_study, "one_at_a_time")
+    arms = sorted({t.arm for t in trials})
+    assert arms == sorted([REFERENCE_ARM, "resolution=16", "resolution=64", "train.lr=0.001"])
+    assert len(trials) == 4 * 2
+
+
+def test_zip_count(write_study):
+    trials = _plan(write_study, "zip", **{"[0.003, 0.001]": "[0.003, 0.002, 0.001]"})
+    assert len(trials) == 3 * 2
+    assert {t.arm for t in trials} == {
+        "resolution=16,train.lr=0.003",
+        "resolution=32,train.lr=0.002",
+        "resolution=64,train.lr=0.001",
+    }
+
+
+def test_ids_distinct_for_distinct_configs(write_study):
+    trials = _plan(write_study, "grid")
+    assert len({t.trial_id for t in trials}) == len(trials)
+
+
+def test_id_is_the_config_not_the_spelling(write_study):
+    by_alias = _plan(write_study, "grid")
+    by_path = _plan(
+        write_study, "grid", **{"name: resolution": "name: encoder.resolution", "name: p": "name: q"}
+    )
+    assert [t.trial_id for t in by_alias] == [t.trial_id for t in by_path]
+
+
+def test_ids_stable_across_processes(write_study):
+    path = write_study(STUDY.format(design="grid"))
+    here = [t.trial_id for t in plan(load_study(path))]
+    code = (
+        "import json, sys; from ablations import load_study, plan; "
+        "print(json.dumps([t.trial_id for t in plan(load_study(sys.argv[1]))]))"
+    )
+    env_seed = {"PYTHONHASHSEED": "12345"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**__import__("os").environ, **env_seed},
+        check=True,
+    )
+    assert json.loads(out.stdout) == here
+
+
+def test_seed_is_part_of_the_config(write_study):
+    trials = _plan(write_study, "grid")
+    first = [t for t in trials if t.arm == trials[0].arm]
+    assert {t.seed for t in first} == {0, 1}
+    assert first[0].config["seed"] != first[1].config["seed"]

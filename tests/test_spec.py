@@ -1,0 +1,164 @@
+"""Study files: a valid one loads; each kind of mistake is reported with file, line and field path; nothing runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ablations.spec import StudyError, load_study
+from conftest import REPO, run_cli
+
+VALID = """
+name: ok
+description: resolution sweep
+reference:
+  preset: tiny
+  overrides:
+    train.lr: 0.002
+axes:
+  - name: resolution
+    values: [16, 32]
+  - name: data_ratio
+    values: [5:5:1, 1:0:0]
+design: grid
+seeds: [0, 1]
+resources: {cpu: 1, gpu: 0.5}
+budget:
+  multimodal: {steps: 30}
+"""
+
+
+def test_valid_study_loads(write_study):
+    study = load_study(write_study(VALID))
+    assert study.name == "ok"
+    assert study.spec.axes[1].values == ["5:5:1", "1:0:0"]  # not YAML 1.1's base-60 integer 18301
+    assert study.reference["train"]["steps"] == 30
+    assert study.reference["train"]["lr"] == 0.002
+    assert study.spec.resources.gpu == 0.5
+
+
+def test_shipped_studies_load():
+    for path in sorted((REPO / "studies").glob("*.yaml")):
+        load_study(path)
+
+
+def test_budget_in_tokens_becomes_steps(write_study):
+    study = load_study(write_study(VALID.replace("{steps: 30}", "{tokens: 6400}")))
+    tiny = study.reference
+    assert study.reference["train"]["steps"] == -(
+        -6400 // (tiny["train"]["batch_size"] * tiny["data"]["max_seq_len"])
+    )
+
+
+CASES = {
+    "unknown top-level key": (
+        VALID.replace("seeds: [0, 1]", "seed: [0, 1]"),
+        ["study.yaml:13: seed: unknown key 'seed'; did you mean 'seeds'?"],
+    ),
+    "unknown alias": (
+        VALID.replace("- name: resolution", "- name: resolutoin"),
+        ["study.yaml:8: axes[0].name: unknown axis 'resolutoin'; did you mean 'resolution'?"],
+    ),
+    "unknown dotted path": (
+        VALID.replace("- name: resolution", "- name: connector.num_image_token"),
+        [
+            "study.yaml:8: axes[0].name: unknown config field 'connector.num_image_token'; "
+            "did you mean 'connector.num_image_tokens'?"
+        ],
+    ),
+    "unknown connector": (
+        VALID.replace(
+            "- name: resolution\n    values: [16, 32]", "- name: connector\n    values: [avg-pool, cabs]"
+        ),
+        ["study.yaml:9: axes[0].values[1]: unknown connector 'cabs'", "known: avg-pool"],
+    ),
+    "more image tokens than patches": (
+        VALID.replace(
+            "- name: data_ratio\n    values: [5:5:1, 1:0:0]", "- name: image_tokens\n    values: [4, 16]"
+        ),
+        [
+            "study.yaml:11: axes[1].values[1]: 16 image tokens exceed the 2x2=4 patches",
+            "(in arm resolution=16,image_tokens=16)",
+        ],
+    ),
+    "wrong type": (
+        VALID.replace("values: [16, 32]", "values: [big, 32]"),
+        ["study.yaml:9: axes[0].values[0]:", "valid integer", "'big'"],
+    ),
+    "bad ratio": (
+        VALID.replace("[5:5:1, 1:0:0]", "[5:5:1, 5:5]"),
+        ["study.yaml:11: axes[1].values[1]: data ratio '5:5' must be caption:interleaved:text"],
+    ),
+    "bad design": (
+        VALID.replace("design: grid", "design: random"),
+        ["study.yaml:12: design:", "'grid', 'one_at_a_time' or 'zip'"],
+    ),
+    "zip of unequal axes": (
+        VALID.replace("design: grid", "design: zip").replace("[16, 32]", "[16, 32, 64]"),
+        ["study.yaml:7: axes: design zip needs axes of equal length (resolution: 3, data_ratio: 2)"],
+    ),
+    "unknown preset": (
+        VALID.replace("preset: tiny", "preset: tinny"),
+        ["study.yaml:4: reference.preset: unknown preset 'tinny'; did you mean 'tiny'?"],
+    ),
+    "unknown override": (
+        VALID.replace("train.lr: 0.002", "train.learning_rate: 0.002"),
+        ["study.yaml:6: reference.overrides.train.learning_rate: unknown config field 'train.learning_rate'"],
+    ),
+    "zero cpus": (
+        VALID.replace("cpu: 1", "cpu: 0"),
+        ["study.yaml:14: resources.cpu: Input should be greater than 0"],
+    ),
+    "unknown budget stage": (
+        VALID.replace("multimodal:", "multimodel:"),
+        ["study.yaml:16: budget.multimodel: unknown budget stage 'multimodel'; known: multimodal"],
+    ),
+    "missing reference": (
+        VALID.replace("reference:\n  preset: tiny\n  overrides:\n    train.lr: 0.002\n", ""),
+        ["reference: Field required"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_mistake_is_located(case, write_study):
+    text, expected = CASES[case]
+    path = write_study(text)
+    with pytest.raises(StudyError) as raised:
+        load_study(path)
+    message = str(raised.value)
+    for fragment in expected:
+        assert fragment.replace("study.yaml", str(path)) in message, message
+
+
+def test_all_problems_are_reported_together(write_study):
+    text = VALID.replace("values: [16, 32]", "values: [big, 32]").replace("[5:5:1, 1:0:0]", "[5:5:1, 5:5]")
+    with pytest.raises(StudyError) as raised:
+        load_study(write_study(text))
+    assert len(raised.value.problems) >= 2
+
+
+def test_invalid_yaml_names_the_line(write_study):
+    with pytest.raises(StudyError, match=r"study.yaml:\d+: not valid YAML"):
+        load_study(write_study("name: x\naxes: [\n"))
+
+
+def test_invalid_study_runs_nothing(write_study, tmp_path: Path):
+    path = write_study(VALID.replace("- name: resolution", "- name: resolutoin"))
+    done = run_cli("run", str(path), cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert "nothing was run" in done.stderr and "did you mean 'resolution'" in done.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_schema_is_json_schema(tmp_path: Path):
+    done = run_cli("schema", cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    schema = json.loads(done.stdout)
+    assert schema["type"] == "object"
+    assert {"name", "reference", "axes", "design", "seeds", "resources", "budget"} <= set(
+        schema["properties"]
+    )
+    assert schema["additionalProperties"] is False
