@@ -15,7 +15,7 @@ from typing import Any
 from ablations.spec import Study, resolve_axis
 from mm1core.config import ConfigError, apply_overrides, config_from_dict, config_problems
 
-__all__ = ["Arm", "Trial", "expand_arms", "plan", "trial_id", "arm_problems", "REFERENCE_ARM"]
+__all__ = ["REFERENCE_ARM", "Arm", "Trial", "arm_problems", "expand_arms", "plan", "trial_id"]
 
 REFERENCE_ARM = "reference"
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["ResultsStore", "TRIAL_COLUMNS"]
+__all__ = ["TRIAL_COLUMNS", "ResultsStore"]
 
 # Columns every trials.parquet has, before the axis and metric columns.
 TRIAL_COLUMNS = (
@@ -69,7 +69,7 @@ class ResultsStore:
         if not path.exists():
             return set()
         table = pq.read_table(path, columns=["trial_id", "status"]).to_pydict()
-        return {t for t, s in zip(table["trial_id"], table["status"]) if s == "finished"}
+        return {t for t, s in zip(table["trial_id"], table["status"], strict=False) if s == "finished"}
 
     def read_trials(self) -> pd.DataFrame:
         return pd.read_parquet(self.trials_path) if self.trials_path.exists() else pd.DataFrame()

@@ -19,15 +19,15 @@ from typing import Any, TextIO
 # because Tune reads its own results back from it.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.logger import JsonLoggerCallback  # noqa: E402
+import ray
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
-from ablations.plan import Trial, plan  # noqa: E402
-from ablations.results import ResultsStore, config_json  # noqa: E402
-from ablations.spec import Study  # noqa: E402
-from ablations.tracking import Tracker, resolve_tracking_uri  # noqa: E402
-from ablations.trial import FINAL_KEY, train_trial  # noqa: E402
+from ablations.plan import Trial, plan
+from ablations.results import ResultsStore, config_json
+from ablations.spec import Study
+from ablations.tracking import Tracker, resolve_tracking_uri
+from ablations.trial import FINAL_KEY, train_trial
 
 __all__ = ["RunSummary", "run_study"]
 

@@ -21,12 +21,12 @@ from mm1core.presets import PRESETS, get_preset
 __all__ = [
     "ALIASES",
     "BUDGET_STAGES",
-    "StudySpec",
     "Study",
     "StudyError",
+    "StudySpec",
     "load_study",
-    "study_from_dict",
     "resolve_axis",
+    "study_from_dict",
     "study_json_schema",
 ]
 

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from ablations.plan import Trial
 from mm1core.config import flatten
 
-__all__ = ["Tracker", "resolve_tracking_uri", "git_commit"]
+__all__ = ["Tracker", "git_commit", "resolve_tracking_uri"]
 
 _BATCH = 100  # MLflow's log_batch limit on params per call
 

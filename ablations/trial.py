@@ -18,7 +18,7 @@ from ray import tune
 from mm1core.config import config_from_dict
 from mm1core.pipeline import run_trial
 
-__all__ = ["train_trial", "FINAL_KEY"]
+__all__ = ["FINAL_KEY", "train_trial"]
 
 FINAL_KEY = "final"  # set on the last report of a trial, which also carries its per-item scores
 

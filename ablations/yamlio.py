@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["LoadedYaml", "load_yaml", "YamlError"]
+__all__ = ["LoadedYaml", "YamlError", "load_yaml"]
 
 
 class _Loader(yaml.SafeLoader):

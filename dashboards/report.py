@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from scipy import stats
 
-__all__ = ["arm_table", "write_report", "metric_columns"]
+__all__ = ["arm_table", "metric_columns", "write_report"]
 
 _META = {
     "study",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["RMSNorm", "Attention", "SwiGLU", "Block"]
+__all__ = ["Attention", "Block", "RMSNorm", "SwiGLU"]
 
 
 class RMSNorm(nn.Module):

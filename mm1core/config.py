@@ -14,32 +14,33 @@ import difflib
 import functools
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from mm1core.data.world import WorldConfig
 
 __all__ = [
-    "ViTConfig",
-    "ConnectorConfig",
-    "LMConfig",
-    "DataConfig",
-    "TrainConfig",
-    "EvalConfig",
-    "MM1Config",
-    "ConfigError",
-    "STEMS",
-    "PRECISIONS",
     "CONNECTOR_TOKEN_RULES",
-    "config_from_dict",
-    "config_to_dict",
-    "config_problems",
-    "connector_problem",
-    "flatten",
+    "PRECISIONS",
+    "STEMS",
+    "ConfigError",
+    "ConnectorConfig",
+    "DataConfig",
+    "EvalConfig",
+    "LMConfig",
+    "MM1Config",
+    "TrainConfig",
+    "ViTConfig",
     "apply_overrides",
+    "config_from_dict",
+    "config_problems",
+    "config_to_dict",
+    "connector_problem",
     "field_paths",
+    "flatten",
     "parse_ratio",
     "unknown_path_message",
 ]

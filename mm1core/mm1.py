@@ -16,7 +16,7 @@ from mm1core.connectors import build_connector
 from mm1core.lm import DecoderLM
 from mm1core.vit import ViT
 
-__all__ = ["MM1", "build_mm1", "FREEZE_STAGES"]
+__all__ = ["FREEZE_STAGES", "MM1", "build_mm1"]
 
 # What stays trainable in each named stage.
 FREEZE_STAGES: dict[str, tuple[str, ...]] = {

@@ -6,13 +6,14 @@ Shape suffixes: B images, C channels, R resolution, N patches (= (R / patch_size
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 
 from mm1core.blocks import Block, RMSNorm
 from mm1core.config import ViTConfig
 
-__all__ = ["ViT", "STEM_BUILDERS"]
+__all__ = ["STEM_BUILDERS", "ViT"]
 
 
 def _patchify_stem(cfg: ViTConfig) -> nn.Module:
@@ -58,7 +59,7 @@ class ViT(nn.Module):
 
     @property
     def grid_size(self) -> int:
-        return int(math.isqrt(self.cfg.num_patches))
+        return math.isqrt(self.cfg.num_patches)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, R, R) in [0, 1] -> (B, N, D) patch features in row-major grid order."""

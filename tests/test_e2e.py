@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import MM1ABLATE, run_cli
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,10 @@ import json
 import subprocess
 import sys
 
+from conftest import REPO
+
 from ablations.plan import REFERENCE_ARM, plan
 from ablations.spec import load_study
-from conftest import REPO
 
 STUDY = """
 name: p

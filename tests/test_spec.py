@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO, run_cli
 
 from ablations.spec import StudyError, load_study
-from conftest import REPO, run_cli
 
 VALID = """
 name: ok

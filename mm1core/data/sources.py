@@ -18,18 +18,18 @@ from mm1core.data.tokenizer import WordTokenizer
 from mm1core.data.world import Scene, WorldConfig, positions, render_scene, sample_scene, world_vocabulary
 
 __all__ = [
-    "DataConfig",
-    "Batch",
+    "EVAL_SEED_OFFSET",
     "SOURCES",
+    "Batch",
+    "DataConfig",
     "build_tokenizer",
     "caption_fields",
     "caption_text",
     "encode_document",
-    "pad_rows",
     "images_to_tensor",
     "make_batch",
+    "pad_rows",
     "parse_ratio",
-    "EVAL_SEED_OFFSET",
 ]
 
 SOURCES = ("caption", "interleaved", "text")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["WordTokenizer", "PAD", "BOS", "EOS", "IMAGE"]
+__all__ = ["BOS", "EOS", "IMAGE", "PAD", "WordTokenizer"]
 
 PAD, BOS, EOS, IMAGE = "<pad>", "<bos>", "<eos>", "<image>"
 

@@ -14,16 +14,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = [
-    "WorldConfig",
-    "SceneObject",
-    "Sign",
-    "Scene",
     "COLORS",
+    "POSITIONS",
     "SHAPES",
     "SIZES",
-    "POSITIONS",
-    "sample_scene",
+    "Scene",
+    "SceneObject",
+    "Sign",
+    "WorldConfig",
     "render_scene",
+    "sample_scene",
     "world_vocabulary",
 ]
 

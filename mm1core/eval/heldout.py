@@ -27,7 +27,7 @@ from mm1core.data.tokenizer import WordTokenizer
 from mm1core.data.world import render_scene, sample_scene
 from mm1core.mm1 import MM1
 
-__all__ = ["EvalResult", "evaluate_heldout", "FIELDS"]
+__all__ = ["FIELDS", "EvalResult", "evaluate_heldout"]
 
 FIELDS = ("sign", "size", "color", "shape", "position")
 
