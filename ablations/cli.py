@@ -71,11 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for trial_id, error in summary.failed.items():
         last = [line for line in error.strip().splitlines() if line.strip()][-1:]
         print(f"  failed {trial_id}: {last[0] if last else error}")
-    if summary.finished or summary.skipped:
-        from dashboards.report import write_report
-
-        path = write_report(summary.results_dir, tracking_uri=summary.tracking_uri)
-        print(f"report: {path}")
+    if summary.report:
+        print(f"report: {summary.report}")
     return 1 if summary.failed else 0
 
 

@@ -28,14 +28,17 @@ from ablations.results import ResultsStore, config_json
 from ablations.spec import Study
 from ablations.tracking import Tracker, resolve_tracking_uri
 from ablations.trial import FINAL_KEY, train_trial
+from dashboards.report import write_report
 
 __all__ = ["RunSummary", "run_study"]
 
 _BOOKKEEPING = {
     "step",
     "total_steps",
+    "stage",
     FINAL_KEY,
     "num_params",
+    "built_encoder",
     "wall_time_s",
     "device",
     "eval_items_json",
@@ -53,6 +56,7 @@ class RunSummary:
     wall_time_s: float = 0.0
     tracking_uri: str = ""
     results_dir: Path = Path()
+    report: Path | None = None
 
 
 class _StudyCallback(tune.Callback):
@@ -111,9 +115,11 @@ class _StudyCallback(tune.Callback):
         self.running[planned.trial_id] = step
         if result.get(FINAL_KEY):
             self.final[planned.trial_id] = dict(result)
-        elif "train/loss" in metrics:
+        elif "train/loss" in metrics or "encoder/loss" in metrics:
+            stage = result["stage"]
+            loss = metrics.get("train/loss", metrics.get("encoder/loss"))
             self._progress(
-                f"{planned.arm} seed={planned.seed}: step {step}/{result['total_steps']} loss {metrics['train/loss']:.3f}"
+                f"{planned.arm} seed={planned.seed}: {stage} step {step}/{result['total_steps']} loss {loss:.3f}"
             )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -134,6 +140,7 @@ class _StudyCallback(tune.Callback):
                 "num_params": int(final["num_params"]),
                 "device": final["device"],
                 "eval_protocol_json": final["eval_protocol_json"],
+                "built_encoder": bool(final["built_encoder"]),
             }
             | metrics
         )
@@ -201,6 +208,20 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else text
 
 
+def _gpus_per_trial(requested: float, out: TextIO, study_name: str) -> float:
+    """The study's GPUs per trial, or 0 when the cluster has none: Tune would otherwise wait forever for them."""
+    available = ray.cluster_resources().get("GPU", 0.0)
+    if requested and not available:
+        print(
+            f"[{study_name}] the study asks {requested:g} GPU per trial but the Ray cluster has no GPU: "
+            "running the trials on CPU",
+            file=out,
+            flush=True,
+        )
+        return 0.0
+    return requested
+
+
 def run_study(
     study: Study,
     *,
@@ -235,24 +256,33 @@ def run_study(
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(
-            address=address,
+            address=address or "local",  # "local": never attach to a cluster some earlier process left behind
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
-            runtime_env={"working_dir": None} if address else None,
         )
+    cluster = ray.cluster_resources()
+    where = f"joined the Ray cluster at {address}" if address else "started an embedded Ray"
+    print(
+        f"[{study.name}] {where}: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
+        f"{resources.cpu:g} CPU per trial",
+        file=out,
+        flush=True,
+    )
+    gpus_per_trial = _gpus_per_trial(resources.gpu, out, study.name)
     payloads = [
         {
             "trial_id": t.trial_id,
             "config": t.config,
             "num_cpus": resources.cpu,
             "checkpoint_dir": str((study_dir / "checkpoints").resolve()),
+            "cache_dir": str((results_root / "cache").resolve()),
         }
         for t in todo
     ]
     callback = _StudyCallback(study, todo, tracker, store, summary, out)
     tuner = tune.Tuner(
-        tune.with_resources(train_trial, {"cpu": resources.cpu, "gpu": resources.gpu}),
+        tune.with_resources(train_trial, {"cpu": resources.cpu, "gpu": gpus_per_trial}),
         param_space={"trial": tune.grid_search(payloads)},
         tune_config=tune.TuneConfig(
             num_samples=1,
@@ -271,6 +301,9 @@ def run_study(
         tuner.fit()
     finally:
         summary.wall_time_s = time.time() - started
+        if store.trials_path.exists():
+            summary.report = write_report(study_dir, tracking_uri=uri)
+            tracker.log_artifact(summary.report)
         tracker.end_study(
             failed=bool(summary.failed) or len(summary.finished) + len(summary.failed) < len(todo),
             summary={

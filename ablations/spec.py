@@ -33,12 +33,13 @@ __all__ = [
 # The paper's names for the axes it ablates, and the config field each one sets.
 ALIASES: dict[str, str] = {
     "resolution": "encoder.resolution",
+    "encoder_loss": "encoder_pretrain.loss",
     "image_tokens": "connector.num_image_tokens",
     "connector": "connector.name",
     "data_ratio": "data.ratio",
 }
 # Budget stages and the config field that holds each one's step count.
-BUDGET_STAGES: dict[str, str] = {"multimodal": "train.steps"}
+BUDGET_STAGES: dict[str, str] = {"encoder": "encoder_pretrain.steps", "multimodal": "train.steps"}
 
 
 class _Strict(BaseModel):
@@ -147,6 +148,14 @@ def resolve_axis(name: str) -> str:
     raise ConfigError(name, unknown_path_message(name))
 
 
+def _tokens_per_step(stage: str, tree: dict) -> int:
+    """Token capacity of one step: sequence slots for the multimodal stage, image patches for the encoder's."""
+    if stage == "encoder":
+        patches = (tree["encoder"]["resolution"] // tree["encoder"]["patch_size"]) ** 2
+        return tree["encoder_pretrain"]["batch_size"] * patches
+    return tree["train"]["batch_size"] * tree["data"]["max_seq_len"]
+
+
 def _budget_overrides(spec: StudySpec, reference_tree: dict) -> dict[str, int]:
     overrides = {}
     for stage, budget in spec.budget.items():
@@ -154,8 +163,7 @@ def _budget_overrides(spec: StudySpec, reference_tree: dict) -> dict[str, int]:
         if budget.steps is not None:
             overrides[field] = budget.steps
         elif budget.tokens is not None:
-            tokens_per_step = reference_tree["train"]["batch_size"] * reference_tree["data"]["max_seq_len"]
-            overrides[field] = max(1, math.ceil(budget.tokens / tokens_per_step))
+            overrides[field] = max(1, math.ceil(budget.tokens / _tokens_per_step(stage, reference_tree)))
     return overrides
 
 

@@ -38,18 +38,28 @@ def train_trial(tune_config: dict[str, Any]) -> None:
     started = time.time()
 
     def report(step: int, metrics: dict[str, float]) -> None:
-        tune.report({"step": step, "total_steps": cfg.train.steps, **metrics})
+        stage = "encoder" if any(k.startswith("encoder/") for k in metrics) else "multimodal"
+        total = cfg.encoder_pretrain.steps if stage == "encoder" else cfg.train.steps
+        tune.report({"step": step, "total_steps": total, "stage": stage, **metrics})
 
     checkpoint = Path(payload["checkpoint_dir"]) / f"{payload['trial_id']}.pt"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    outcome = run_trial(cfg, device=device, on_metrics=report, checkpoint_path=checkpoint)
+    outcome = run_trial(
+        cfg,
+        device=device,
+        on_metrics=report,
+        checkpoint_path=checkpoint,
+        cache_dir=Path(payload["cache_dir"]),
+    )
     tune.report(
         {
             "step": cfg.train.steps,
             "total_steps": cfg.train.steps,
+            "stage": "multimodal",
             **outcome.metrics,
             FINAL_KEY: True,
             "num_params": outcome.num_params,
+            "built_encoder": outcome.built_encoder,
             "wall_time_s": time.time() - started,
             "device": f"{device.type} x{num_threads} threads"
             if device.type == "cpu"

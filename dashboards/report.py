@@ -29,6 +29,7 @@ _META = {
     "num_params",
     "device",
     "mlflow_run_id",
+    "built_encoder",
     "finished_at",
     "config_json",
     "eval_protocol_json",
@@ -50,9 +51,12 @@ def _ci95(values: pd.Series) -> float:
     return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
 
 
-def arm_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per arm: seeds finished, and mean / 95% CI half-width of every metric over seeds."""
+def arm_table(trials: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """One row per arm, ordered by its axis values: seeds finished, and mean / 95% CI half-width of every metric."""
     done = trials[trials["status"] == "finished"]
+    present = [a for a in axes if a in done.columns]
+    if present:
+        done = done.sort_values(present, kind="stable")
     rows = []
     for arm, group in done.groupby("arm", sort=False):
         row = {"arm": arm, "seeds": len(group)}
@@ -151,7 +155,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     spec_axes = [axis["name"] for axis in spec.get("axes", [])] or _study_axes(trials)
     metrics = metric_columns(trials)
     headline = [m for m in metrics if m.startswith("heldout/")] or metrics
-    table = arm_table(trials)
+    table = arm_table(trials, spec_axes)
 
     figures = [
         _axis_figure(trials, axis, metric)

@@ -157,9 +157,31 @@ class EvalConfig:
     set_seed: int = 0
 
 
+ENCODER_LOSSES = ("none", "clip")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderPretrainConfig:
+    """The image encoder's own pre-training stage, run before multimodal training and cached by its config."""
+
+    loss: str = (
+        "none"  # "none": the encoder starts from random weights and learns only in multimodal training
+    )
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    text_width: int = 64
+    text_depth: int = 1
+    # Per image, captions that differ from its own in one detail (a sign digit, a colour, a shape): without them a
+    # contrastive encoder can tell captions apart by their easiest words and never learns to read.
+    num_hard_negatives: int = 1
+
+
 @dataclass(frozen=True, kw_only=True)
 class MM1Config:
     encoder: ViTConfig
+    encoder_pretrain: EncoderPretrainConfig
     connector: ConnectorConfig
     lm: LMConfig
     data: DataConfig
@@ -256,7 +278,15 @@ def config_from_dict(tree: dict) -> MM1Config:
         raise ConfigError(path, f"{first['msg']} (got {first.get('input')!r})") from None
 
 
-_MAY_BE_ZERO = {"seed", "set_seed", "eval_every", "z_loss_coef", "weight_decay", "warmup_steps"}
+_MAY_BE_ZERO = {
+    "seed",
+    "set_seed",
+    "eval_every",
+    "z_loss_coef",
+    "weight_decay",
+    "warmup_steps",
+    "num_hard_negatives",
+}
 
 
 def config_problems(cfg: MM1Config) -> list[ConfigError]:
@@ -274,6 +304,22 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
                 check(value >= 0, path, f"must be >= 0, got {value}")
             else:
                 check(value > 0, path, f"must be > 0, got {value}")
+    pre = cfg.encoder_pretrain
+    check(
+        pre.loss in ENCODER_LOSSES,
+        "encoder_pretrain.loss",
+        f"unknown encoder loss {pre.loss!r}; known: {', '.join(ENCODER_LOSSES)}",
+    )
+    check(
+        pre.warmup_steps <= pre.steps,
+        "encoder_pretrain.warmup_steps",
+        f"warmup_steps {pre.warmup_steps} exceed steps {pre.steps}",
+    )
+    check(
+        pre.text_width % 4 == 0,
+        "encoder_pretrain.text_width",
+        f"the text tower's width {pre.text_width} must be divisible by its 4 heads",
+    )
     check(enc.stem in STEMS, "encoder.stem", f"unknown stem {enc.stem!r}; known: {', '.join(STEMS)}")
     check(
         enc.resolution % enc.patch_size == 0,

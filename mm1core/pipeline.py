@@ -10,7 +10,9 @@ import torch
 
 from mm1core.config import MM1Config, config_problems, config_to_dict
 from mm1core.data.sources import build_tokenizer, make_batch
+from mm1core.encoder_pretrain import pretrain_encoder
 from mm1core.eval.heldout import EvalResult, evaluate_heldout
+from mm1core.losses import LOSSES
 from mm1core.mm1 import build_mm1
 from mm1core.train import train
 
@@ -22,6 +24,7 @@ class TrialOutcome:
     metrics: dict[str, float]
     eval: EvalResult
     num_params: int
+    built_encoder: bool  # False when the encoder came from the stage cache (or was not pre-trained)
 
 
 def run_trial(
@@ -30,8 +33,13 @@ def run_trial(
     device: torch.device = torch.device("cpu"),
     on_metrics: Callable[[int, dict[str, float]], None] = lambda step, metrics: None,
     checkpoint_path: Path | None = None,
+    cache_dir: Path = Path("results/cache"),
 ) -> TrialOutcome:
-    """Train and evaluate one configuration; on_metrics(step, metrics) sees training and evaluation metrics."""
+    """Pre-train (or fetch) the encoder, train the multimodal model, evaluate it.
+
+    on_metrics(step, metrics) sees the encoder stage's metrics (`encoder/*`, when this trial builds it), then the
+    multimodal stage's training and evaluation metrics.
+    """
     problems = config_problems(cfg)
     if problems:
         raise ValueError("; ".join(str(p) for p in problems))
@@ -45,9 +53,15 @@ def run_trial(
         vocab_size=tokenizer.vocab_size,
         image_token_id=tokenizer.image_id,
     ).to(device)
+    encoder_state, built_encoder = pretrain_encoder(
+        cfg, device=device, cache_dir=cache_dir, on_log=on_metrics
+    )
+    if encoder_state is not None:
+        model.image_encoder.load_state_dict(encoder_state)
+    model.freeze(cfg.train.freeze)
 
-    def get_batch(step: int):
-        return make_batch(
+    def step_loss(step: int) -> dict[str, torch.Tensor]:
+        batch = make_batch(
             cfg.data,
             tokenizer,
             batch_size=cfg.train.batch_size,
@@ -56,6 +70,8 @@ def run_trial(
             seed=cfg.seed,
             step=step,
         )
+        logits = model(batch.tokens.to(device), batch.images.to(device))
+        return LOSSES["lm"](logits, batch.targets.to(device), z_loss_coef=cfg.train.z_loss_coef)
 
     def evaluate() -> EvalResult:
         return evaluate_heldout(
@@ -73,7 +89,7 @@ def run_trial(
 
     last_step = train(
         model,
-        get_batch,
+        step_loss,
         cfg.train,
         device=device,
         on_log=on_metrics,
@@ -84,5 +100,8 @@ def run_trial(
     result = evaluate()
     on_metrics(last_step, result.metrics)
     return TrialOutcome(
-        metrics=result.metrics, eval=result, num_params=sum(p.numel() for p in model.parameters())
+        metrics=result.metrics,
+        eval=result,
+        num_params=sum(p.numel() for p in model.parameters()),
+        built_encoder=built_encoder,
     )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from mm1core.config import (
     ConnectorConfig,
     DataConfig,
+    EncoderPretrainConfig,
     EvalConfig,
     LMConfig,
     MM1Config,
@@ -21,6 +22,7 @@ def tiny() -> MM1Config:
     """Seconds on one CPU core: for tests."""
     return MM1Config(
         encoder=ViTConfig(resolution=32, patch_size=8, width=32, depth=1, num_heads=2),
+        encoder_pretrain=EncoderPretrainConfig(steps=10, batch_size=8, warmup_steps=2, text_width=32),
         connector=ConnectorConfig(name="avg-pool", num_image_tokens=4),
         lm=LMConfig(width=32, depth=1, num_heads=2),
         data=DataConfig(max_seq_len=80),
@@ -33,6 +35,7 @@ def small() -> MM1Config:
     """Minutes on one CPU core: the size of CPU studies."""
     return MM1Config(
         encoder=ViTConfig(resolution=64, patch_size=8, width=96, depth=2, num_heads=4),
+        encoder_pretrain=EncoderPretrainConfig(loss="clip", steps=300),
         connector=ConnectorConfig(name="avg-pool", num_image_tokens=16),
         lm=LMConfig(width=128, depth=2, num_heads=4),
         data=DataConfig(max_seq_len=112),

@@ -1,7 +1,8 @@
-"""The training loop: AdamW, linear warm-up then cosine decay to 10% of peak, z-loss, gradient clipping, checkpoints.
+"""The training loop: AdamW, linear warm-up then cosine decay to 10% of peak, gradient clipping, checkpoints.
 
-One plain function. Batches come from `get_batch(step)`, a pure function of the step, so a run resumed from a
-checkpoint replays exactly the batches the uninterrupted run would have seen.
+One plain function for every stage. A stage supplies `step_loss(step)`, which builds that step's batch (a pure function
+of the step, so a resumed run replays exactly the batches the uninterrupted run saw), runs the forward pass and returns
+named loss terms; the loop sums the `*_loss` terms and logs them all.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mm1core.config import TrainConfig
-from mm1core.data.sources import Batch
-from mm1core.losses import LOSSES, total_loss
-from mm1core.mm1 import MM1
+from mm1core.losses import total_loss
 
 __all__ = ["get_lr", "train"]
 
@@ -29,7 +29,7 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
 
 
-def _save(path: Path, model: MM1, optimizer: torch.optim.Optimizer, step: int, config: dict) -> None:
+def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, config: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config},
@@ -39,8 +39,8 @@ def _save(path: Path, model: MM1, optimizer: torch.optim.Optimizer, step: int, c
 
 
 def train(
-    model: MM1,
-    get_batch: Callable[[int], Batch],
+    model: nn.Module,
+    step_loss: Callable[[int], dict[str, torch.Tensor]],
     cfg: TrainConfig,
     *,
     device: torch.device,
@@ -49,8 +49,7 @@ def train(
     checkpoint_path: Path | None = None,
     checkpoint_config: dict | None = None,
 ) -> int:
-    """Train `model` for cfg.steps steps (resuming from checkpoint_path if it exists); returns the last step."""
-    model.freeze(cfg.freeze)
+    """Train the trainable parameters of `model` for cfg.steps steps, resuming from checkpoint_path if it exists."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -69,12 +68,10 @@ def train(
     model.train()
     tick = time.perf_counter()
     for step in range(start, cfg.steps):
-        batch = get_batch(step)
         for group in optimizer.param_groups:
             group["lr"] = get_lr(step, cfg)
         with autocast:
-            logits = model(batch.tokens.to(device), batch.images.to(device))
-        terms = LOSSES["lm"](logits, batch.targets.to(device), z_loss_coef=cfg.z_loss_coef)
+            terms = step_loss(step)
         loss = total_loss(terms)
         if not torch.isfinite(loss):
             raise FloatingPointError(

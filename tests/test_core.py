@@ -18,6 +18,7 @@ from mm1core.config import (
 from mm1core.connectors import CONNECTORS, build_connector
 from mm1core.data.sources import build_tokenizer, make_batch
 from mm1core.data.world import render_scene, sample_scene
+from mm1core.losses import LOSSES
 from mm1core.mm1 import build_mm1
 from mm1core.pipeline import run_trial
 from mm1core.presets import PRESETS, get_preset
@@ -37,6 +38,11 @@ def _model(cfg):
         image_token_id=tokenizer.image_id,
     )
     return model, tokenizer
+
+
+def _lm_terms(model, batch, cfg):
+    logits = model(batch.tokens, batch.images)
+    return LOSSES["lm"](logits, batch.targets, z_loss_coef=cfg.train.z_loss_coef)
 
 
 def _batch(cfg, tokenizer, step=0):
@@ -141,7 +147,7 @@ def test_loss_decreases_on_a_fixed_batch():
     train_cfg = dataclasses.replace(cfg.train, steps=40, warmup_steps=1, log_every=10)
     train(
         model,
-        lambda step: batch,
+        lambda step: _lm_terms(model, batch, cfg),
         train_cfg,
         device=torch.device("cpu"),
         on_log=lambda step, m: losses.append(m["train/loss"]),
@@ -169,7 +175,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
         try:
             train(
                 model,
-                lambda step: _batch(cfg, tokenizer, step),
+                lambda step: _lm_terms(model, _batch(cfg, tokenizer, step), cfg),
                 cfg.train,
                 device=torch.device("cpu"),
                 on_log=on_log,
@@ -213,3 +219,45 @@ def test_trial_reports_heldout_metrics_and_items():
         assert 0.0 <= outcome.metrics[f"heldout/{field}"] <= 1.0
     assert {item["field"] for item in outcome.eval.items} == {"sign", "size", "color", "shape", "position"}
     assert outcome.eval.protocol["num_items"] == get_preset("tiny").eval.num_items
+
+
+def test_clip_loss_matches_a_hand_computation():
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])  # two captions, then one hard negative
+    scale = torch.tensor(0.0)  # exp(0) = 1
+    sims = torch.nn.functional.normalize(image, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+    i2t = (-sims[0, 0] + sims[0].logsumexp(0) - sims[1, 1] + sims[1].logsumexp(0)) / 2
+    t2i = (-sims[0, 0] + sims[:, 0].logsumexp(0) - sims[1, 1] + sims[:, 1].logsumexp(0)) / 2
+    terms = LOSSES["clip"](image, text, scale)
+    assert terms["contrastive_loss"].item() == pytest.approx(((i2t + t2i) / 2).item(), rel=1e-6)
+
+
+def test_hard_negative_changes_exactly_one_detail():
+    import random
+
+    from mm1core.encoder_pretrain import hard_negative
+
+    world = get_preset("tiny").data.world
+    rng = random.Random(0)
+    for seed in range(50):
+        scene = sample_scene(world, seed)
+        negative = hard_negative(scene, rng)
+        digits = sum(a != b for a, b in zip(scene.sign.text, negative.sign.text, strict=True))
+        attributes = sum(
+            (a.color != b.color) + (a.shape != b.shape)
+            for a, b in zip(scene.objects, negative.objects, strict=True)
+        )
+        assert digits + attributes == 1
+
+
+def test_encoder_stage_is_built_once_then_served_from_the_cache(tmp_path):
+    cfg = config_from_dict(
+        apply_overrides(config_to_dict(get_preset("tiny")), {"encoder_pretrain.loss": "clip"})
+    )
+    first = run_trial(cfg, cache_dir=tmp_path)
+    second = run_trial(cfg, cache_dir=tmp_path)
+    assert first.built_encoder and not second.built_encoder
+    assert first.metrics == second.metrics  # the cached encoder is the one that was built
+    other_seed = run_trial(dataclasses.replace(cfg, seed=1), cache_dir=tmp_path)
+    assert other_seed.built_encoder
+    assert len(list(tmp_path.glob("encoder-clip-*.pt"))) == 2

@@ -27,6 +27,8 @@ name: tiny-e2e
 description: "tiny <script>window.pwned = 1</script> study"
 reference:
   preset: tiny
+  overrides:
+    encoder_pretrain.loss: clip
 axes:
   - name: resolution
     values: [16, 32]
@@ -34,8 +36,9 @@ axes:
     values: [0.003, 1.0e+9]
 design: grid
 seeds: [0]
-resources: {cpu: 1}
+resources: {cpu: 1, gpu: 0.5}
 budget:
+  encoder: {steps: 10}
   multimodal: {steps: 20}
 """
 GOOD_ARMS = {"resolution=16,train.lr=0.003", "resolution=32,train.lr=0.003"}
@@ -57,8 +60,11 @@ def test_run_reports_progress_and_failures(finished_study):
     root, done = finished_study
     assert done.returncode == 1, done.stdout + done.stderr  # some trials failed
     assert "4 trials planned, 0 already finished, 4 to run" in done.stdout
-    assert "step 20/20" in done.stdout  # per-trial step progress
+    assert (
+        "encoder step 10/10" in done.stdout and "multimodal step 20/20" in done.stdout
+    )  # per-trial progress
     assert "2 finished, 2 failed" in done.stdout
+    assert "the Ray cluster has no GPU: running the trials on CPU" in done.stdout
     assert "non-finite training loss" in done.stdout
 
 
@@ -70,6 +76,7 @@ def test_mlflow_holds_parent_and_child_runs(finished_study):
     parents = [r for r in runs if r.data.tags.get("mm1ablate.role") == "study"]
     children = [r for r in runs if r.data.tags.get("mm1ablate.role") == "trial"]
     assert len(parents) == 1 and len(children) == 4
+    assert "report.html" in [a.path for a in client.list_artifacts(parents[0].info.run_id)]
     for child in children:
         tags = child.data.tags
         assert tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -105,6 +112,18 @@ def test_parquet_tables(finished_study):
     assert {"step", "metric", "value"} <= set(curves.columns)
     items = pd.read_parquet(root / "results" / "tiny-e2e" / "items.parquet")
     assert len(items) > 0 and set(items["trial_id"]) == set(finished["trial_id"])
+
+
+def test_shared_encoders_are_built_once(finished_study):
+    root, _ = finished_study
+    # Two resolutions -> two encoders; the learning-rate arms of a resolution share its encoder.
+    assert len(list((root / "results" / "cache").glob("encoder-clip-*.pt"))) == 2
+    curves = pd.read_parquet(root / "results" / "tiny-e2e" / "curves.parquet")
+    builders = curves.loc[curves["metric"] == "encoder/contrastive_loss", "trial_id"].unique()
+    assert len(builders) == 2
+    trials = pd.read_parquet(root / "results" / "tiny-e2e" / "trials.parquet")
+    builder_resolutions = trials.set_index("trial_id").loc[builders, "resolution"]
+    assert sorted(builder_resolutions) == [16, 32]
 
 
 def test_report_is_self_contained_and_escapes_the_study(finished_study):

@@ -113,7 +113,7 @@ CASES = {
     ),
     "unknown budget stage": (
         VALID.replace("multimodal:", "multimodel:"),
-        ["study.yaml:16: budget.multimodel: unknown budget stage 'multimodel'; known: multimodal"],
+        ["study.yaml:16: budget.multimodel: unknown budget stage 'multimodel'; known: encoder, multimodal"],
     ),
     "missing reference": (
         VALID.replace("reference:\n  preset: tiny\n  overrides:\n    train.lr: 0.002\n", ""),

@@ -1,0 +1,155 @@
+"""Image-encoder pre-training stages, selectable by name (the study axis `encoder_loss`), cached across trials.
+
+`clip`: contrastive image-caption pre-training with a small text tower. The image embedding is a projection of the
+patch grid average-pooled to at most 3x3 cells, so the encoder must keep *where* things are, which the connector needs
+later; each image also competes against captions of itself with one detail changed (hard negatives).
+
+Shape suffixes: B images, N patches, D encoder width, E embedding width, T caption tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mm1core.config import MM1Config, TrainConfig, config_to_dict
+from mm1core.data.sources import build_tokenizer, caption_text, encode_document, images_to_tensor, pad_rows
+from mm1core.data.world import COLORS, SHAPES, Scene, render_scene, sample_scene
+from mm1core.losses import LOSSES
+from mm1core.stage_cache import cached_stage, stage_key
+from mm1core.text_tower import TextTower
+from mm1core.train import train
+from mm1core.vit import ViT
+
+__all__ = ["pretrain_encoder", "encoder_stage_key", "hard_negative"]
+
+_POOL = 3  # side of the pooled grid the image embedding is made from
+
+
+def hard_negative(scene: Scene, rng: random.Random) -> Scene:
+    """The scene with exactly one detail changed: a sign digit, or one object's colour or shape."""
+    choice = rng.choice(["digit", "color", "shape"] if scene.objects else ["digit"])
+    if choice == "digit":
+        i = rng.randrange(len(scene.sign.text))
+        digit = rng.choice([d for d in "0123456789" if d != scene.sign.text[i]])
+        text = scene.sign.text[:i] + digit + scene.sign.text[i + 1 :]
+        return dataclasses.replace(scene, sign=dataclasses.replace(scene.sign, text=text))
+    j = rng.randrange(len(scene.objects))
+    obj = scene.objects[j]
+    if choice == "color":
+        changed = dataclasses.replace(obj, color=rng.choice([c for c in COLORS if c != obj.color]))
+    else:
+        changed = dataclasses.replace(obj, shape=rng.choice([s for s in SHAPES if s != obj.shape]))
+    return dataclasses.replace(scene, objects=scene.objects[:j] + (changed,) + scene.objects[j + 1 :])
+
+
+class _CLIPPretrainer(nn.Module):
+    def __init__(self, encoder: ViT, text: TextTower, embed_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.text = text
+        self.pool = min(_POOL, encoder.grid_size)
+        self.image_proj = nn.Linear(encoder.embed_dim * self.pool**2, embed_dim)
+        self.text_proj = nn.Linear(text.embed.embedding_dim, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(2.659))  # ln(1 / 0.07), CLIP's initial temperature
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        patches = self.encoder(images)  # (B, N, D)
+        B, N, D = patches.shape
+        grid = patches.transpose(1, 2).reshape(B, D, self.encoder.grid_size, self.encoder.grid_size)
+        pooled = F.adaptive_avg_pool2d(grid, self.pool).flatten(1)  # (B, D * pool^2)
+        return self.image_proj(pooled)  # (B, E)
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, 4.6052)  # CLIP caps the scale at 100
+        return LOSSES["clip"](self.embed_images(images), self.text_proj(self.text(texts)), self.logit_scale)
+
+
+def encoder_stage_key(cfg: MM1Config) -> str:
+    """Everything that determines the pre-trained encoder: its architecture, its stage config, the world, the seed."""
+    tree = config_to_dict(cfg)
+    return stage_key(
+        f"encoder-{cfg.encoder_pretrain.loss}",
+        {
+            "encoder": tree["encoder"],
+            "pretrain": tree["encoder_pretrain"],
+            "world": tree["data"]["world"],
+            "seed": cfg.seed,
+        },
+    )
+
+
+def _train_clip(
+    cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None]
+) -> dict:
+    pre = cfg.encoder_pretrain
+    tokenizer = build_tokenizer(cfg.data)
+    torch.manual_seed(cfg.seed)
+    encoder = ViT(cfg.encoder)
+    text = TextTower(
+        vocab_size=tokenizer.vocab_size,
+        width=pre.text_width,
+        depth=pre.text_depth,
+        max_len=cfg.data.max_seq_len,
+        pad_id=tokenizer.pad_id,
+    )
+    model = _CLIPPretrainer(encoder, text, embed_dim=pre.text_width).to(device)
+
+    def step_loss(step: int) -> dict[str, torch.Tensor]:
+        rng = random.Random(f"encoder/{cfg.seed}/{step}")
+        scenes = [sample_scene(cfg.data.world, rng.getrandbits(62)) for _ in range(pre.batch_size)]
+        negatives = [hard_negative(s, rng) for s in scenes for _ in range(pre.num_hard_negatives)]
+        texts = [
+            encode_document(caption_text(s, cfg.data.world), tokenizer, 0, cfg.data.max_seq_len)[0]
+            for s in scenes + negatives
+        ]
+        images = images_to_tensor(
+            [render_scene(s, cfg.data.world, cfg.encoder.resolution) for s in scenes], cfg.encoder.resolution
+        )
+        return model(images.to(device), pad_rows(texts, tokenizer.pad_id).to(device))
+
+    schedule = TrainConfig(
+        steps=pre.steps,
+        batch_size=pre.batch_size,
+        lr=pre.lr,
+        warmup_steps=pre.warmup_steps,
+        z_loss_coef=0.0,
+        log_every=max(1, min(25, pre.steps)),
+    )
+    train(
+        model,
+        step_loss,
+        schedule,
+        device=device,
+        on_log=lambda step, m: on_log(step, {k.replace("train/", "encoder/"): v for k, v in m.items()}),
+    )
+    return {"encoder": {k: v.cpu() for k, v in encoder.state_dict().items()}}
+
+
+_STAGES = {"clip": _train_clip}
+
+
+def pretrain_encoder(
+    cfg: MM1Config,
+    *,
+    device: torch.device,
+    cache_dir: Path,
+    on_log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None,
+) -> tuple[dict[str, torch.Tensor] | None, bool]:
+    """(the pre-trained encoder's state dict, or None for loss "none"; whether this call built it)."""
+    loss = cfg.encoder_pretrain.loss
+    if loss == "none":
+        return None, False
+    if loss not in _STAGES:
+        raise ValueError(f"encoder loss {loss!r} is not supported; known: none, {', '.join(_STAGES)}")
+    result, built = cached_stage(
+        cache_dir, encoder_stage_key(cfg), lambda: _STAGES[loss](cfg, device, on_log)
+    )
+    return result["encoder"], built
