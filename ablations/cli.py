@@ -30,11 +30,15 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from ablations.plan import plan
-    from ablations.results import ResultsStore
 
     study = load_study(args.study)
     trials = plan(study)
-    finished = ResultsStore.finished_ids_at(_results_root(args) / study.name)
+    study_dir = _results_root(args) / study.name
+    finished: set[str] = set()
+    if (study_dir / "trials.parquet").exists():  # pyarrow.parquet alone costs half a second to import
+        from ablations.results import finished_trial_ids
+
+        finished = finished_trial_ids(study_dir)
     axis_names = [a.name for a in study.spec.axes]
     rows = [
         [

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -33,6 +32,14 @@ TRIAL_COLUMNS = (
     "finished_at",
     "config_json",
 )
+
+
+def finished_trial_ids(study_dir: Path) -> set[str]:
+    path = study_dir / "trials.parquet"
+    if not path.exists():
+        return set()
+    table = pq.read_table(path, columns=["trial_id", "status"]).to_pydict()
+    return {t for t, s in zip(table["trial_id"], table["status"], strict=True) if s == "finished"}
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
@@ -60,19 +67,7 @@ class ResultsStore:
         return self.dir / "items.parquet"
 
     def finished_ids(self) -> set[str]:
-        return self.finished_ids_at(self.dir)
-
-    @staticmethod
-    def finished_ids_at(study_dir: Path) -> set[str]:
-        """Ids of finished trials, read without creating anything (the planner must not write)."""
-        path = study_dir / "trials.parquet"
-        if not path.exists():
-            return set()
-        table = pq.read_table(path, columns=["trial_id", "status"]).to_pydict()
-        return {t for t, s in zip(table["trial_id"], table["status"], strict=False) if s == "finished"}
-
-    def read_trials(self) -> pd.DataFrame:
-        return pd.read_parquet(self.trials_path) if self.trials_path.exists() else pd.DataFrame()
+        return finished_trial_ids(self.dir)
 
     def save_trial(
         self, row: dict[str, Any], curves: list[dict[str, Any]], items: list[dict[str, Any]]
@@ -95,8 +90,9 @@ class ResultsStore:
             files = sorted(self.parts.glob(f"*.{kind}.parquet"))
             if not files:
                 continue
-            frames = [pd.read_parquet(f) for f in files]
-            table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+            # Failed trials lack metric columns and finished ones have a null error: permissive promotion unifies
+            # them (missing columns become nulls, int widens to float where parts disagree).
+            table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
             _write_atomic(table, path)
 
 

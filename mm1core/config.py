@@ -13,14 +13,13 @@ import dataclasses
 import difflib
 import functools
 import math
+import operator
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-
-from mm1core.data.world import WorldConfig
 
 __all__ = [
     "CONNECTOR_TOKEN_RULES",
@@ -44,6 +43,19 @@ __all__ = [
     "parse_ratio",
     "unknown_path_message",
 ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorldConfig:
+    """Difficulty knobs of the world; every result is logged with them."""
+
+    canvas_px: int = 192
+    grid_size: int = 3
+    min_objects: int = 1
+    max_objects: int = 3
+    num_sign_digits: int = 2
+    glyph_scales: tuple[int, ...] = (2, 3, 4)
+
 
 STEMS = ("patchify", "conv")
 PRECISIONS = ("fp32", "bf16")
@@ -289,6 +301,12 @@ _MAY_BE_ZERO = {
 }
 
 
+@functools.cache
+def _numeric_fields() -> list[tuple[str, Callable[[Any], Any]]]:
+    """(path, getter) for every int or float field: the planner checks thousands of arms, so no per-call walk."""
+    return [(path, operator.attrgetter(path)) for path, hint in field_paths().items() if hint in (int, float)]
+
+
 def config_problems(cfg: MM1Config) -> list[ConfigError]:
     """Every reason this config cannot be built or trained, each at the field that causes it."""
     problems: list[ConfigError] = []
@@ -298,12 +316,12 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
         if not ok:
             problems.append(ConfigError(path, message))
 
-    for path, value in flatten(config_to_dict(cfg)).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if path.rsplit(".", 1)[-1] in _MAY_BE_ZERO:
-                check(value >= 0, path, f"must be >= 0, got {value}")
-            else:
-                check(value > 0, path, f"must be > 0, got {value}")
+    for path, getter in _numeric_fields():
+        value = getter(cfg)
+        if path.rsplit(".", 1)[-1] in _MAY_BE_ZERO:
+            check(value >= 0, path, f"must be >= 0, got {value}")
+        else:
+            check(value > 0, path, f"must be > 0, got {value}")
     pre = cfg.encoder_pretrain
     check(
         pre.loss in ENCODER_LOSSES,

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mm1core.config import DataConfig, parse_ratio
+from mm1core.config import DataConfig, WorldConfig, parse_ratio
 from mm1core.data.tokenizer import WordTokenizer
-from mm1core.data.world import Scene, WorldConfig, positions, render_scene, sample_scene, world_vocabulary
+from mm1core.data.world import Scene, positions, render_scene, sample_scene, world_vocabulary
 
 __all__ = [
     "EVAL_SEED_OFFSET",

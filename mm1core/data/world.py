@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mm1core.config import WorldConfig
+
 __all__ = [
     "COLORS",
     "POSITIONS",
@@ -21,7 +23,6 @@ __all__ = [
     "Scene",
     "SceneObject",
     "Sign",
-    "WorldConfig",
     "render_scene",
     "sample_scene",
     "world_vocabulary",
@@ -65,18 +66,6 @@ _FONT_5X7 = {
     "8": ("01110", "10001", "10001", "01110", "10001", "10001", "01110"),
     "9": ("01110", "10001", "10001", "01111", "00001", "00010", "01100"),
 }
-
-
-@dataclass(frozen=True, kw_only=True)
-class WorldConfig:
-    """Difficulty knobs of the world; every result is logged with them."""
-
-    canvas_px: int = 192
-    grid_size: int = 3
-    min_objects: int = 1
-    max_objects: int = 3
-    num_sign_digits: int = 2
-    glyph_scales: tuple[int, ...] = (2, 3, 4)
 
 
 @dataclass(frozen=True)
