@@ -29,7 +29,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ablations.plan import plan
+    from ablations.plan import encoder_plan, plan, stage_cache_dir
 
     study = load_study(args.study)
     trials = plan(study)
@@ -39,6 +39,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from ablations.results import finished_trial_ids
 
         finished = finished_trial_ids(study_dir)
+    todo = [t for t in trials if t.trial_id not in finished]
+    encoders = encoder_plan(todo, stage_cache_dir(_results_root(args)))
     axis_names = [a.name for a in study.spec.axes]
     rows = [
         [
@@ -47,16 +49,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
             t.seed,
             t.trial_id,
             "finished" if t.trial_id in finished else "to run",
+            encoders.get(t.trial_id, "-"),
         ]
         for t in trials
     ]
-    print(_table(rows, ["arm", *axis_names, "seed", "trial_id", "status"]))
+    print(_table(rows, ["arm", *axis_names, "seed", "trial_id", "status", "encoder"]))
     arms = len({t.arm for t in trials})
-    todo = sum(t.trial_id not in finished for t in trials)
+    counts = {what: sum(v == what for v in encoders.values()) for what in ("build", "cached", "reuse")}
     print(
         f"\n{len(trials)} trials ({arms} arms x {len(study.spec.seeds)} seeds, design {study.spec.design}); "
-        f"{len(trials) - todo} finished, {todo} to run; {study.spec.resources.cpu:g} CPU"
+        f"{len(trials) - len(todo)} finished, {len(todo)} to run; {study.spec.resources.cpu:g} CPU"
         f"{f', {study.spec.resources.gpu:g} GPU' if study.spec.resources.gpu else ''} per trial"
+    )
+    print(
+        f"pre-trained encoders: {counts['build']} to build, {counts['cached']} trials use a cached one, "
+        f"{counts['reuse']} reuse one built in this run"
     )
     return 0
 

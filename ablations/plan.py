@@ -10,10 +10,12 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ablations.spec import Study, resolve_axis
 from mm1core.config import ConfigError, apply_overrides, config_from_dict, config_problems
+from mm1core.stage_cache import encoder_stage_key, is_cached
 
 __all__ = ["REFERENCE_ARM", "Arm", "Trial", "arm_problems", "expand_arms", "plan", "trial_id"]
 
@@ -134,3 +136,24 @@ def plan(study: Study) -> list[Trial]:
             config = dict(arm_config, seed=seed)
             trials.append(Trial(trial_id(config), arm.name, arm.axis_values, seed, config))
     return trials
+
+
+def stage_cache_dir(results_root: Path) -> Path:
+    """Where stages that trials share are cached: beside the studies, so every study (and node) can reuse them."""
+    return results_root / "cache"
+
+
+def encoder_plan(trials: list[Trial], cache_dir: Path) -> dict[str, str]:
+    """trial_id -> what its encoder stage will do: "cached", "build", "reuse" (built by an earlier trial) or "-"."""
+    status: dict[str, str] = {}
+    seen: set[str] = set()
+    for trial in trials:
+        key = encoder_stage_key(trial.config)
+        if key is None:
+            status[trial.trial_id] = "-"
+        elif is_cached(cache_dir, key):
+            status[trial.trial_id] = "cached"
+        else:
+            status[trial.trial_id] = "reuse" if key in seen else "build"
+            seen.add(key)
+    return status

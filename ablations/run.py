@@ -23,7 +23,7 @@ import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
-from ablations.plan import Trial, plan
+from ablations.plan import Trial, plan, stage_cache_dir
 from ablations.results import ResultsStore, config_json
 from ablations.spec import Study
 from ablations.tracking import Tracker, resolve_tracking_uri
@@ -276,7 +276,7 @@ def run_study(
             "config": t.config,
             "num_cpus": resources.cpu,
             "checkpoint_dir": str((study_dir / "checkpoints").resolve()),
-            "cache_dir": str((results_root / "cache").resolve()),
+            "cache_dir": str(stage_cache_dir(results_root).resolve()),
         }
         for t in todo
     ]

@@ -31,13 +31,47 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.proj = nn.Linear(width, width, bias=False)
 
-    def forward(self, x: torch.Tensor, *, causal: bool) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        causal: bool,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, D); rope: (cos, sin) tables (T, Dh); attn_mask (T, T) bool, True = may attend."""
         B, T, D = x.shape
         q, k, v = (
             self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
         )  # (B, H, T, Dh)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, T, Dh)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if attn_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, Dh)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, T, Dh)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+def rotary_tables(
+    seq_len: int, head_dim: int, *, device: torch.device, base: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin), each (T, Dh): RoFormer's rotary position tables in the rotate-half layout."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)  # (Dh/2,)
+    angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)  # (T, Dh/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, Dh)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, Dh) rotated by position."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat((-second, first), dim=-1) * sin.to(x.dtype)
+
+
+def swiglu_hidden(width: int) -> int:
+    """SwiGLU's hidden width: 8/3 of the model width (LLaMA's choice for parameter parity with a 4x GELU MLP)."""
+    return 8 * round(width * 8 / 3 / 8)
 
 
 class SwiGLU(nn.Module):
@@ -54,14 +88,20 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, width: int, num_heads: int, mlp_ratio: float = 8 / 3) -> None:
+    def __init__(self, width: int, num_heads: int, mlp: nn.Module | None = None) -> None:
         super().__init__()
-        hidden = 8 * round(width * mlp_ratio / 8)
         self.attn_norm = RMSNorm(width)
         self.attn = Attention(width, num_heads)
         self.mlp_norm = RMSNorm(width)
-        self.mlp = SwiGLU(width, hidden)
+        self.mlp = mlp if mlp is not None else SwiGLU(width, swiglu_hidden(width))
 
-    def forward(self, x: torch.Tensor, *, causal: bool) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), causal=causal)
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        causal: bool,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), causal=causal, rope=rope, attn_mask=attn_mask)
         return x + self.mlp(self.mlp_norm(x))

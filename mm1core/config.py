@@ -17,7 +17,7 @@ import operator
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -25,6 +25,7 @@ __all__ = [
     "CONNECTOR_TOKEN_RULES",
     "PRECISIONS",
     "STEMS",
+    "LM_POSITIONS",
     "ConfigError",
     "ConnectorConfig",
     "DataConfig",
@@ -58,6 +59,7 @@ class WorldConfig:
 
 
 STEMS = ("patchify", "conv")
+LM_POSITIONS = ("learned", "rope")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -102,8 +104,20 @@ def _square_within_grid(name: str) -> Callable[[int, int], str | None]:
 
 # What token counts each connector can produce from a grid_size x grid_size patch grid; keys are the connector
 # registry's names (mm1core.connectors.CONNECTORS, which a test keeps in step with this table).
+def _at_most_patches(num_image_tokens: int, grid_size: int) -> str | None:
+    # Learned queries can number anything, but more queries than patches only re-describe the same patches.
+    if num_image_tokens > grid_size**2:
+        return (
+            f"{num_image_tokens} image tokens exceed the {grid_size}x{grid_size}={grid_size**2} patches "
+            "of the encoder (raise the resolution or lower the patch size)"
+        )
+    return None
+
+
 CONNECTOR_TOKEN_RULES: dict[str, Callable[[int, int], str | None]] = {
-    "avg-pool": _square_within_grid("avg-pool")
+    "avg-pool": _square_within_grid("avg-pool"),
+    "attn-pool": _at_most_patches,
+    "c-abstractor": _square_within_grid("c-abstractor"),
 }
 
 
@@ -121,6 +135,14 @@ class LMConfig:
     width: int
     depth: int
     num_heads: int
+    positions: str = "learned"  # "learned" absolute embeddings, or "rope" (rotary, applied in attention)
+    # Mixture of experts (the paper's MoE variants): num_experts > 0 turns the FFN of every moe_every-th layer
+    # into num_experts SwiGLU experts with top-k routing; the paper used 64 experts every 2nd layer (3B-MoE).
+    num_experts: int = 0
+    moe_every: int = 2
+    experts_top_k: int = 2
+    moe_balance_coef: float = 0.01
+    router_z_coef: float = 0.001
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,7 +172,9 @@ def parse_ratio(ratio: str) -> tuple[float, float, float]:
 class TrainConfig:
     steps: int
     batch_size: int
-    lr: float
+    lr: (
+        float | Literal["auto"]
+    )  # "auto": the paper's learning-rate law for this model's size (mm1core.lr_law)
     warmup_steps: int
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -169,7 +193,7 @@ class EvalConfig:
     set_seed: int = 0
 
 
-ENCODER_LOSSES = ("none", "clip")
+ENCODER_LOSSES = ("none", "clip", "aim")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,12 +309,28 @@ def config_from_dict(tree: dict) -> MM1Config:
     try:
         return _ADAPTER.validate_python(tree, strict=False)
     except ValidationError as err:
-        first = err.errors()[0]
-        path = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(path, f"{first['msg']} (got {first.get('input')!r})") from None
+        errors = err.errors()
+        path = _field_of(errors[0]["loc"])
+        # A union field (lr: float | "auto") fails once per member; say all the ways it could have been right.
+        messages = dict.fromkeys(e["msg"] for e in errors if _field_of(e["loc"]) == path)
+        raise ConfigError(path, f"{' or '.join(messages)} (got {errors[0].get('input')!r})") from None
+
+
+def _field_of(loc: tuple) -> str:
+    """The config field a pydantic error location names, without union-member suffixes like `.float`."""
+    known = field_paths()
+    parts: list[str] = []
+    for part in loc:
+        parts.append(str(part))
+        if ".".join(parts) in known:
+            break
+    return ".".join(parts)
 
 
 _MAY_BE_ZERO = {
+    "num_experts",
+    "moe_balance_coef",
+    "router_z_coef",
     "seed",
     "set_seed",
     "eval_every",
@@ -329,6 +369,12 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
         f"unknown encoder loss {pre.loss!r}; known: {', '.join(ENCODER_LOSSES)}",
     )
     check(
+        pre.loss != "aim" or enc.stem == "patchify",
+        "encoder_pretrain.loss",
+        "aim needs encoder.stem: patchify (the conv stem's receptive field crosses patch borders, so a patch's "
+        "feature would already see the next patch it must predict)",
+    )
+    check(
         pre.warmup_steps <= pre.steps,
         "encoder_pretrain.warmup_steps",
         f"warmup_steps {pre.warmup_steps} exceed steps {pre.steps}",
@@ -355,6 +401,21 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
         f"encoder width {enc.width} is not divisible by num_heads {enc.num_heads}",
     )
     check(
+        cfg.lm.positions in LM_POSITIONS,
+        "lm.positions",
+        f"unknown position encoding {cfg.lm.positions!r}; known: {', '.join(LM_POSITIONS)}",
+    )
+    check(
+        cfg.lm.positions != "rope" or (cfg.lm.width // max(1, cfg.lm.num_heads)) % 2 == 0,
+        "lm.positions",
+        "rotary positions need an even head width (lm.width / lm.num_heads)",
+    )
+    check(
+        cfg.lm.num_experts == 0 or cfg.lm.experts_top_k <= cfg.lm.num_experts,
+        "lm.experts_top_k",
+        f"top-{cfg.lm.experts_top_k} routing needs at least that many experts (num_experts {cfg.lm.num_experts})",
+    )
+    check(
         cfg.lm.width % cfg.lm.num_heads == 0,
         "lm.num_heads",
         f"lm width {cfg.lm.width} is not divisible by num_heads {cfg.lm.num_heads}",
@@ -372,6 +433,7 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
         parse_ratio(cfg.data.ratio)
     except ValueError as err:
         problems.append(ConfigError("data.ratio", str(err)))
+    check(cfg.train.lr == "auto" or cfg.train.lr > 0, "train.lr", f"must be > 0 or auto, got {cfg.train.lr}")
     check(
         cfg.train.precision in PRECISIONS,
         "train.precision",

@@ -1,5 +1,8 @@
 """Image-encoder pre-training stages, selectable by name (the study axis `encoder_loss`), cached across trials.
 
+`aim`: autoregressive image modelling (AIM, El-Nouby et al. 2024): prefix-causal attention over the patches in
+raster order, each position regressing the next patch's normalised pixels, scored on non-prefix patches only.
+
 `clip`: contrastive image-caption pre-training with a small text tower. The image embedding is a projection of the
 patch grid average-pooled to at most 3x3 cells, so the encoder must keep *where* things are, which the connector needs
 later; each image also competes against captions of itself with one detail changed (hard negatives).
@@ -22,12 +25,13 @@ from mm1core.config import MM1Config, TrainConfig, config_to_dict
 from mm1core.data.sources import build_tokenizer, caption_text, encode_document, images_to_tensor, pad_rows
 from mm1core.data.world import COLORS, SHAPES, Scene, render_scene, sample_scene
 from mm1core.losses import LOSSES
-from mm1core.stage_cache import cached_stage, stage_key
+from mm1core.losses.aim import normalised_patches
+from mm1core.stage_cache import cached_stage, encoder_stage_key
 from mm1core.text_tower import TextTower
 from mm1core.train import train
 from mm1core.vit import ViT
 
-__all__ = ["pretrain_encoder", "encoder_stage_key", "hard_negative"]
+__all__ = ["pretrain_encoder", "hard_negative"]
 
 _POOL = 3  # side of the pooled grid the image embedding is made from
 
@@ -72,20 +76,6 @@ class _CLIPPretrainer(nn.Module):
         return LOSSES["clip"](self.embed_images(images), self.text_proj(self.text(texts)), self.logit_scale)
 
 
-def encoder_stage_key(cfg: MM1Config) -> str:
-    """Everything that determines the pre-trained encoder: its architecture, its stage config, the world, the seed."""
-    tree = config_to_dict(cfg)
-    return stage_key(
-        f"encoder-{cfg.encoder_pretrain.loss}",
-        {
-            "encoder": tree["encoder"],
-            "pretrain": tree["encoder_pretrain"],
-            "world": tree["data"]["world"],
-            "seed": cfg.seed,
-        },
-    )
-
-
 def _train_clip(
     cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None]
 ) -> dict:
@@ -115,6 +105,18 @@ def _train_clip(
         )
         return model(images.to(device), pad_rows(texts, tokenizer.pad_id).to(device))
 
+    return _run_stage(model, encoder, step_loss, cfg, device, on_log)
+
+
+def _run_stage(
+    model: nn.Module,
+    encoder: ViT,
+    step_loss: Callable[[int], dict[str, torch.Tensor]],
+    cfg: MM1Config,
+    device: torch.device,
+    on_log: Callable[[int, dict[str, float]], None],
+) -> dict:
+    pre = cfg.encoder_pretrain
     schedule = TrainConfig(
         steps=pre.steps,
         batch_size=pre.batch_size,
@@ -133,7 +135,48 @@ def _train_clip(
     return {"encoder": {k: v.cpu() for k, v in encoder.state_dict().items()}}
 
 
-_STAGES = {"clip": _train_clip}
+class _AIMPretrainer(nn.Module):
+    def __init__(self, encoder: ViT) -> None:
+        super().__init__()
+        self.encoder = encoder
+        patch_pixels = 3 * encoder.cfg.patch_size**2
+        self.head = nn.Sequential(
+            nn.Linear(encoder.embed_dim, encoder.embed_dim),
+            nn.GELU(),
+            nn.Linear(encoder.embed_dim, patch_pixels),
+        )
+
+    def forward(self, images: torch.Tensor, prefix_len: int) -> dict[str, torch.Tensor]:
+        N = self.encoder.num_patches
+        causal = torch.ones(N, N, dtype=torch.bool, device=images.device).tril()  # (N, N)
+        causal[:, :prefix_len] = (
+            True  # the prefix is seen by every patch, itself included, in both directions
+        )
+        predictions = self.head(self.encoder(images, attn_mask=causal))  # (B, N, P)
+        targets = normalised_patches(images, self.encoder.cfg.patch_size)  # (B, N, P)
+        return LOSSES["aim"](predictions, targets, prefix_len)
+
+
+def _train_aim(cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None]) -> dict:
+    pre = cfg.encoder_pretrain
+    torch.manual_seed(cfg.seed)
+    encoder = ViT(cfg.encoder)
+    model = _AIMPretrainer(encoder).to(device)
+
+    def step_loss(step: int) -> dict[str, torch.Tensor]:
+        rng = random.Random(f"encoder/{cfg.seed}/{step}")
+        scenes = [sample_scene(cfg.data.world, rng.getrandbits(62)) for _ in range(pre.batch_size)]
+        images = images_to_tensor(
+            [render_scene(s, cfg.data.world, cfg.encoder.resolution) for s in scenes], cfg.encoder.resolution
+        )
+        # AIM samples the prefix length uniformly, so the encoder works with any amount of bidirectional context.
+        prefix_len = rng.randint(1, encoder.num_patches - 1)
+        return model(images.to(device), prefix_len)
+
+    return _run_stage(model, encoder, step_loss, cfg, device, on_log)
+
+
+_STAGES = {"clip": _train_clip, "aim": _train_aim}
 
 
 def pretrain_encoder(
@@ -150,6 +193,10 @@ def pretrain_encoder(
     if loss not in _STAGES:
         raise ValueError(f"encoder loss {loss!r} is not supported; known: none, {', '.join(_STAGES)}")
     result, built = cached_stage(
-        cache_dir, encoder_stage_key(cfg), lambda: _STAGES[loss](cfg, device, on_log)
+        cache_dir,
+        encoder_stage_key(config_to_dict(cfg)),
+        lambda: _STAGES[loss](cfg, device, on_log),
+        save=torch.save,
+        load=lambda path: torch.load(path, map_location="cpu", weights_only=False),
     )
     return result["encoder"], built

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from mm1core.data.sources import build_tokenizer, make_batch
 from mm1core.encoder_pretrain import pretrain_encoder
 from mm1core.eval.heldout import EvalResult, evaluate_heldout
 from mm1core.losses import LOSSES
+from mm1core.lr_law import optimal_peak_lr
 from mm1core.mm1 import build_mm1
 from mm1core.train import train
 
@@ -57,8 +59,12 @@ def run_trial(
         cfg, device=device, cache_dir=cache_dir, on_log=on_metrics
     )
     if encoder_state is not None:
-        model.image_encoder.load_state_dict(encoder_state)
+        model.image_encoder.load_pretrained(encoder_state)
     model.freeze(cfg.train.freeze)
+    num_params = sum(p.numel() for p in model.parameters())
+    law_lr = optimal_peak_lr(num_params)
+    schedule = dataclasses.replace(cfg.train, lr=law_lr) if cfg.train.lr == "auto" else cfg.train
+    on_metrics(0, {"lr_law/optimal_peak_lr": law_lr, "lr_law/chosen_peak_lr": schedule.lr})
 
     def step_loss(step: int) -> dict[str, torch.Tensor]:
         batch = make_batch(
@@ -71,7 +77,8 @@ def run_trial(
             step=step,
         )
         logits = model(batch.tokens.to(device), batch.images.to(device))
-        return LOSSES["lm"](logits, batch.targets.to(device), z_loss_coef=cfg.train.z_loss_coef)
+        terms = LOSSES["lm"](logits, batch.targets.to(device), z_loss_coef=cfg.train.z_loss_coef)
+        return terms | model.lm.aux_losses()
 
     def evaluate() -> EvalResult:
         return evaluate_heldout(
@@ -90,7 +97,7 @@ def run_trial(
     last_step = train(
         model,
         step_loss,
-        cfg.train,
+        schedule,
         device=device,
         on_log=on_metrics,
         on_eval=on_eval,
@@ -102,6 +109,6 @@ def run_trial(
     return TrialOutcome(
         metrics=result.metrics,
         eval=result,
-        num_params=sum(p.numel() for p in model.parameters()),
+        num_params=num_params,
         built_encoder=built_encoder,
     )

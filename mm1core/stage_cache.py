@@ -3,7 +3,8 @@
 The key hashes the stage's config together with the source of mm1core, so changing the code never serves a stale
 result. Two processes that need the same missing entry at once build it once: the first takes an exclusive lock on
 the entry's lock file and builds; the other blocks on the lock, then finds the entry and loads it. Works on any
-filesystem with POSIX locks, so the cache can sit on shared storage.
+filesystem with POSIX locks, so the cache can sit on shared storage. Keys need no torch, so the planner can say
+which stages are cached without importing it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-__all__ = ["code_version", "stage_key", "cached_stage", "is_cached"]
+__all__ = ["code_version", "stage_key", "encoder_stage_key", "cached_stage", "is_cached"]
 
 
 @functools.cache
@@ -37,22 +36,46 @@ def stage_key(stage: str, determinants: dict[str, Any]) -> str:
     return f"{stage}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
+def encoder_stage_key(config: dict) -> str | None:
+    """The cache key of a trial's pre-trained encoder, from its resolved config dict; None if it pre-trains none.
+
+    Everything that determines the encoder: its architecture, its stage config, the world, the seed.
+    """
+    pretrain = config["encoder_pretrain"]
+    if pretrain["loss"] == "none":
+        return None
+    return stage_key(
+        f"encoder-{pretrain['loss']}",
+        {
+            "encoder": config["encoder"],
+            "pretrain": pretrain,
+            "world": config["data"]["world"],
+            "seed": config["seed"],
+        },
+    )
+
+
 def is_cached(cache_dir: Path, key: str) -> bool:
     return (cache_dir / f"{key}.pt").exists()
 
 
 def cached_stage(
-    cache_dir: Path, key: str, build: Callable[[], dict[str, Any]]
-) -> tuple[dict[str, Any], bool]:
-    """(the stage's result, whether this call built it). `build` returns a torch-serialisable dict."""
+    cache_dir: Path,
+    key: str,
+    build: Callable[[], Any],
+    *,
+    save: Callable[[Any, Path], None],
+    load: Callable[[Path], Any],
+) -> tuple[Any, bool]:
+    """(the stage's result, whether this call built it); save/load serialise it (torch.save / torch.load)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.pt"
     with open(cache_dir / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
-            return torch.load(path, map_location="cpu", weights_only=False), False
+            return load(path), False
         result = build()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(result, tmp)
+        save(result, tmp)
         os.replace(tmp, path)
         return result, True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mm1core.blocks import Block, RMSNorm
@@ -61,10 +62,25 @@ class ViT(nn.Module):
     def grid_size(self) -> int:
         return math.isqrt(self.cfg.num_patches)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, R, R) in [0, 1] -> (B, N, D) patch features in row-major grid order."""
+    def load_pretrained(self, state: dict[str, torch.Tensor]) -> None:
+        """Load encoder weights trained at any resolution: the position grid is resized bicubically to ours."""
+        pos = state["pos_embed"]  # (1, N_old, D)
+        if pos.shape != self.pos_embed.shape:
+            old = math.isqrt(pos.shape[1])
+            grid = pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)  # (1, D, G_old, G_old)
+            grid = F.interpolate(
+                grid, size=(self.grid_size, self.grid_size), mode="bicubic", align_corners=False
+            )
+            state = {**state, "pos_embed": grid.permute(0, 2, 3, 1).reshape(1, self.num_patches, -1)}
+        self.load_state_dict(state)
+
+    def forward(self, images: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, R, R) in [0, 1] -> (B, N, D) patch features in row-major grid order.
+
+        attn_mask (N, N) bool, True = may attend: AIM pre-training's prefix-causal mask; None: full attention.
+        """
         x = self.stem(images * 2.0 - 1.0)  # (B, D, R/p, R/p)
         x = x.flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
         for block in self.blocks:
-            x = block(x, causal=False)
+            x = block(x, causal=False, attn_mask=attn_mask)
         return self.norm(x)

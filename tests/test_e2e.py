@@ -114,6 +114,14 @@ def test_parquet_tables(finished_study):
     assert len(items) > 0 and set(items["trial_id"]) == set(finished["trial_id"])
 
 
+def test_status_lists_the_trials(finished_study):
+    root, _ = finished_study
+    done = run_cli("status", "tiny-e2e", cwd=root, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "finished    2" in done.stdout and "failed      2" in done.stdout
+    assert run_cli("status", "no-such-study", cwd=root, timeout=120).returncode == 2
+
+
 def test_shared_encoders_are_built_once(finished_study):
     root, _ = finished_study
     # Two resolutions -> two encoders; the learning-rate arms of a resolution share its encoder.
@@ -154,6 +162,7 @@ def test_rerun_skips_finished_trials(finished_study):
     )
     plan = run_cli("plan", "tiny.yaml", cwd=root, timeout=120)
     assert plan.stdout.count("finished") >= 2 and "2 finished, 2 to run" in plan.stdout
+    assert "pre-trained encoders: 0 to build, 2 trials use a cached one" in plan.stdout
 
 
 def _free_port() -> int:

@@ -93,3 +93,23 @@ def test_seed_is_part_of_the_config(write_study):
     first = [t for t in trials if t.arm == trials[0].arm]
     assert {t.seed for t in first} == {0, 1}
     assert first[0].config["seed"] != first[1].config["seed"]
+
+
+def test_plan_says_which_encoders_are_built_and_reused(write_study, tmp_path):
+    from ablations.plan import encoder_plan
+    from mm1core.stage_cache import encoder_stage_key
+
+    study = load_study(
+        write_study(
+            STUDY.format(design="grid").replace(
+                "preset: tiny", "preset: tiny\n  overrides:\n    encoder_pretrain.loss: clip"
+            )
+        )
+    )
+    trials = plan(study)
+    status = encoder_plan(trials, tmp_path)
+    # 3 resolutions x 2 seeds need 6 encoders; each is shared by the 2 learning-rate arms.
+    assert sorted(status.values()).count("build") == 6 and sorted(status.values()).count("reuse") == 6
+    (tmp_path / f"{encoder_stage_key(trials[0].config)}.pt").write_bytes(b"")
+    status = encoder_plan(trials, tmp_path)
+    assert list(status.values()).count("cached") == 2 and list(status.values()).count("build") == 5

@@ -83,6 +83,18 @@ CASES = {
             "(in arm resolution=16,image_tokens=16)",
         ],
     ),
+    "aim on the conv stem": (
+        VALID.replace(
+            "- name: data_ratio\n    values: [5:5:1, 1:0:0]", "- name: encoder_loss\n    values: [clip, aim]"
+        ),
+        ["study.yaml:11: axes[1].values[1]: aim needs encoder.stem: patchify"],
+    ),
+    "unknown encoder loss": (
+        VALID.replace(
+            "- name: data_ratio\n    values: [5:5:1, 1:0:0]", "- name: encoder_loss\n    values: [clip, mae]"
+        ),
+        ["study.yaml:11: axes[1].values[1]: unknown encoder loss 'mae'; known: none, clip, aim"],
+    ),
     "wrong type": (
         VALID.replace("values: [16, 32]", "values: [big, 32]"),
         ["study.yaml:9: axes[0].values[0]:", "valid integer", "'big'"],

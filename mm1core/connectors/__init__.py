@@ -7,11 +7,17 @@ from collections.abc import Callable
 from torch import nn
 
 from mm1core.config import ConnectorConfig, connector_problem
+from mm1core.connectors.attn_pool import AttnPoolConnector
 from mm1core.connectors.avg_pool import AvgPoolConnector
+from mm1core.connectors.c_abstractor import CAbstractorConnector
 
 __all__ = ["CONNECTORS", "build_connector"]
 
-CONNECTORS: dict[str, Callable[..., nn.Module]] = {"avg-pool": AvgPoolConnector}
+CONNECTORS: dict[str, Callable[..., nn.Module]] = {
+    "attn-pool": AttnPoolConnector,
+    "avg-pool": AvgPoolConnector,
+    "c-abstractor": CAbstractorConnector,
+}
 
 
 def build_connector(cfg: ConnectorConfig, *, vision_dim: int, grid_size: int, lm_dim: int) -> nn.Module:

@@ -1,0 +1,135 @@
+"""Connector registry contracts: shapes per allowed token count, gradients, bf16, trainability, what each output
+token depends on, and a full model forward with each connector."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mm1core.config import ConnectorConfig, connector_problem
+from mm1core.connectors import CONNECTORS, build_connector
+from mm1core.data.sources import build_tokenizer, make_batch
+from mm1core.mm1 import build_mm1
+from mm1core.presets import get_preset
+
+
+def _connector(name: str, *, num_image_tokens: int = 4, grid_size: int = 4):
+    torch.manual_seed(0)
+    cfg = ConnectorConfig(name=name, num_image_tokens=num_image_tokens)
+    return build_connector(cfg, vision_dim=24, grid_size=grid_size, lm_dim=40)
+
+
+def _model(cfg):
+    tokenizer = build_tokenizer(cfg.data)
+    torch.manual_seed(0)
+    model = build_mm1(
+        vit=cfg.encoder,
+        connector=cfg.connector,
+        lm=cfg.lm,
+        data=cfg.data,
+        vocab_size=tokenizer.vocab_size,
+        image_token_id=tokenizer.image_id,
+    )
+    return model, tokenizer
+
+
+def _batch(cfg, tokenizer, step=0):
+    return make_batch(
+        cfg.data,
+        tokenizer,
+        batch_size=cfg.train.batch_size,
+        resolution=cfg.encoder.resolution,
+        num_image_tokens=cfg.connector.num_image_tokens,
+        seed=cfg.seed,
+        step=step,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CONNECTORS))
+@pytest.mark.parametrize("grid_size", [4, 6])
+@pytest.mark.parametrize("num_image_tokens", [1, 4, 5, 9, 16])
+def test_shapes_for_every_allowed_token_count(name, grid_size, num_image_tokens):
+    cfg = ConnectorConfig(name=name, num_image_tokens=num_image_tokens)
+    if connector_problem(cfg, grid_size=grid_size):
+        with pytest.raises(ValueError):
+            _connector(name, num_image_tokens=num_image_tokens, grid_size=grid_size)
+        return
+    connector = _connector(name, num_image_tokens=num_image_tokens, grid_size=grid_size)
+    assert connector(torch.randn(3, grid_size**2, 24)).shape == (3, num_image_tokens, 40)
+
+
+@pytest.mark.parametrize("name", sorted(CONNECTORS))
+def test_gradient_reaches_every_parameter(name):
+    connector = _connector(name)
+    connector(torch.randn(2, 16, 24)).square().mean().backward()
+    missing = [n for n, p in connector.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", sorted(CONNECTORS))
+def test_bf16_autocast_backward(name):
+    connector = _connector(name)
+    patches = torch.randn(2, 16, 24, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = connector(patches)
+    out.float().square().mean().backward()
+    assert torch.isfinite(out).all()
+    assert patches.grad is not None and torch.isfinite(patches.grad).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in connector.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(CONNECTORS))
+def test_loss_decreases_on_a_fixed_batch(name):
+    connector = _connector(name)
+    patches, target = torch.randn(4, 16, 24), torch.randn(4, 4, 40)
+    optimizer = torch.optim.Adam(connector.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(50):
+        loss = (connector(patches) - target).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_every_attention_pool_token_reads_every_patch():
+    connector = _connector("attn-pool", num_image_tokens=4).eval()
+    patches = torch.randn(2, 16, 24)
+    for patch in (0, 15):
+        changed = patches.clone()
+        changed[:, patch] += 1.0
+        with torch.no_grad():
+            moved = (connector(patches) - connector(changed)).abs().amax(dim=-1)  # (B, K)
+        assert (moved > 1e-4).all()
+
+
+@pytest.mark.parametrize("name", ["avg-pool", "c-abstractor"])
+def test_grid_connectors_keep_spatial_layout(name):
+    # 12x12 pooled to 4x4: a corner patch reaches 2 patches further before pooling (still inside the top-left
+    # 3x3 pool window) and 2 cells further after, so it moves the top-left token but not the bottom-right one.
+    connector = _connector(name, num_image_tokens=16, grid_size=12).eval()
+    patches = torch.randn(2, 144, 24)
+    changed = patches.clone()
+    changed[:, 0] += 3.0
+    with torch.no_grad():
+        before, after = connector(patches), connector(changed)
+    assert not torch.allclose(before[:, 0], after[:, 0])
+    torch.testing.assert_close(before[:, -1], after[:, -1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(CONNECTORS))
+def test_full_model_forward(name):
+    cfg = get_preset("tiny")
+    cfg = dataclasses.replace(
+        cfg,
+        connector=dataclasses.replace(cfg.connector, name=name),
+        train=dataclasses.replace(cfg.train, batch_size=2),
+    )
+    model, tokenizer = _model(cfg)
+    batch = _batch(cfg, tokenizer)
+    logits = model(batch.tokens, batch.images)
+    assert logits.shape == (*batch.tokens.shape, tokenizer.vocab_size)
+    assert torch.isfinite(logits).all()
