@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mm1core.config import apply_overrides, config_from_dict, config_to_dict
-from mm1core.data.sources import build_tokenizer, make_batch
+from mm1core.data.sources import build_tokenizer, trial_batch
 from mm1core.losses import LOSSES, total_loss
 from mm1core.mm1 import build_mm1
 from mm1core.presets import get_preset
@@ -42,28 +42,10 @@ def training(preset: str, precision: str, freeze: str, steps: int) -> tuple[floa
         )
     )
     tokenizer = build_tokenizer(cfg.data)
-    model = build_mm1(
-        vit=cfg.encoder,
-        connector=cfg.connector,
-        lm=cfg.lm,
-        data=cfg.data,
-        vocab_size=tokenizer.vocab_size,
-        image_token_id=tokenizer.image_id,
-    )
+    model = build_mm1(cfg, tokenizer)
     model.freeze(freeze)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    batches = [
-        make_batch(
-            cfg.data,
-            tokenizer,
-            batch_size=cfg.train.batch_size,
-            resolution=cfg.encoder.resolution,
-            num_image_tokens=cfg.connector.num_image_tokens,
-            seed=0,
-            step=s,
-        )
-        for s in range(steps)
-    ]
+    batches = [trial_batch(cfg, tokenizer, s) for s in range(steps)]
 
     def step(batch) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):

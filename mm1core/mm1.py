@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mm1core.config import ConnectorConfig, DataConfig, LMConfig, ViTConfig
+from mm1core.config import MM1Config
 from mm1core.connectors import build_connector
+from mm1core.data.tokenizer import WordTokenizer
 from mm1core.lm import DecoderLM
 from mm1core.vit import ViT
 
@@ -66,21 +67,14 @@ class MM1(nn.Module):
         return self.lm(embeds)
 
 
-def build_mm1(
-    *,
-    vit: ViTConfig,
-    connector: ConnectorConfig,
-    lm: LMConfig,
-    data: DataConfig,
-    vocab_size: int,
-    image_token_id: int,
-) -> MM1:
-    image_encoder = ViT(vit)
-    language_model = DecoderLM(lm, vocab_size=vocab_size, max_seq_len=data.max_seq_len)
+def build_mm1(cfg: MM1Config, tokenizer: WordTokenizer) -> MM1:
+    """The one place the parts are wired: the connector is sized from the built encoder and LM."""
+    image_encoder = ViT(cfg.encoder)
+    language_model = DecoderLM(cfg.lm, vocab_size=tokenizer.vocab_size, max_seq_len=cfg.data.max_seq_len)
     bridge = build_connector(
-        connector,
+        cfg.connector,
         vision_dim=image_encoder.embed_dim,
         grid_size=image_encoder.grid_size,
         lm_dim=language_model.embed_dim,
     )
-    return MM1(image_encoder, bridge, language_model, image_token_id=image_token_id)
+    return MM1(image_encoder, bridge, language_model, image_token_id=tokenizer.image_id)

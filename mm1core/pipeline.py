@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from mm1core.config import MM1Config, config_problems, config_to_dict
-from mm1core.data.sources import build_tokenizer, make_batch
+from mm1core.data.sources import build_tokenizer, trial_batch
 from mm1core.encoder_pretrain import pretrain_encoder
 from mm1core.eval.heldout import EvalResult, evaluate_heldout
 from mm1core.losses import LOSSES
@@ -47,14 +47,7 @@ def run_trial(
         raise ValueError("; ".join(str(p) for p in problems))
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg.data)
-    model = build_mm1(
-        vit=cfg.encoder,
-        connector=cfg.connector,
-        lm=cfg.lm,
-        data=cfg.data,
-        vocab_size=tokenizer.vocab_size,
-        image_token_id=tokenizer.image_id,
-    ).to(device)
+    model = build_mm1(cfg, tokenizer).to(device)
     encoder_state, built_encoder = pretrain_encoder(
         cfg, device=device, cache_dir=cache_dir, on_log=on_metrics
     )
@@ -67,15 +60,7 @@ def run_trial(
     on_metrics(0, {"lr_law/optimal_peak_lr": law_lr, "lr_law/chosen_peak_lr": schedule.lr})
 
     def step_loss(step: int) -> dict[str, torch.Tensor]:
-        batch = make_batch(
-            cfg.data,
-            tokenizer,
-            batch_size=cfg.train.batch_size,
-            resolution=cfg.encoder.resolution,
-            num_image_tokens=cfg.connector.num_image_tokens,
-            seed=cfg.seed,
-            step=step,
-        )
+        batch = trial_batch(cfg, tokenizer, step)
         logits = model(batch.tokens.to(device), batch.images.to(device))
         terms = LOSSES["lm"](logits, batch.targets.to(device), z_loss_coef=cfg.train.z_loss_coef)
         return terms | model.lm.aux_losses()

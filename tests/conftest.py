@@ -7,9 +7,20 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MM1ABLATE = str(Path(sys.executable).with_name("mm1ablate"))
+
+
+def tiny_model(cfg):
+    """(model, tokenizer) for a config, built from a fixed seed."""
+    from mm1core.data.sources import build_tokenizer
+    from mm1core.mm1 import build_mm1
+
+    tokenizer = build_tokenizer(cfg.data)
+    torch.manual_seed(0)
+    return build_mm1(cfg, tokenizer), tokenizer
 
 
 def run_cli(

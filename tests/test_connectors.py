@@ -7,11 +7,11 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from mm1core.config import ConnectorConfig, connector_problem
 from mm1core.connectors import CONNECTORS, build_connector
-from mm1core.data.sources import build_tokenizer, make_batch
-from mm1core.mm1 import build_mm1
+from mm1core.data.sources import trial_batch
 from mm1core.presets import get_preset
 
 
@@ -19,32 +19,6 @@ def _connector(name: str, *, num_image_tokens: int = 4, grid_size: int = 4):
     torch.manual_seed(0)
     cfg = ConnectorConfig(name=name, num_image_tokens=num_image_tokens)
     return build_connector(cfg, vision_dim=24, grid_size=grid_size, lm_dim=40)
-
-
-def _model(cfg):
-    tokenizer = build_tokenizer(cfg.data)
-    torch.manual_seed(0)
-    model = build_mm1(
-        vit=cfg.encoder,
-        connector=cfg.connector,
-        lm=cfg.lm,
-        data=cfg.data,
-        vocab_size=tokenizer.vocab_size,
-        image_token_id=tokenizer.image_id,
-    )
-    return model, tokenizer
-
-
-def _batch(cfg, tokenizer, step=0):
-    return make_batch(
-        cfg.data,
-        tokenizer,
-        batch_size=cfg.train.batch_size,
-        resolution=cfg.encoder.resolution,
-        num_image_tokens=cfg.connector.num_image_tokens,
-        seed=cfg.seed,
-        step=step,
-    )
 
 
 @pytest.mark.parametrize("name", sorted(CONNECTORS))
@@ -128,8 +102,8 @@ def test_full_model_forward(name):
         connector=dataclasses.replace(cfg.connector, name=name),
         train=dataclasses.replace(cfg.train, batch_size=2),
     )
-    model, tokenizer = _model(cfg)
-    batch = _batch(cfg, tokenizer)
+    model, tokenizer = tiny_model(cfg)
+    batch = trial_batch(cfg, tokenizer, 0)
     logits = model(batch.tokens, batch.images)
     assert logits.shape == (*batch.tokens.shape, tokenizer.vocab_size)
     assert torch.isfinite(logits).all()

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import tiny_model
 
 from mm1core.config import (
     CONNECTOR_TOKEN_RULES,
@@ -16,45 +17,18 @@ from mm1core.config import (
     config_to_dict,
 )
 from mm1core.connectors import CONNECTORS, build_connector
-from mm1core.data.sources import build_tokenizer, make_batch
+from mm1core.data.sources import build_tokenizer, trial_batch
 from mm1core.data.world import render_scene, sample_scene
 from mm1core.losses import LOSSES
-from mm1core.mm1 import build_mm1
 from mm1core.pipeline import run_trial
 from mm1core.presets import PRESETS, get_preset
 from mm1core.train import get_lr, train
 from mm1core.vit import STEM_BUILDERS, ViT
 
 
-def _model(cfg):
-    tokenizer = build_tokenizer(cfg.data)
-    torch.manual_seed(0)
-    model = build_mm1(
-        vit=cfg.encoder,
-        connector=cfg.connector,
-        lm=cfg.lm,
-        data=cfg.data,
-        vocab_size=tokenizer.vocab_size,
-        image_token_id=tokenizer.image_id,
-    )
-    return model, tokenizer
-
-
 def _lm_terms(model, batch, cfg):
     logits = model(batch.tokens, batch.images)
     return LOSSES["lm"](logits, batch.targets, z_loss_coef=cfg.train.z_loss_coef)
-
-
-def _batch(cfg, tokenizer, step=0):
-    return make_batch(
-        cfg.data,
-        tokenizer,
-        batch_size=cfg.train.batch_size,
-        resolution=cfg.encoder.resolution,
-        num_image_tokens=cfg.connector.num_image_tokens,
-        seed=cfg.seed,
-        step=step,
-    )
 
 
 @pytest.mark.parametrize("stem", sorted(STEM_BUILDERS))
@@ -88,16 +62,16 @@ def test_connector_refuses_more_tokens_than_patches():
 def test_presets_are_valid_and_build(preset):
     cfg = get_preset(preset)
     assert config_from_dict(config_to_dict(cfg)) == cfg
-    model, tokenizer = _model(cfg)
-    batch = _batch(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=2)), tokenizer)
+    model, tokenizer = tiny_model(cfg)
+    batch = trial_batch(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=2)), tokenizer, 0)
     logits = model(batch.tokens, batch.images)
     assert logits.shape == (*batch.tokens.shape, tokenizer.vocab_size)
 
 
 def test_placeholder_image_mismatch_is_an_error():
     cfg = get_preset("tiny")
-    model, tokenizer = _model(cfg)
-    batch = _batch(cfg, tokenizer)
+    model, tokenizer = tiny_model(cfg)
+    batch = trial_batch(cfg, tokenizer, 0)
     with pytest.raises(ValueError, match="image placeholder tokens but"):
         model(batch.tokens, batch.images[:-1])
     with pytest.raises(ValueError, match="but no images were given"):
@@ -106,8 +80,8 @@ def test_placeholder_image_mismatch_is_an_error():
 
 def test_several_images_per_sequence_land_in_order():
     cfg = config_from_dict(apply_overrides(config_to_dict(get_preset("tiny")), {"data.ratio": "0:1:0"}))
-    model, tokenizer = _model(cfg)
-    batch = _batch(cfg, tokenizer)
+    model, tokenizer = tiny_model(cfg)
+    batch = trial_batch(cfg, tokenizer, 0)
     assert batch.images.shape[0] == cfg.train.batch_size * cfg.data.images_per_document
     # Changing only the last image must change logits only after its placeholders.
     images = batch.images.clone()
@@ -124,7 +98,7 @@ def test_several_images_per_sequence_land_in_order():
 
 
 def test_freeze_names_what_trains():
-    model, _ = _model(get_preset("tiny"))
+    model, _ = tiny_model(get_preset("tiny"))
     assert model.freeze("connector-warmup") == ("connector",)
     assert not any(p.requires_grad for p in model.image_encoder.parameters())
     assert all(p.requires_grad for p in model.connector.parameters())
@@ -141,8 +115,8 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth():
 
 def test_loss_decreases_on_a_fixed_batch():
     cfg = get_preset("tiny")
-    model, tokenizer = _model(cfg)
-    batch = _batch(cfg, tokenizer)
+    model, tokenizer = tiny_model(cfg)
+    batch = trial_batch(cfg, tokenizer, 0)
     losses = []
     train_cfg = dataclasses.replace(cfg.train, steps=40, warmup_steps=1, log_every=10)
     train(
@@ -164,7 +138,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
     tokenizer = build_tokenizer(cfg.data)
 
     def run(checkpoint, kill_at=None):
-        model, _ = _model(cfg)
+        model, _ = tiny_model(cfg)
         log = {}
 
         def on_log(step, metrics):
@@ -175,7 +149,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
         try:
             train(
                 model,
-                lambda step: _lm_terms(model, _batch(cfg, tokenizer, step), cfg),
+                lambda step: _lm_terms(model, trial_batch(cfg, tokenizer, step), cfg),
                 cfg.train,
                 device=torch.device("cpu"),
                 on_log=on_log,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mm1core.config import DataConfig, WorldConfig, parse_ratio
+from mm1core.config import DataConfig, MM1Config, WorldConfig, parse_ratio
 from mm1core.data.tokenizer import WordTokenizer
 from mm1core.data.world import Scene, positions, render_scene, sample_scene, world_vocabulary
 
@@ -28,6 +28,7 @@ __all__ = [
     "encode_document",
     "images_to_tensor",
     "make_batch",
+    "trial_batch",
     "pad_rows",
     "parse_ratio",
 ]
@@ -126,6 +127,19 @@ def make_batch(
         targets=pad_rows(targets, -100),
         images=images_to_tensor(images, resolution),
         sources=sources,
+    )
+
+
+def trial_batch(cfg: MM1Config, tokenizer: WordTokenizer, step: int) -> Batch:
+    """The multimodal stage's batch at `step` for a trial's config."""
+    return make_batch(
+        cfg.data,
+        tokenizer,
+        batch_size=cfg.train.batch_size,
+        resolution=cfg.encoder.resolution,
+        num_image_tokens=cfg.connector.num_image_tokens,
+        seed=cfg.seed,
+        step=step,
     )
 
 
