@@ -13,11 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablations.spec import Study, resolve_axis
+from ablations.spec import Study, axis_overrides
 from mm1core.config import ConfigError, apply_overrides, config_from_dict, config_problems
 from mm1core.stage_cache import encoder_stage_key, is_cached
 
-__all__ = ["REFERENCE_ARM", "Arm", "Trial", "arm_problems", "expand_arms", "plan", "trial_id"]
+__all__ = [
+    "REFERENCE_ARM",
+    "Arm",
+    "Trial",
+    "arm_problems",
+    "encoder_plan",
+    "expand_arms",
+    "plan",
+    "stage_cache_dir",
+    "trial_id",
+]
 
 REFERENCE_ARM = "reference"
 
@@ -45,8 +55,12 @@ def _arm(study: Study, picks: list[tuple[int, int]]) -> Arm:
     """An arm from (axis index, value index) picks."""
     axes = study.spec.axes
     axis_values = {axes[a].name: axes[a].values[v] for a, v in picks}
-    overrides = {resolve_axis(axes[a].name): axes[a].values[v] for a, v in picks}
-    origins = {resolve_axis(axes[a].name): ("axes", a, "values", v) for a, v in picks}
+    overrides: dict[str, Any] = {}
+    origins: dict[str, tuple] = {}
+    for a, v in picks:
+        for path, value in axis_overrides(axes[a].name, axes[a].values[v]).items():
+            overrides[path] = value
+            origins[path] = ("axes", a, "values", v)
     name = ",".join(f"{k}={_show(v)}" for k, v in axis_values.items()) or REFERENCE_ARM
     return Arm(name, axis_values, overrides, origins)
 
@@ -76,8 +90,11 @@ def expand_arms(study: Study) -> list[Arm]:
     # one_at_a_time: the reference, then each axis value that differs from the reference, alone.
     arms = [_arm(study, [])]
     for a, axis in enumerate(axes):
-        reference_value = _reference_value(study, resolve_axis(axis.name))
-        arms += [_arm(study, [(a, v)]) for v, value in enumerate(axis.values) if value != reference_value]
+        arms += [
+            _arm(study, [(a, v)])
+            for v, value in enumerate(axis.values)
+            if any(_reference_value(study, path) != x for path, x in axis_overrides(axis.name, value).items())
+        ]
     return arms
 
 

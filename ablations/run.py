@@ -29,6 +29,7 @@ from ablations.spec import Study
 from ablations.tracking import Tracker, resolve_tracking_uri
 from ablations.trial import FINAL_KEY, train_trial
 from dashboards.report import write_report
+from mm1core.stage_cache import encoder_stage_key
 
 __all__ = ["RunSummary", "run_study"]
 
@@ -222,6 +223,21 @@ def _gpus_per_trial(requested: float, out: TextIO, study_name: str) -> float:
     return requested
 
 
+def _builders_first(trials: list[Trial]) -> list[Trial]:
+    """The first trial of each shared encoder, then the rest, each group in plan order.
+
+    Trials that need an encoder another trial is building wait for it; started first, the builders work in parallel
+    instead of queueing behind one another.
+    """
+    uses: dict[str | None, int] = {}
+    order = []
+    for trial in trials:
+        key = encoder_stage_key(trial.config)
+        order.append(uses.get(key, 0) if key else 0)
+        uses[key] = uses.get(key, 0) + 1
+    return [trial for _, trial in sorted(zip(order, trials, strict=True), key=lambda pair: pair[0])]
+
+
 def run_study(
     study: Study,
     *,
@@ -235,7 +251,7 @@ def run_study(
     study_dir = results_root / study.name
     store = ResultsStore(study_dir)
     finished = store.finished_ids()
-    todo = [t for t in trials if t.trial_id not in finished]
+    todo = _builders_first([t for t in trials if t.trial_id not in finished])
     uri = resolve_tracking_uri(tracking_uri, results_root)
     summary = RunSummary(
         study.name, len(trials), len(trials) - len(todo), tracking_uri=uri, results_dir=study_dir

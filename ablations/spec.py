@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ablations.yamlio import LoadedYaml, YamlError, load_yaml
 from mm1core.config import ConfigError, apply_overrides, config_to_dict, field_paths, unknown_path_message
-from mm1core.presets import PRESETS, get_preset
+from mm1core.presets import ENCODER_SIZES, PRESETS, get_preset
 
 __all__ = [
     "ALIASES",
@@ -26,6 +26,8 @@ __all__ = [
     "StudySpec",
     "load_study",
     "resolve_axis",
+    "axis_overrides",
+    "SIZED_AXES",
     "study_from_dict",
     "study_json_schema",
 ]
@@ -38,6 +40,8 @@ ALIASES: dict[str, str] = {
     "connector": "connector.name",
     "data_ratio": "data.ratio",
 }
+# Axes whose values are named sizes that set several fields of one config section at once.
+SIZED_AXES: dict[str, tuple[str, dict[str, dict[str, int]]]] = {"encoder_size": ("encoder", ENCODER_SIZES)}
 # Budget stages and the config field that holds each one's step count.
 BUDGET_STAGES: dict[str, str] = {"encoder": "encoder_pretrain.steps", "multimodal": "train.steps"}
 
@@ -52,7 +56,10 @@ class Reference(_Strict):
 
 
 class Axis(_Strict):
-    name: str = Field(description="a dotted config path or one of the paper's names: " + ", ".join(ALIASES))
+    name: str = Field(
+        description="a dotted config path or one of the paper's names: "
+        + ", ".join([*ALIASES, "encoder_size"])
+    )
     values: list[Any] = Field(min_length=1)
 
 
@@ -132,20 +139,36 @@ def _format_path(path: tuple) -> str:
 
 
 def resolve_axis(name: str) -> str:
-    """The dotted config path an axis name sets; raises ConfigError with the nearest names."""
+    """The dotted config path an axis name sets; raises ConfigError with the nearest names.
+
+    A sized axis (SIZED_AXES) names its config section rather than one field.
+    """
     if name in ALIASES:
         return ALIASES[name]
+    if name in SIZED_AXES:
+        return SIZED_AXES[name][0]
     if name in field_paths():
         return name
     if "." not in name:
-        close = difflib.get_close_matches(name, list(ALIASES), n=1)
+        known = [*ALIASES, *SIZED_AXES]
+        close = difflib.get_close_matches(name, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
             name,
-            f"unknown axis {name!r}{hint} (known names: {', '.join(ALIASES)}, or a dotted "
+            f"unknown axis {name!r}{hint} (known names: {', '.join(known)}, or a dotted "
             "config path such as connector.num_image_tokens)",
         )
     raise ConfigError(name, unknown_path_message(name))
+
+
+def axis_overrides(name: str, value: Any) -> dict[str, Any]:
+    """The config fields one axis value sets: one field for most axes, several for a sized axis."""
+    if name in SIZED_AXES:
+        section, sizes = SIZED_AXES[name]
+        if not isinstance(value, str) or value not in sizes:
+            raise ConfigError(name, f"unknown {name} {value!r}; known: {', '.join(sizes)}")
+        return {f"{section}.{field}": v for field, v in sizes[value].items()}
+    return {resolve_axis(name): value}
 
 
 def _tokens_per_step(stage: str, tree: dict) -> int:
@@ -211,6 +234,12 @@ def study_from_dict(data: Any, source: LoadedYaml | None = None) -> Study:
             resolve_axis(axis.name)
         except ConfigError as err:
             problems.append(f"{study.where(('axes', i, 'name'))}: {err.message}")
+            continue
+        for j, value in enumerate(axis.values):
+            try:
+                axis_overrides(axis.name, value)
+            except ConfigError as err:
+                problems.append(f"{study.where(('axes', i, 'values', j))}: {err.message}")
     if spec.design == "zip" and len({len(a.values) for a in spec.axes}) > 1:
         lengths = ", ".join(f"{a.name}: {len(a.values)}" for a in spec.axes)
         problems.append(f"{study.where(('axes',))}: design zip needs axes of equal length ({lengths})")

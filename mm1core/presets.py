@@ -15,7 +15,17 @@ from mm1core.config import (
     ViTConfig,
 )
 
-__all__ = ["PRESETS", "get_preset"]
+__all__ = ["PRESETS", "ENCODER_SIZES", "get_preset"]
+
+# The paper's encoder ladder (ViT-L -> ViT-H, F2) as named sizes that differ only in width and depth: the `-cpu`
+# rungs keep the ladder's proportions at a scale that trains in minutes; the `/14` rungs are the paper's own shapes.
+ENCODER_SIZES: dict[str, dict[str, int]] = {
+    "vit-s-cpu": {"width": 64, "depth": 2, "num_heads": 4},
+    "vit-l-cpu": {"width": 96, "depth": 3, "num_heads": 4},
+    "vit-h-cpu": {"width": 128, "depth": 4, "num_heads": 4},
+    "vit-l/14": {"width": 1024, "depth": 24, "num_heads": 16},
+    "vit-h/14": {"width": 1280, "depth": 32, "num_heads": 16},
+}
 
 
 def tiny() -> MM1Config:
@@ -44,7 +54,61 @@ def small() -> MM1Config:
     )
 
 
-PRESETS: dict[str, Callable[[], MM1Config]] = {"tiny": tiny, "small": small}
+def base() -> MM1Config:
+    """One GPU: a ViT-S/14-sized encoder at 224 px and an ~85M-parameter LM (GPT-2 small's shape)."""
+    return MM1Config(
+        encoder=ViTConfig(resolution=224, patch_size=14, width=384, depth=6, num_heads=6, stem="patchify"),
+        encoder_pretrain=EncoderPretrainConfig(
+            loss="clip", steps=2000, batch_size=256, lr=1e-3, warmup_steps=200, text_width=256, text_depth=2
+        ),
+        connector=ConnectorConfig(name="c-abstractor", num_image_tokens=64),
+        lm=LMConfig(width=768, depth=12, num_heads=12, positions="rope"),
+        data=DataConfig(ratio="5:5:1", max_seq_len=256),
+        train=TrainConfig(
+            steps=5000, batch_size=64, lr="auto", warmup_steps=200, precision="bf16", eval_every=1000
+        ),
+        eval=EvalConfig(num_items=1000, batch_size=200),
+    )
+
+
+def paper_1_2b() -> MM1Config:
+    """The paper's ablation shape: ViT-L/14 at 336 px, C-Abstractor with 144 tokens, a 1.2B LM, 45:45:10 data.
+
+    For clusters; on a CPU machine, plan studies with it and keep their runs for GPU nodes.
+    """
+    return MM1Config(
+        encoder=ViTConfig(resolution=336, patch_size=14, width=1024, depth=24, num_heads=16, stem="patchify"),
+        encoder_pretrain=EncoderPretrainConfig(
+            loss="clip",
+            steps=20000,
+            batch_size=1024,
+            lr=5e-4,
+            warmup_steps=2000,
+            text_width=512,
+            text_depth=6,
+        ),
+        connector=ConnectorConfig(name="c-abstractor", num_image_tokens=144),
+        lm=LMConfig(width=2048, depth=24, num_heads=16, positions="rope"),
+        data=DataConfig(ratio="5:5:1", max_seq_len=1024),
+        train=TrainConfig(
+            steps=100000,
+            batch_size=512,
+            lr="auto",
+            warmup_steps=2000,
+            precision="bf16",
+            eval_every=5000,
+            checkpoint_every=1000,
+        ),
+        eval=EvalConfig(num_items=2000, batch_size=250),
+    )
+
+
+PRESETS: dict[str, Callable[[], MM1Config]] = {
+    "tiny": tiny,
+    "small": small,
+    "base": base,
+    "paper-1.2b": paper_1_2b,
+}
 
 
 def get_preset(name: str) -> MM1Config:

@@ -14,6 +14,7 @@ from mm1core.config import (
     ViTConfig,
     apply_overrides,
     config_from_dict,
+    config_problems,
     config_to_dict,
 )
 from mm1core.connectors import CONNECTORS, build_connector
@@ -59,11 +60,20 @@ def test_connector_refuses_more_tokens_than_patches():
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_presets_are_valid_and_build(preset):
+def test_presets_are_valid(preset):
+    cfg = get_preset(preset)
+    assert config_problems(cfg) == []
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])  # base and paper-1.2b are GPU sizes
+def test_cpu_presets_build_and_run_a_batch(preset):
     cfg = get_preset(preset)
     assert config_from_dict(config_to_dict(cfg)) == cfg
     model, tokenizer = tiny_model(cfg)
-    batch = trial_batch(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=2)), tokenizer, 0)
+    batch = trial_batch(
+        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=2)), tokenizer, 0
+    )
     logits = model(batch.tokens, batch.images)
     assert logits.shape == (*batch.tokens.shape, tokenizer.vocab_size)
 

@@ -113,3 +113,40 @@ def test_plan_says_which_encoders_are_built_and_reused(write_study, tmp_path):
     (tmp_path / f"{encoder_stage_key(trials[0].config)}.pt").write_bytes(b"")
     status = encoder_plan(trials, tmp_path)
     assert list(status.values()).count("cached") == 2 and list(status.values()).count("build") == 5
+
+
+def test_trials_that_build_an_encoder_are_scheduled_first(write_study):
+    from ablations.run import _builders_first
+    from mm1core.stage_cache import encoder_stage_key
+
+    text = STUDY.format(design="grid").replace(
+        "preset: tiny", "preset: tiny\n  overrides:\n    encoder_pretrain.loss: clip"
+    )
+    trials = plan(load_study(write_study(text)))
+    ordered = _builders_first(trials)
+    assert sorted(t.trial_id for t in ordered) == sorted(t.trial_id for t in trials)
+    keys = [encoder_stage_key(t.config) for t in ordered]
+    distinct = len(set(keys))
+    assert (
+        len(set(keys[:distinct])) == distinct
+    )  # every encoder's builder comes before any trial that reuses one
+
+
+def test_encoder_size_sets_width_and_depth_together(write_study):
+    from mm1core.presets import ENCODER_SIZES
+
+    text = (
+        STUDY.format(design="one_at_a_time")
+        .replace("  - name: train.lr\n    values: [0.003, 0.001]\n", "")
+        .replace(
+            "name: resolution\n    values: [16, 32, 64]",
+            "name: encoder_size\n    values: [vit-s-cpu, vit-h-cpu]",
+        )
+    )
+    trials = plan(load_study(write_study(text)))
+    by_arm = {t.arm: t.config["encoder"] for t in trials if t.seed == 0}
+    assert set(by_arm) == {REFERENCE_ARM, "encoder_size=vit-s-cpu", "encoder_size=vit-h-cpu"}
+    for size in ("vit-s-cpu", "vit-h-cpu"):
+        encoder = by_arm[f"encoder_size={size}"]
+        assert {k: encoder[k] for k in ("width", "depth", "num_heads")} == ENCODER_SIZES[size]
+        assert encoder["resolution"] == by_arm[REFERENCE_ARM]["resolution"]

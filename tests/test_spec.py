@@ -95,6 +95,13 @@ CASES = {
         ),
         ["study.yaml:11: axes[1].values[1]: unknown encoder loss 'mae'; known: none, clip, aim"],
     ),
+    "unknown encoder size": (
+        VALID.replace(
+            "- name: data_ratio\n    values: [5:5:1, 1:0:0]",
+            "- name: encoder_size\n    values: [vit-l-cpu, vit-x]",
+        ),
+        ["study.yaml:11: axes[1].values[1]: unknown encoder_size 'vit-x'; known: vit-s-cpu"],
+    ),
     "wrong type": (
         VALID.replace("values: [16, 32]", "values: [big, 32]"),
         ["study.yaml:9: axes[0].values[0]:", "valid integer", "'big'"],
