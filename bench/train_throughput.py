@@ -2,7 +2,8 @@
 
 The peak is measured in the same run (large square matmuls at the same thread count); a training step's FLOPs are
 counted by torch's FlopCounterMode on one forward+backward. Usage:
-    python bench/train_throughput.py [--preset small] [--threads 1] [--steps 20]
+    python bench/train_throughput.py [--preset small] [--threads 1] [--steps 20] [--precisions fp32]
+Two 1-thread runs side by side against one 2-thread run measure how to pack trials on the cores.
 Figures are recorded in bench/README.md.
 """
 
@@ -74,12 +75,15 @@ def main() -> None:
     parser.add_argument("--preset", default="small")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument("--freeze", default="all,frozen-encoder", help="comma-separated freeze stages")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"preset {args.preset}, {args.threads} thread(s), median of {args.steps - 2} steps (data excluded)")
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        peak = matmul_peak(dtype)
-        for freeze in ("all", "frozen-encoder"):
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    for precision in args.precisions.split(","):
+        peak = matmul_peak(dtypes[precision])
+        for freeze in args.freeze.split(","):
             achieved, rate = training(args.preset, precision, freeze, args.steps)
             print(
                 f"{precision}  matmul peak {peak:6.1f} GFLOP/s | train ({freeze:14s}) {achieved:6.1f} GFLOP/s "
