@@ -15,23 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["TRIAL_COLUMNS", "ResultsStore"]
-
-# Columns every trials.parquet has, before the axis and metric columns.
-TRIAL_COLUMNS = (
-    "study",
-    "trial_id",
-    "arm",
-    "seed",
-    "status",
-    "error",
-    "wall_time_s",
-    "num_params",
-    "device",
-    "mlflow_run_id",
-    "finished_at",
-    "config_json",
-)
+__all__ = ["ResultsStore", "config_json", "finished_trial_ids"]
 
 
 def finished_trial_ids(study_dir: Path) -> set[str]:

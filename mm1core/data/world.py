@@ -17,7 +17,6 @@ from mm1core.config import WorldConfig
 
 __all__ = [
     "COLORS",
-    "POSITIONS",
     "SHAPES",
     "SIZES",
     "Scene",
@@ -94,9 +93,6 @@ def positions(grid_size: int) -> tuple[str, ...]:
     if grid_size == 3:
         return _GRID3_NAMES
     return tuple(f"r{r}c{c}" for r in range(grid_size) for c in range(grid_size))
-
-
-POSITIONS = _GRID3_NAMES
 
 
 def world_vocabulary(cfg: WorldConfig) -> list[str]:
