@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,8 +29,9 @@ resources: {cpu: 3}
 """
 
 
-# `ray start` clusters authenticate clients with the token in ~/.ray/auth_token; a client must be told to send it.
-_AUTH = {"RAY_AUTH_MODE": "token"}
+# `ray start` clusters authenticate clients with a token. The test's cluster gets one of its own, passed to the head
+# and to the client alike, so it neither needs nor touches the user's ~/.ray/auth_token.
+_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def _free_port() -> int:
@@ -77,5 +79,6 @@ def test_run_joins_a_running_cluster(tmp_path: Path):
         assert list(trials["status"]) == ["finished"]
         assert trials["device"].iloc[0] == "cpu x3 threads"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
