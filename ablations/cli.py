@@ -72,6 +72,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study)  # validated completely before Ray or MLflow start
     from ablations.run import run_study
+    from dashboards.report import last_line
 
     summary = run_study(
         study, results_root=_results_root(args), address=args.address, tracking_uri=args.tracking_uri
@@ -81,8 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{len(summary.failed)} failed, {summary.skipped} skipped (already finished)"
     )
     for trial_id, error in summary.failed.items():
-        last = [line for line in error.strip().splitlines() if line.strip()][-1:]
-        print(f"  failed {trial_id}: {last[0] if last else error}")
+        print(f"  failed {trial_id}: {last_line(error)}")
     if summary.report:
         print(f"report: {summary.report}")
     return 1 if summary.failed else 0

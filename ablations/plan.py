@@ -121,14 +121,15 @@ def arm_problems(study: Study) -> list[str]:
     value to change is the resolution the axis picked).
     """
     problems: list[str] = []
-    for err in _config_errors(study.reference):
+    reference_errors = _config_errors(study.reference)
+    for err in reference_errors:
         origin = (
             ("reference", "overrides", err.path)
             if err.path in study.spec.reference.overrides
             else ("reference",)
         )
         problems.append(f"{study.where(origin)}: {err.message}")
-    reference_paths = {err.path for err in _config_errors(study.reference)}
+    reference_paths = {err.path for err in reference_errors}
     seen: set[str] = set()
     for arm in expand_arms(study):
         if not arm.overrides:

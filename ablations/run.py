@@ -28,7 +28,7 @@ from ablations.results import ResultsStore, config_json
 from ablations.spec import Study
 from ablations.tracking import Tracker, resolve_tracking_uri
 from ablations.trial import FINAL_KEY, train_trial
-from dashboards.report import write_report
+from dashboards.report import last_line, write_report
 from mm1core.stage_cache import encoder_stage_key
 
 __all__ = ["RunSummary", "run_study"]
@@ -164,7 +164,7 @@ class _StudyCallback(tune.Callback):
         self.tracker.end_trial(planned.trial_id, failed=True, error=error)
         self.summary.failed[planned.trial_id] = error
         self.running.pop(planned.trial_id, None)
-        self._progress(f"FAILED {planned.arm} seed={planned.seed} ({planned.trial_id}): {_last_line(error)}")
+        self._progress(f"FAILED {planned.arm} seed={planned.seed} ({planned.trial_id}): {last_line(error)}")
 
     def _row(self, planned: Trial, status: str, error: str | None) -> dict[str, Any]:
         return {
@@ -202,11 +202,6 @@ def _error_text(trial: Any) -> str:
     if path and Path(path).exists():
         return Path(path).read_text()
     return str(trial.get_error() or "unknown error")
-
-
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else text
 
 
 def _gpus_per_trial(requested: float, out: TextIO, study_name: str) -> float:

@@ -175,7 +175,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     if len(failed):
         items = "".join(
             f"<li><b>{html.escape(str(r.arm))}</b> seed {r.seed} ({html.escape(str(r.trial_id))}): "
-            f"{html.escape(_last_line(str(r.error)))}</li>"
+            f"{html.escape(last_line(str(r.error)))}</li>"
             for r in failed.itertuples()
         )
         failed_html = f"<h2 class='missing'>Missing: {len(failed)} trials did not finish</h2><ul>{items}</ul>"
@@ -212,6 +212,7 @@ def _study_axes(trials: pd.DataFrame) -> list[str]:
     return [c for c in trials.columns if c not in _META and "/" not in c]
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """The last non-blank line of an error: the exception and its message, without the traceback."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else text

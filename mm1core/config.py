@@ -26,6 +26,7 @@ __all__ = [
     "PRECISIONS",
     "STEMS",
     "LM_POSITIONS",
+    "FREEZE_STAGES",
     "ConfigError",
     "ConnectorConfig",
     "DataConfig",
@@ -60,6 +61,12 @@ class WorldConfig:
 
 STEMS = ("patchify", "conv")
 LM_POSITIONS = ("learned", "rope")
+# What stays trainable in each named stage.
+FREEZE_STAGES: dict[str, tuple[str, ...]] = {
+    "all": ("image_encoder", "connector", "lm"),
+    "connector-warmup": ("connector",),
+    "frozen-encoder": ("connector", "lm"),
+}
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -434,6 +441,11 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
     except ValueError as err:
         problems.append(ConfigError("data.ratio", str(err)))
     check(cfg.train.lr == "auto" or cfg.train.lr > 0, "train.lr", f"must be > 0 or auto, got {cfg.train.lr}")
+    check(
+        cfg.train.freeze in FREEZE_STAGES,
+        "train.freeze",
+        f"unknown freeze stage {cfg.train.freeze!r}; known: {', '.join(FREEZE_STAGES)}",
+    )
     check(
         cfg.train.precision in PRECISIONS,
         "train.precision",

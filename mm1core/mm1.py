@@ -11,20 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mm1core.config import MM1Config
+from mm1core.config import FREEZE_STAGES, MM1Config
 from mm1core.connectors import build_connector
 from mm1core.data.tokenizer import WordTokenizer
 from mm1core.lm import DecoderLM
 from mm1core.vit import ViT
 
-__all__ = ["FREEZE_STAGES", "MM1", "build_mm1"]
-
-# What stays trainable in each named stage.
-FREEZE_STAGES: dict[str, tuple[str, ...]] = {
-    "all": ("image_encoder", "connector", "lm"),
-    "connector-warmup": ("connector",),
-    "frozen-encoder": ("connector", "lm"),
-}
+__all__ = ["MM1", "build_mm1"]
 
 
 class MM1(nn.Module):

@@ -245,3 +245,14 @@ def test_encoder_stage_is_built_once_then_served_from_the_cache(tmp_path):
     other_seed = run_trial(dataclasses.replace(cfg, seed=1), cache_dir=tmp_path)
     assert other_seed.built_encoder
     assert len(list(tmp_path.glob("encoder-clip-*.pt"))) == 2
+
+
+def test_stem_builders_match_validation_names():
+    from mm1core.config import STEMS
+
+    assert set(STEM_BUILDERS) == set(STEMS)
+
+
+def test_unknown_freeze_stage_is_a_config_problem():
+    cfg = config_from_dict(apply_overrides(config_to_dict(get_preset("tiny")), {"train.freeze": "encoder-only"}))
+    assert [p.path for p in config_problems(cfg)] == ["train.freeze"]
