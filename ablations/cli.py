@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ablations.spec import StudyError, load_study, study_json_schema
+from mm1core.eval import HEADLINE_METRICS
 
 __all__ = ["main"]
 
@@ -98,9 +99,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 2
     trials = pd.read_parquet(path)
     print(trials.groupby("status").size().to_string())
-    cols = [
-        c for c in ("arm", "seed", "trial_id", "status", "wall_time_s", "heldout/accuracy") if c in trials
-    ]
+    cols = [c for c in ("arm", "seed", "trial_id", "status", "wall_time_s", *HEADLINE_METRICS) if c in trials]
     print(trials[cols].to_string(index=False))
     return 0
 

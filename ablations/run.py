@@ -29,6 +29,7 @@ from ablations.spec import Study
 from ablations.tracking import Tracker, resolve_tracking_uri
 from ablations.trial import FINAL_KEY, train_trial
 from dashboards.report import last_line, write_report
+from mm1core.eval import HEADLINE_METRICS
 from mm1core.stage_cache import encoder_stage_key
 
 __all__ = ["RunSummary", "run_study"]
@@ -151,7 +152,7 @@ class _StudyCallback(tune.Callback):
         self.running.pop(planned.trial_id, None)
         self._progress(
             f"finished {planned.arm} seed={planned.seed}: "
-            + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith("heldout/"))
+            + ", ".join(f"{k}={metrics[k]:.3f}" for k in HEADLINE_METRICS if k in metrics)
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

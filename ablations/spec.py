@@ -190,9 +190,11 @@ def _budget_overrides(spec: StudySpec, reference_tree: dict) -> dict[str, int]:
     return overrides
 
 
-def study_from_dict(data: Any, source: LoadedYaml | None = None) -> Study:
+def study_from_dict(data: Any, source: LoadedYaml | None = None, *, base_dir: Path = Path(".")) -> Study:
     """Validate a parsed study completely; raises StudyError listing every problem with its location."""
     from ablations.plan import arm_problems  # plan imports this module
+
+    _resolve_data_paths(data, base_dir)
 
     def where(path: tuple) -> str:
         return _where(source, path)
@@ -250,6 +252,9 @@ def study_from_dict(data: Any, source: LoadedYaml | None = None) -> Study:
     problems += arm_problems(study)
     if problems:
         raise StudyError(problems)
+    problems += data_file_problems(study)
+    if problems:
+        raise StudyError(problems)
     return study
 
 
@@ -287,7 +292,68 @@ def load_study(path: str | Path) -> Study:
         loaded = load_yaml(path)
     except YamlError as err:
         raise StudyError([str(err)]) from None
-    return study_from_dict(loaded.data, loaded)
+    return study_from_dict(loaded.data, loaded, base_dir=path.parent)
+
+
+# Config fields that name bring-your-own data files, and the schema each must follow.
+DATA_FILE_FIELDS = {
+    "data.caption_files": "caption",
+    "data.interleaved_files": "interleaved",
+    "data.text_files": "text",
+}
+
+
+def _resolve_data_paths(data: Any, base_dir: Path) -> None:
+    """Relative data paths are relative to the study file, wherever the run starts (Ray trials run elsewhere)."""
+    if not isinstance(data, dict):
+        return
+
+    def resolved(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str((base_dir / value).resolve())
+        return value
+
+    overrides = (
+        (data.get("reference") or {}).get("overrides") if isinstance(data.get("reference"), dict) else None
+    )
+    if isinstance(overrides, dict):
+        for field in DATA_FILE_FIELDS:
+            if field in overrides:
+                overrides[field] = resolved(overrides[field])
+    for axis in data.get("axes") or []:
+        if (
+            isinstance(axis, dict)
+            and axis.get("name") in DATA_FILE_FIELDS
+            and isinstance(axis.get("values"), list)
+        ):
+            axis["values"] = [resolved(v) for v in axis["values"]]
+
+
+def data_file_problems(study: Study) -> list[str]:
+    """Every problem in the data files a study names (missing column, undecodable image, ...), before it runs."""
+    from mm1core.data.byo import validate_files  # reads Parquet: only studies that bring data pay for it
+
+    places: dict[tuple[str, str], tuple] = {}
+    for field in DATA_FILE_FIELDS:
+        value = study.reference["data"][field.split(".")[1]]
+        if value:
+            origin = (
+                ("reference", "overrides", field)
+                if field in study.spec.reference.overrides
+                else ("reference",)
+            )
+            places.setdefault((field, value), origin)
+    for i, axis in enumerate(study.spec.axes):
+        if axis.name in DATA_FILE_FIELDS:
+            for j, value in enumerate(axis.values):
+                if value:
+                    places.setdefault((axis.name, value), ("axes", i, "values", j))
+    problems = []
+    for (field, value), origin in places.items():
+        problems += [
+            f"{study.where(origin)}: {problem}" for problem in validate_files(value, DATA_FILE_FIELDS[field])
+        ]
+    return problems
 
 
 def study_json_schema() -> dict:

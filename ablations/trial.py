@@ -38,8 +38,10 @@ def train_trial(tune_config: dict[str, Any]) -> None:
     started = time.time()
 
     def report(step: int, metrics: dict[str, float]) -> None:
-        stage = "encoder" if any(k.startswith("encoder/") for k in metrics) else "multimodal"
-        total = cfg.encoder_pretrain.steps if stage == "encoder" else cfg.train.steps
+        stage = next(
+            (s for s in ("encoder", "sft") if any(k.startswith(f"{s}/") for k in metrics)), "multimodal"
+        )
+        total = {"encoder": cfg.encoder_pretrain.steps, "sft": cfg.sft.steps}.get(stage, cfg.train.steps)
         tune.report({"step": step, "total_steps": total, "stage": stage, **metrics})
 
     checkpoint = Path(payload["checkpoint_dir"]) / f"{payload['trial_id']}.pt"

@@ -16,6 +16,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from scipy import stats
 
+from mm1core.eval import HEADLINE_METRICS
+
 __all__ = ["arm_table", "metric_columns", "write_report"]
 
 _META = {
@@ -154,7 +156,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     study = spec.get("name", study_dir.name)
     spec_axes = [axis["name"] for axis in spec.get("axes", [])] or _study_axes(trials)
     metrics = metric_columns(trials)
-    headline = [m for m in metrics if m.startswith("heldout/")] or metrics
+    headline = [m for m in HEADLINE_METRICS if m in metrics] or metrics
     table = arm_table(trials, spec_axes)
 
     figures = [
@@ -166,7 +168,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     if len(curves):
         figures += [
             _curves_figure(curves, m)
-            for m in ("train/loss", "heldout/accuracy")
+            for m in ("train/loss", "heldout/loss", "0shot/avg")
             if (curves["metric"] == m).any()
         ]
 

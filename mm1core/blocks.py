@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Attention", "Block", "RMSNorm", "SwiGLU"]
+__all__ = ["Attention", "Block", "KVCache", "RMSNorm", "SwiGLU"]
 
 
 class RMSNorm(nn.Module):
@@ -20,6 +20,32 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class KVCache:
+    """One attention layer's keys and values during generation.
+
+    Preallocated for max_len positions and written in place, so a decoding step does not copy the whole cache the
+    way concatenating would.
+    """
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.length = 0
+        self.k: torch.Tensor | None = None  # (B, H, max_len, Dh), allocated by the first append
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v (B, H, T, Dh) -> every key and value so far, each (B, H, S, Dh)."""
+        B, H, T, Dh = k.shape
+        if self.length + T > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions; {self.length} + {T} do not fit")
+        if self.k is None or self.v is None:
+            self.k, self.v = k.new_empty(B, H, self.max_len, Dh), v.new_empty(B, H, self.max_len, Dh)
+        self.k[:, :, self.length : self.length + T] = k
+        self.v[:, :, self.length : self.length + T] = v
+        self.length += T
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
 
 
 class Attention(nn.Module):
@@ -38,14 +64,24 @@ class Attention(nn.Module):
         causal: bool,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D); rope: (cos, sin) tables (T, Dh); attn_mask (T, T) bool, True = may attend."""
+        """x (B, T, D) -> (B, T, D).
+
+        rope: (cos, sin) tables, each (T, Dh), or per row (B, 1, T, Dh). attn_mask (T, S) or (B, 1, T, S) bool,
+        True = may attend, over all S keys: the cached ones, then this call's. cache: extended in place.
+        """
         B, T, D = x.shape
         q, k, v = (
             self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
         )  # (B, H, T, Dh)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            if attn_mask is None:
+                # is_causal aligns queries with the first keys, which is wrong once earlier keys are cached.
+                raise ValueError("attention over a KV cache needs an explicit attn_mask")
+            k, v = cache.append(k, v)  # (B, H, S, Dh)
         if attn_mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, Dh)
         else:
@@ -64,7 +100,7 @@ def rotary_tables(
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, Dh) rotated by position."""
+    """x (B, H, T, Dh) rotated by position; cos, sin (T, Dh), or per row (B, 1, T, Dh)."""
     first, second = x.chunk(2, dim=-1)
     return x * cos.to(x.dtype) + torch.cat((-second, first), dim=-1) * sin.to(x.dtype)
 
@@ -102,6 +138,7 @@ class Block(nn.Module):
         causal: bool,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), causal=causal, rope=rope, attn_mask=attn_mask)
+        x = x + self.attn(self.attn_norm(x), causal=causal, rope=rope, attn_mask=attn_mask, cache=cache)
         return x + self.mlp(self.mlp_norm(x))

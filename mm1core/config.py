@@ -33,6 +33,7 @@ __all__ = [
     "EvalConfig",
     "LMConfig",
     "MM1Config",
+    "SFTConfig",
     "TrainConfig",
     "ViTConfig",
     "apply_overrides",
@@ -49,14 +50,17 @@ __all__ = [
 
 @dataclass(frozen=True, kw_only=True)
 class WorldConfig:
-    """Difficulty knobs of the world; every result is logged with them."""
+    """Difficulty knobs of the world; every result is logged with them (docs/world.md says why each is set so)."""
 
     canvas_px: int = 192
-    grid_size: int = 3
-    min_objects: int = 1
-    max_objects: int = 3
-    num_sign_digits: int = 2
-    glyph_scales: tuple[int, ...] = (2, 3, 4)
+    grid_size: int = 4  # objects and signs sit in the cells of a grid_size x grid_size grid
+    min_objects: int = 2
+    max_objects: int = 6
+    min_signs: int = 1
+    max_signs: int = 2
+    sign_length: int = 3  # digits per sign
+    glyph_scales: tuple[int, ...] = (2, 3)  # canvas pixels per font pixel; one per sign, drawn at random
+    clutter: int = 2  # thin distractor strokes behind the objects
 
 
 STEMS = ("patchify", "conv")
@@ -157,8 +161,20 @@ class DataConfig:
     world: WorldConfig = WorldConfig()
     # caption : interleaved : text-only, as in the paper's "5:5:1".
     ratio: str = "1:0:0"
-    images_per_document: int = 2
-    max_seq_len: int = 64
+    # Of the caption part, the share of synthetic complete captions (the paper's VeCap data) instead of alt-text.
+    recaption_share: float = 0.0
+    # Of interleaved pages, the share that list question-answer pairs (the rest list captions).
+    interleaved_qa_share: float = 0.5
+    max_images_per_document: int = (
+        8  # an interleaved page holds 2 to this many images, as many as fit max_seq_len
+    )
+    max_seq_len: int = 384
+    # Bring your own data (docs/data-formats.md): a Parquet/Arrow file, directory or glob per source replaces the
+    # generated documents of that source; the tokenizer is then a byte-level BPE trained on your text and the world's.
+    caption_files: str = ""
+    interleaved_files: str = ""
+    text_files: str = ""
+    bpe_vocab_size: int = 2000
 
 
 def parse_ratio(ratio: str) -> tuple[float, float, float]:
@@ -195,9 +211,11 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    num_items: int = 200
+    num_items: int = 140  # per task: captioning, VQA (split evenly over question categories), text-only
     batch_size: int = 50
-    set_seed: int = 0
+    set_seed: int = 0  # which held-out scenes, and which demonstrations for few-shot prompts
+    shots: tuple[int, ...] = (0, 4, 8)
+    max_caption_words: int = 24  # generation budget for a caption
 
 
 ENCODER_LOSSES = ("none", "clip", "aim")
@@ -219,6 +237,23 @@ class EncoderPretrainConfig:
     # Per image, captions that differ from its own in one detail (a sign digit, a colour, a shape): without them a
     # contrastive encoder can tell captions apart by their easiest words and never learns to read.
     num_hard_negatives: int = 1
+    # Share of the image-text pairs whose text is a complete synthetic caption rather than alt-text (VeCap analogue).
+    recaption_share: float = 0.0
+    # The stage's own seed, not the trial's: trial seeds then vary the multimodal stage around one shared encoder,
+    # as in the paper; make this an axis to measure the encoder's own seed variance.
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SFTConfig:
+    """Optional supervised fine-tuning after multimodal pre-training: single-image question-answer instructions,
+    loss on the answers only, with its own schedule (steps 0: no SFT stage)."""
+
+    steps: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    freeze: str = "all"  # the paper unfreezes everything for SFT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,6 +265,7 @@ class MM1Config:
     data: DataConfig
     train: TrainConfig
     eval: EvalConfig
+    sft: SFTConfig = SFTConfig()
     seed: int = 0
 
 
@@ -345,6 +381,10 @@ _MAY_BE_ZERO = {
     "weight_decay",
     "warmup_steps",
     "num_hard_negatives",
+    "recaption_share",
+    "interleaved_qa_share",
+    "clutter",
+    "sft.steps",
 }
 
 
@@ -365,7 +405,7 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
 
     for path, getter in _numeric_fields():
         value = getter(cfg)
-        if path.rsplit(".", 1)[-1] in _MAY_BE_ZERO:
+        if path in _MAY_BE_ZERO or path.rsplit(".", 1)[-1] in _MAY_BE_ZERO:
             check(value >= 0, path, f"must be >= 0, got {value}")
         else:
             check(value > 0, path, f"must be > 0, got {value}")
@@ -452,6 +492,16 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
         f"unknown precision {cfg.train.precision!r}; known: {', '.join(PRECISIONS)}",
     )
     check(
+        cfg.sft.freeze in FREEZE_STAGES,
+        "sft.freeze",
+        f"unknown freeze stage {cfg.sft.freeze!r}; known: {', '.join(FREEZE_STAGES)}",
+    )
+    check(
+        cfg.sft.steps == 0 or cfg.sft.warmup_steps <= cfg.sft.steps,
+        "sft.warmup_steps",
+        f"warmup_steps {cfg.sft.warmup_steps} exceed steps {cfg.sft.steps}",
+    )
+    check(
         cfg.train.warmup_steps <= cfg.train.steps,
         "train.warmup_steps",
         f"warmup_steps {cfg.train.warmup_steps} exceed steps {cfg.train.steps}",
@@ -463,27 +513,49 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
         f"min_objects {world.min_objects} exceeds max_objects {world.max_objects}",
     )
     check(
-        world.max_objects + 1 <= world.grid_size**2,
+        world.max_objects + world.max_signs <= world.grid_size**2,
         "data.world.max_objects",
-        f"{world.max_objects} objects and a sign do not fit a {world.grid_size}x{world.grid_size} grid",
+        f"{world.max_objects} objects and {world.max_signs} signs do not fit a "
+        f"{world.grid_size}x{world.grid_size} grid",
     )
-    longest = _longest_document(cfg)
+    check(0 <= cfg.data.recaption_share <= 1, "data.recaption_share", "must be between 0 and 1")
     check(
-        longest <= cfg.data.max_seq_len,
-        "data.max_seq_len",
-        f"the longest document needs {longest} tokens with {cfg.connector.num_image_tokens} image tokens per image; "
-        f"max_seq_len is {cfg.data.max_seq_len}",
+        0 <= cfg.encoder_pretrain.recaption_share <= 1,
+        "encoder_pretrain.recaption_share",
+        "must be between 0 and 1",
     )
+    check(0 <= cfg.data.interleaved_qa_share <= 1, "data.interleaved_qa_share", "must be between 0 and 1")
+    check(
+        cfg.data.max_images_per_document >= 2, "data.max_images_per_document", "an interleaved page needs 2+"
+    )
+    check(world.min_signs >= 1, "data.world.min_signs", "every scene needs a sign (reading is a task)")
+    check(
+        world.min_signs <= world.max_signs,
+        "data.world.min_signs",
+        f"min_signs {world.min_signs} exceeds max_signs {world.max_signs}",
+    )
+    check(
+        all(e >= 0 for e in cfg.eval.shots), "eval.shots", f"shot counts must be >= 0, got {cfg.eval.shots}"
+    )
+    for what, tokens in _longest_sequences(cfg).items():
+        check(
+            tokens <= cfg.data.max_seq_len,
+            "data.max_seq_len",
+            f"{what} needs {tokens} tokens with {cfg.connector.num_image_tokens} image tokens per image; "
+            f"max_seq_len is {cfg.data.max_seq_len}",
+        )
     return problems
 
 
-def _longest_document(cfg: MM1Config) -> int:
-    world = cfg.data.world
-    caption = 5 + world.num_sign_digits + 1 + 7 * world.max_objects
-    per_image = cfg.connector.num_image_tokens + caption
-    try:
-        has_interleaved = parse_ratio(cfg.data.ratio)[1] > 0
-    except ValueError:
-        has_interleaved = False  # reported as its own problem
-    images = cfg.data.images_per_document if has_interleaved else 1
-    return 1 + images * per_image  # <bos> + documents; the final <eos> is a target only
+def _longest_sequences(cfg: MM1Config) -> dict[str, int]:
+    from mm1core.data.text import longest_words  # the text module imports this one
+
+    words = longest_words(cfg.data.world)
+    image = cfg.connector.num_image_tokens
+    longest_item = image + max(words["alt_caption"], words["qa"])
+    return {
+        "a re-captioned image": 2 + image + words["recaption"],
+        "a text-only document": 2 + words["text_document"],
+        f"a {max(cfg.eval.shots, default=0)}-shot prompt": 1
+        + (max(cfg.eval.shots, default=0) + 1) * longest_item,
+    }

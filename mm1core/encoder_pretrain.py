@@ -3,7 +3,8 @@
 `aim`: autoregressive image modelling (AIM, El-Nouby et al. 2024): prefix-causal attention over the patches in
 raster order, each position regressing the next patch's normalised pixels, scored on non-prefix patches only.
 
-`clip`: contrastive image-caption pre-training with a small text tower. The image embedding is a projection of the
+`clip`: contrastive image-caption pre-training with a small text tower, on alt-text captions, or a share
+`recaption_share` of complete synthetic captions instead (the paper's VeCap data: the pre-training data axis). The image embedding is a projection of the
 patch grid average-pooled to at most 3x3 cells, so the encoder must keep *where* things are, which the connector needs
 later; each image also competes against captions of itself with one detail changed (hard negatives).
 
@@ -21,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm1core.config import MM1Config, TrainConfig, config_to_dict
-from mm1core.data.sources import build_tokenizer, caption_text, encode_document, images_to_tensor, pad_rows
-from mm1core.data.world import COLORS, SHAPES, Scene, render_scene, sample_scene
+from mm1core.config import MM1Config, TrainConfig, WorldConfig, config_to_dict
+from mm1core.data.sources import encode_document, images_to_tensor, pad_rows, source_counts
+from mm1core.data.text import alt_caption, recaption, world_vocabulary
+from mm1core.data.tokenizer import WordTokenizer
+from mm1core.data.world import COLORS, SHAPES, SIZES, Scene, render_scene, sample_scene
 from mm1core.losses import LOSSES
 from mm1core.losses.aim import normalised_patches
 from mm1core.stage_cache import cached_stage, encoder_stage_key
@@ -37,20 +40,61 @@ _POOL = 3  # side of the pooled grid the image embedding is made from
 
 
 def hard_negative(scene: Scene, rng: random.Random) -> Scene:
-    """The scene with exactly one detail changed: a sign digit, or one object's colour or shape."""
-    choice = rng.choice(["digit", "color", "shape"] if scene.objects else ["digit"])
+    """The scene with exactly one detail changed: a sign digit, or one object's colour, shape or size, or one object
+    fewer."""
+    choice = rng.choice(["digit", "color", "shape", "size", "drop"] if scene.objects else ["digit"])
     if choice == "digit":
-        i = rng.randrange(len(scene.sign.text))
-        digit = rng.choice([d for d in "0123456789" if d != scene.sign.text[i]])
-        text = scene.sign.text[:i] + digit + scene.sign.text[i + 1 :]
-        return dataclasses.replace(scene, sign=dataclasses.replace(scene.sign, text=text))
+        k = rng.randrange(len(scene.signs))
+        sign = scene.signs[k]
+        i = rng.randrange(len(sign.text))
+        digit = rng.choice([d for d in "0123456789" if d != sign.text[i]])
+        changed_sign = dataclasses.replace(sign, text=sign.text[:i] + digit + sign.text[i + 1 :])
+        return dataclasses.replace(scene, signs=scene.signs[:k] + (changed_sign,) + scene.signs[k + 1 :])
     j = rng.randrange(len(scene.objects))
     obj = scene.objects[j]
+    if choice == "drop":
+        return dataclasses.replace(scene, objects=scene.objects[:j] + scene.objects[j + 1 :])
     if choice == "color":
         changed = dataclasses.replace(obj, color=rng.choice([c for c in COLORS if c != obj.color]))
-    else:
+    elif choice == "shape":
         changed = dataclasses.replace(obj, shape=rng.choice([s for s in SHAPES if s != obj.shape]))
+    else:
+        changed = dataclasses.replace(obj, size=next(s for s in SIZES if s != obj.size))
     return dataclasses.replace(scene, objects=scene.objects[:j] + (changed,) + scene.objects[j + 1 :])
+
+
+def _describe(scene: Scene, world: WorldConfig, phrasing_seed: int, complete: bool) -> str:
+    rng = random.Random(phrasing_seed)
+    return recaption(scene, world, rng) if complete else alt_caption(scene, world, rng)
+
+
+def _caption_batch(cfg: MM1Config, step: int) -> tuple[list[Scene], list[str]]:
+    """The step's images and their captions, then each image's hard-negative captions.
+
+    A caption mentions only some of its image's details, so a negative changes details until its caption (in the
+    same phrasing) differs: a negative identical to the positive would teach the encoder nothing.
+    """
+    pre, world = cfg.encoder_pretrain, cfg.data.world
+    rng = random.Random(f"encoder/{cfg.encoder_pretrain.seed}/{step}")
+    shares = {"caption": 1 - pre.recaption_share, "recaption": pre.recaption_share}
+    kinds = [
+        k for k, n in source_counts(shares, step * pre.batch_size, pre.batch_size).items() for _ in range(n)
+    ]
+    rng.shuffle(kinds)
+    scenes = [sample_scene(world, rng.getrandbits(62)) for _ in kinds]
+    phrasings = [rng.getrandbits(62) for _ in kinds]
+    captions = [
+        _describe(s, world, p, k == "recaption") for s, p, k in zip(scenes, phrasings, kinds, strict=True)
+    ]
+    negatives = []
+    for scene, phrasing, kind, caption in zip(scenes, phrasings, kinds, captions, strict=True):
+        for _ in range(pre.num_hard_negatives):
+            for _attempt in range(8):
+                negative = _describe(hard_negative(scene, rng), world, phrasing, kind == "recaption")
+                if negative != caption:
+                    break
+            negatives.append(negative)
+    return scenes, captions + negatives
 
 
 class _CLIPPretrainer(nn.Module):
@@ -80,8 +124,9 @@ def _train_clip(
     cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None]
 ) -> dict:
     pre = cfg.encoder_pretrain
-    tokenizer = build_tokenizer(cfg.data)
-    torch.manual_seed(cfg.seed)
+    # The encoder pre-trains on the world's captions (whatever data the multimodal stage brings).
+    tokenizer = WordTokenizer(world_vocabulary(cfg.data.world))
+    torch.manual_seed(cfg.encoder_pretrain.seed)
     encoder = ViT(cfg.encoder)
     text = TextTower(
         vocab_size=tokenizer.vocab_size,
@@ -93,13 +138,8 @@ def _train_clip(
     model = _CLIPPretrainer(encoder, text, embed_dim=pre.text_width).to(device)
 
     def step_loss(step: int) -> dict[str, torch.Tensor]:
-        rng = random.Random(f"encoder/{cfg.seed}/{step}")
-        scenes = [sample_scene(cfg.data.world, rng.getrandbits(62)) for _ in range(pre.batch_size)]
-        negatives = [hard_negative(s, rng) for s in scenes for _ in range(pre.num_hard_negatives)]
-        texts = [
-            encode_document(caption_text(s, cfg.data.world), tokenizer, 0, cfg.data.max_seq_len)[0]
-            for s in scenes + negatives
-        ]
+        scenes, captions = _caption_batch(cfg, step)
+        texts = [encode_document(c, tokenizer, 0, cfg.data.max_seq_len)[0] for c in captions]
         images = images_to_tensor(
             [render_scene(s, cfg.data.world, cfg.encoder.resolution) for s in scenes], cfg.encoder.resolution
         )
@@ -159,12 +199,12 @@ class _AIMPretrainer(nn.Module):
 
 def _train_aim(cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None]) -> dict:
     pre = cfg.encoder_pretrain
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.encoder_pretrain.seed)
     encoder = ViT(cfg.encoder)
     model = _AIMPretrainer(encoder).to(device)
 
     def step_loss(step: int) -> dict[str, torch.Tensor]:
-        rng = random.Random(f"encoder/{cfg.seed}/{step}")
+        rng = random.Random(f"encoder/{cfg.encoder_pretrain.seed}/{step}")
         scenes = [sample_scene(cfg.data.world, rng.getrandbits(62)) for _ in range(pre.batch_size)]
         images = images_to_tensor(
             [render_scene(s, cfg.data.world, cfg.encoder.resolution) for s in scenes], cfg.encoder.resolution

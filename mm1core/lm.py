@@ -1,6 +1,6 @@
 """Decoder-only language model (RMSNorm, SwiGLU or MoE, learned or rotary positions) over input embeddings.
 
-Shape suffixes: B batch, T sequence length, D width, V vocabulary size.
+Shape suffixes: B batch, T sequence length, S keys (cached + T), D width, V vocabulary size.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mm1core.blocks import Block, RMSNorm, rotary_tables
+from mm1core.blocks import Block, KVCache, RMSNorm, rotary_tables
 from mm1core.config import LMConfig
 from mm1core.moe import MoEFeedForward
 
@@ -53,15 +53,50 @@ class DecoderLM(nn.Module):
     def embed_dim(self) -> int:
         return self.cfg.width
 
-    def forward(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, V) logits."""
-        T = inputs_embeds.shape[1]
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: list[KVCache] | None = None,
+    ) -> torch.Tensor:
+        """(B, T, D) -> (B, T, V) logits.
+
+        For generation: attention_mask (B, S) bool, False = padding, over the cached positions and these T;
+        position_ids (B, T), by default counted from each row's first real token; cache: one per block, extended in
+        place. With none of them: a plain causal pass over positions 0..T-1 (training).
+        """
+        B, T, _ = inputs_embeds.shape
+        mask = None
+        if attention_mask is not None or position_ids is not None or cache is not None:
+            past = cache[0].length if cache else 0
+            if attention_mask is None:
+                attention_mask = torch.ones(B, past + T, dtype=torch.bool, device=inputs_embeds.device)
+            if position_ids is None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            mask = _causal_padding_mask(attention_mask, T)  # (B, 1, T, S)
         rope = None
         if self.cfg.positions == "rope":
-            rope = rotary_tables(T, self.cfg.width // self.cfg.num_heads, device=inputs_embeds.device)
+            table_len = T if position_ids is None else int(position_ids.max()) + 1
+            rope = rotary_tables(table_len, self.cfg.width // self.cfg.num_heads, device=inputs_embeds.device)
+            if position_ids is not None:
+                cos, sin = rope
+                rope = (cos[position_ids].unsqueeze(1), sin[position_ids].unsqueeze(1))  # (B, 1, T, Dh)
             x = inputs_embeds
-        else:
+        elif position_ids is None:
             x = inputs_embeds + self.pos_embed[:, :T]
-        for block in self.blocks:
-            x = block(x, causal=True, rope=rope)
+        else:
+            x = inputs_embeds + self.pos_embed[0, position_ids]  # (B, T, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, causal=True, rope=rope, attn_mask=mask, cache=None if cache is None else cache[i])
         return self.head(self.norm(x))
+
+
+def _causal_padding_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
+    """attention_mask (B, S) -> (B, 1, T, S) bool: the last T positions each see the real keys up to themselves."""
+    S = attention_mask.shape[1]
+    query = torch.arange(S - T, S, device=attention_mask.device)[:, None]  # (T, 1)
+    key = torch.arange(S, device=attention_mask.device)  # (S,)
+    # A padding query also sees itself: a row with no allowed key would turn softmax into NaNs.
+    return (attention_mask[:, None, None, :] & (key <= query)) | (key == query)

@@ -13,7 +13,7 @@ from torch import nn
 
 from mm1core.config import FREEZE_STAGES, MM1Config
 from mm1core.connectors import build_connector
-from mm1core.data.tokenizer import WordTokenizer
+from mm1core.data.tokenizer import Tokenizer
 from mm1core.lm import DecoderLM
 from mm1core.vit import ViT
 
@@ -41,6 +41,10 @@ class MM1(nn.Module):
 
     def forward(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """tokens (B, T), images (M, 3, R, R) -> logits (B, T, V)."""
+        return self.lm(self.embed_inputs(tokens, images))
+
+    def embed_inputs(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T), images (M, 3, R, R) -> the LM's input embeddings (B, T, D), image tokens spliced in."""
         embeds = self.lm.embed(tokens)  # (B, T, D)
         is_image = tokens == self.image_token_id  # (B, T)
         num_slots = int(is_image.sum())
@@ -49,18 +53,17 @@ class MM1(nn.Module):
                 raise ValueError(
                     f"the sequences hold {num_slots} image placeholder tokens but no images were given"
                 )
-            return self.lm(embeds)
+            return embeds
         image_tokens = self.connector(self.image_encoder(images))  # (M, K, D)
         if num_slots != image_tokens.shape[0] * image_tokens.shape[1]:
             raise ValueError(
                 f"the sequences hold {num_slots} image placeholder tokens but {image_tokens.shape[0]} images "
                 f"x {image_tokens.shape[1]} tokens = {image_tokens.shape[0] * image_tokens.shape[1]} were given"
             )
-        embeds = embeds.masked_scatter(is_image.unsqueeze(-1), image_tokens.to(embeds.dtype))  # (B, T, D)
-        return self.lm(embeds)
+        return embeds.masked_scatter(is_image.unsqueeze(-1), image_tokens.to(embeds.dtype))  # (B, T, D)
 
 
-def build_mm1(cfg: MM1Config, tokenizer: WordTokenizer) -> MM1:
+def build_mm1(cfg: MM1Config, tokenizer: Tokenizer) -> MM1:
     """The one place the parts are wired: the connector is sized from the built encoder and LM."""
     image_encoder = ViT(cfg.encoder)
     language_model = DecoderLM(cfg.lm, vocab_size=tokenizer.vocab_size, max_seq_len=cfg.data.max_seq_len)

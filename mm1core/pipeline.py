@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from mm1core.config import MM1Config, config_problems, config_to_dict
-from mm1core.data.sources import build_tokenizer, trial_batch
+from mm1core.config import MM1Config, TrainConfig, config_problems, config_to_dict
+from mm1core.data.sources import Batch, build_tokenizer, sft_batch, trial_batch
 from mm1core.encoder_pretrain import pretrain_encoder
-from mm1core.eval.heldout import EvalResult, evaluate_heldout
+from mm1core.eval.suite import EvalResult, evaluate
 from mm1core.losses import LOSSES
 from mm1core.lr_law import optimal_peak_lr
 from mm1core.mm1 import build_mm1
 from mm1core.train import train
 
 __all__ = ["TrialOutcome", "run_trial"]
+
+_LENGTH_GROUPS = 3  # forward passes per step; see Batch.by_length
 
 
 @dataclass
@@ -37,16 +41,16 @@ def run_trial(
     checkpoint_path: Path | None = None,
     cache_dir: Path = Path("results/cache"),
 ) -> TrialOutcome:
-    """Pre-train (or fetch) the encoder, train the multimodal model, evaluate it.
+    """Pre-train (or fetch) the encoder, train the multimodal model, fine-tune it (if `sft.steps`), evaluate it.
 
     on_metrics(step, metrics) sees the encoder stage's metrics (`encoder/*`, when this trial builds it), then the
-    multimodal stage's training and evaluation metrics.
+    multimodal stage's training and evaluation metrics, then the SFT stage's (`sft/*`).
     """
     problems = config_problems(cfg)
     if problems:
         raise ValueError("; ".join(str(p) for p in problems))
     torch.manual_seed(cfg.seed)
-    tokenizer = build_tokenizer(cfg.data)
+    tokenizer = build_tokenizer(cfg.data, cache_dir)
     model = build_mm1(cfg, tokenizer).to(device)
     encoder_state, built_encoder = pretrain_encoder(
         cfg, device=device, cache_dir=cache_dir, on_log=on_metrics
@@ -59,40 +63,91 @@ def run_trial(
     schedule = dataclasses.replace(cfg.train, lr=law_lr) if cfg.train.lr == "auto" else cfg.train
     on_metrics(0, {"lr_law/optimal_peak_lr": law_lr, "lr_law/chosen_peak_lr": schedule.lr})
 
-    def step_loss(step: int) -> dict[str, torch.Tensor]:
-        batch = trial_batch(cfg, tokenizer, step)
-        logits = model(batch.tokens.to(device), batch.images.to(device))
-        terms = LOSSES["lm"](logits, batch.targets.to(device), z_loss_coef=cfg.train.z_loss_coef)
-        return terms | model.lm.aux_losses()
+    def batch_loss(batch: Batch) -> dict[str, torch.Tensor]:
+        """The batch's loss terms, one forward pass per length group, weighted by each group's share of targets."""
+        targets_total = int((batch.targets != -100).sum())
+        totals: dict[str, torch.Tensor] = {}
+        for part in batch.by_length(_LENGTH_GROUPS):
+            weight = int((part.targets != -100).sum()) / targets_total
+            logits = model(part.tokens.to(device), part.images.to(device))
+            terms = LOSSES["lm"](logits, part.targets.to(device), z_loss_coef=cfg.train.z_loss_coef)
+            for name, value in (terms | model.lm.aux_losses()).items():
+                totals[name] = totals.get(name, 0.0) + weight * value
+        return totals
 
-    def evaluate() -> EvalResult:
-        return evaluate_heldout(
-            model,
-            tokenizer,
-            cfg.data,
-            cfg.eval,
-            resolution=cfg.encoder.resolution,
-            num_image_tokens=cfg.connector.num_image_tokens,
-            device=device,
+    # Where the trial's time goes, reported with its final metrics (time/*): data, training passes, evaluation.
+    seconds = {"data": 0.0, "eval": 0.0}
+
+    def timed(kind: str, work: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        try:
+            return work()
+        finally:
+            seconds[kind] += time.perf_counter() - start
+
+    def run_eval() -> EvalResult:
+        return timed(
+            "eval",
+            lambda: evaluate(
+                model,
+                tokenizer,
+                cfg.data,
+                cfg.eval,
+                resolution=cfg.encoder.resolution,
+                num_image_tokens=cfg.connector.num_image_tokens,
+                device=device,
+            ),
         )
 
-    def on_eval(step: int) -> None:
-        on_metrics(step, evaluate().metrics)
-
+    training_started = time.perf_counter()
     last_step = train(
         model,
-        step_loss,
+        lambda step: batch_loss(
+            timed("data", lambda: trial_batch(cfg, tokenizer, step, cache_dir=cache_dir))
+        ),
         schedule,
         device=device,
         on_log=on_metrics,
-        on_eval=on_eval,
+        on_eval=lambda step: on_metrics(step, run_eval().metrics),
         checkpoint_path=checkpoint_path,
         checkpoint_config=config_to_dict(cfg),
     )
-    result = evaluate()
-    on_metrics(last_step, result.metrics)
+    if cfg.sft.steps:
+        model.freeze(cfg.sft.freeze)
+        sft = cfg.sft
+        sft_schedule = TrainConfig(
+            steps=sft.steps,
+            batch_size=sft.batch_size,
+            lr=sft.lr,
+            warmup_steps=sft.warmup_steps,
+            weight_decay=cfg.train.weight_decay,
+            grad_clip=cfg.train.grad_clip,
+            z_loss_coef=cfg.train.z_loss_coef,
+            precision=cfg.train.precision,
+            log_every=cfg.train.log_every,
+            checkpoint_every=cfg.train.checkpoint_every,
+        )
+        last_step = train(
+            model,
+            lambda step: batch_loss(timed("data", lambda: sft_batch(cfg, tokenizer, step))),
+            sft_schedule,
+            device=device,
+            on_log=lambda step, m: on_metrics(step, {k.replace("train/", "sft/"): v for k, v in m.items()}),
+            checkpoint_path=checkpoint_path.with_suffix(".sft.pt") if checkpoint_path else None,
+            checkpoint_config=config_to_dict(cfg),
+        )
+    training_s = time.perf_counter() - training_started - seconds["data"] - seconds["eval"]
+    eval_before_final = seconds["eval"]
+    result = run_eval()
+    timing = {
+        "time/data_s": seconds["data"],
+        "time/train_s": training_s,
+        "time/eval_s": seconds["eval"],
+        "time/final_eval_s": seconds["eval"] - eval_before_final,
+    }
+    on_metrics(last_step, result.metrics | timing)
     return TrialOutcome(
-        metrics=result.metrics,
+        metrics=result.metrics | timing,
         eval=result,
         num_params=num_params,
         built_encoder=built_encoder,

@@ -35,9 +35,9 @@ def tiny() -> MM1Config:
         encoder_pretrain=EncoderPretrainConfig(steps=10, batch_size=8, warmup_steps=2, text_width=32),
         connector=ConnectorConfig(name="avg-pool", num_image_tokens=4),
         lm=LMConfig(width=32, depth=1, num_heads=2),
-        data=DataConfig(max_seq_len=80),
+        data=DataConfig(max_seq_len=240),
         train=TrainConfig(steps=20, batch_size=8, lr=3e-3, warmup_steps=5, log_every=5, checkpoint_every=10),
-        eval=EvalConfig(num_items=20, batch_size=20),
+        eval=EvalConfig(num_items=14, batch_size=14),
     )
 
 
@@ -45,11 +45,11 @@ def small() -> MM1Config:
     """Minutes on one CPU core: the size of CPU studies."""
     return MM1Config(
         encoder=ViTConfig(resolution=64, patch_size=8, width=96, depth=2, num_heads=4),
-        encoder_pretrain=EncoderPretrainConfig(loss="clip", steps=300),
+        encoder_pretrain=EncoderPretrainConfig(loss="clip", steps=300, recaption_share=0.5),
         connector=ConnectorConfig(name="avg-pool", num_image_tokens=16),
         lm=LMConfig(width=128, depth=2, num_heads=4),
-        data=DataConfig(max_seq_len=112),
-        train=TrainConfig(steps=1000, batch_size=32, lr=2e-3, warmup_steps=50, log_every=25, eval_every=250),
+        data=DataConfig(ratio="5:5:1", max_seq_len=384),
+        train=TrainConfig(steps=1000, batch_size=16, lr=2e-3, warmup_steps=50, log_every=25, eval_every=500),
         eval=EvalConfig(num_items=300, batch_size=100),
     )
 
@@ -63,7 +63,7 @@ def base() -> MM1Config:
         ),
         connector=ConnectorConfig(name="c-abstractor", num_image_tokens=64),
         lm=LMConfig(width=768, depth=12, num_heads=12, positions="rope"),
-        data=DataConfig(ratio="5:5:1", max_seq_len=256),
+        data=DataConfig(ratio="5:5:1", max_seq_len=1024),
         train=TrainConfig(
             steps=5000, batch_size=64, lr="auto", warmup_steps=200, precision="bf16", eval_every=1000
         ),
@@ -89,7 +89,7 @@ def paper_1_2b() -> MM1Config:
         ),
         connector=ConnectorConfig(name="c-abstractor", num_image_tokens=144),
         lm=LMConfig(width=2048, depth=24, num_heads=16, positions="rope"),
-        data=DataConfig(ratio="5:5:1", max_seq_len=1024),
+        data=DataConfig(ratio="5:5:1", max_seq_len=2048),
         train=TrainConfig(
             steps=100000,
             batch_size=512,

@@ -39,7 +39,8 @@ def stage_key(stage: str, determinants: dict[str, Any]) -> str:
 def encoder_stage_key(config: dict) -> str | None:
     """The cache key of a trial's pre-trained encoder, from its resolved config dict; None if it pre-trains none.
 
-    Everything that determines the encoder: its architecture, its stage config, the world, the seed.
+    Everything that determines the encoder: its architecture, its stage config (with its own seed), the world. Not
+    the trial's seed: as in the paper, one pre-trained encoder serves every trial that asks for the same one.
     """
     pretrain = config["encoder_pretrain"]
     if pretrain["loss"] == "none":
@@ -50,7 +51,6 @@ def encoder_stage_key(config: dict) -> str | None:
             "encoder": config["encoder"],
             "pretrain": pretrain,
             "world": config["data"]["world"],
-            "seed": config["seed"],
         },
     )
 

@@ -45,10 +45,10 @@ def test_shipped_studies_load():
 
 
 def test_budget_in_tokens_becomes_steps(write_study):
-    study = load_study(write_study(VALID.replace("{steps: 30}", "{tokens: 6400}")))
+    study = load_study(write_study(VALID.replace("{steps: 30}", "{tokens: 64000}")))
     tiny = study.reference
     assert study.reference["train"]["steps"] == -(
-        -6400 // (tiny["train"]["batch_size"] * tiny["data"]["max_seq_len"])
+        -64000 // (tiny["train"]["batch_size"] * tiny["data"]["max_seq_len"])
     )
 
 

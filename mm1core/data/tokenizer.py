@@ -1,10 +1,27 @@
-"""Word-level tokenizer over a closed vocabulary (the world's words plus special tokens)."""
+"""Word-level tokenizer over a closed vocabulary (the world's words plus special tokens), and the interface every
+tokenizer offers (the BPE for users' data in bpe.py has it too)."""
 
 from __future__ import annotations
 
-__all__ = ["BOS", "EOS", "IMAGE", "PAD", "WordTokenizer"]
+from typing import Protocol
+
+__all__ = ["BOS", "EOS", "IMAGE", "PAD", "Tokenizer", "WordTokenizer"]
 
 PAD, BOS, EOS, IMAGE = "<pad>", "<bos>", "<eos>", "<image>"
+
+
+class Tokenizer(Protocol):
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    image_id: int
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
 
 
 class WordTokenizer:

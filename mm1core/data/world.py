@@ -1,4 +1,4 @@
-"""The procedurally generated world: scenes of objects and signs, rendered once and downsampled per resolution.
+"""The procedurally generated world: scenes of objects and signs on a grid, drawn once and downsampled per resolution.
 
 A scene is drawn on a fixed canvas and box-downsampled to the encoder's resolution, so the content of an image is
 identical across resolutions and only its detail changes: reading a sign needs pixels, colour does not. Every scene is
@@ -24,7 +24,7 @@ __all__ = [
     "Sign",
     "render_scene",
     "sample_scene",
-    "world_vocabulary",
+    "positions",
 ]
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -77,15 +77,15 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Sign:
-    text: str
+    text: str  # digits
     glyph_scale: int
     cell: int
 
 
 @dataclass(frozen=True)
 class Scene:
-    objects: tuple[SceneObject, ...]
-    sign: Sign
+    objects: tuple[SceneObject, ...]  # in cell order
+    signs: tuple[Sign, ...]  # in cell order
     jitter_seed: int
 
 
@@ -95,35 +95,38 @@ def positions(grid_size: int) -> tuple[str, ...]:
     return tuple(f"r{r}c{c}" for r in range(grid_size) for c in range(grid_size))
 
 
-def world_vocabulary(cfg: WorldConfig) -> list[str]:
-    """Every word a caption or question about this world can use."""
-    words = ["the", "sign", "reads", "a", "at", ".", "there", "is", "are", "objects", "and"]
-    words += list(_FONT_5X7)  # digits double as counts
-    words += list(COLORS) + list(SHAPES) + list(SIZES) + list(positions(cfg.grid_size))
-    return words
-
-
 def sample_scene(cfg: WorldConfig, seed: int) -> Scene:
     rng = random.Random(seed)
-    num_cells = cfg.grid_size * cfg.grid_size
-    cells = rng.sample(range(num_cells), cfg.max_objects + 1)
     num_objects = rng.randint(cfg.min_objects, cfg.max_objects)
+    num_signs = rng.randint(cfg.min_signs, cfg.max_signs)
+    cells = rng.sample(range(cfg.grid_size**2), num_objects + num_signs)
     objects = tuple(
         sorted(
             (
                 SceneObject(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(SIZES), cell)
-                for cell in cells[1 : 1 + num_objects]
+                for cell in cells[:num_objects]
             ),
             key=lambda o: o.cell,
         )
     )
-    text = "".join(rng.choice("0123456789") for _ in range(cfg.num_sign_digits))
-    sign = Sign(text=text, glyph_scale=rng.choice(cfg.glyph_scales), cell=cells[0])
-    return Scene(objects=objects, sign=sign, jitter_seed=rng.getrandbits(31))
+    signs = tuple(
+        sorted(
+            (
+                Sign(
+                    text="".join(rng.choice("0123456789") for _ in range(cfg.sign_length)),
+                    glyph_scale=rng.choice(cfg.glyph_scales),
+                    cell=cell,
+                )
+                for cell in cells[num_objects:]
+            ),
+            key=lambda s: s.cell,
+        )
+    )
+    return Scene(objects=objects, signs=signs, jitter_seed=rng.getrandbits(31))
 
 
 def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, cx: float, cy: float, cell_px: float) -> None:
-    radius = cell_px * (0.18 if obj.size == "small" else 0.36)
+    radius = cell_px * (0.18 if obj.size == "small" else 0.34)
     fill = COLORS[obj.color]
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
     if obj.shape == "circle":
@@ -146,7 +149,9 @@ def _draw_sign(canvas: np.ndarray, sign: Sign, cx: float, cy: float) -> None:
     g = sign.glyph_scale
     width = len(sign.text) * 6 * g + g
     height = 9 * g
-    x0, y0 = int(cx - width / 2), int(cy - height / 2)
+    # Clamped inside the canvas: a sign wider than its cell may overhang its neighbours but never the edge.
+    x0 = min(max(0, int(cx - width / 2)), canvas.shape[1] - width)
+    y0 = min(max(0, int(cy - height / 2)), canvas.shape[0] - height)
     canvas[y0 : y0 + height, x0 : x0 + width] = 255
     for i, char in enumerate(sign.text):
         glyph = np.array([[c == "1" for c in row] for row in _FONT_5X7[char]])  # (7, 5)
@@ -161,16 +166,20 @@ def render_scene(scene: Scene, cfg: WorldConfig, resolution: int) -> np.ndarray:
     jitter = random.Random(scene.jitter_seed)
     image = Image.new("RGB", (cfg.canvas_px, cfg.canvas_px), (235, 235, 225))
     draw = ImageDraw.Draw(image)
+    for _ in range(cfg.clutter):
+        points = [jitter.uniform(0, cfg.canvas_px) for _ in range(4)]
+        draw.line(points, fill=(170, 170, 160), width=max(1, cfg.canvas_px // 96))
 
     def centre(cell: int) -> tuple[float, float]:
         row, col = divmod(cell, cfg.grid_size)
-        dx, dy = (jitter.uniform(-0.1, 0.1) * cell_px for _ in range(2))
+        dx, dy = (jitter.uniform(-0.06, 0.06) * cell_px for _ in range(2))
         return (col + 0.5) * cell_px + dx, (row + 0.5) * cell_px + dy
 
     for obj in scene.objects:
         _draw_object(draw, obj, *centre(obj.cell), cell_px)
     canvas = np.asarray(image).copy()
-    _draw_sign(canvas, scene.sign, *centre(scene.sign.cell))
+    for sign in scene.signs:
+        _draw_sign(canvas, sign, *centre(sign.cell))
     if resolution != cfg.canvas_px:
         canvas = np.asarray(Image.fromarray(canvas).resize((resolution, resolution), Image.BOX))
     return canvas

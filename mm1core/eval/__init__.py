@@ -1,5 +1,4 @@
-"""Evaluations of a trained MM1 model; each records the protocol it used next to its scores."""
+"""Evaluation: the zero-shot / few-shot / text-only suite (suite.py) and its scorers (scoring.py)."""
 
-from mm1core.eval.heldout import EvalResult, evaluate_heldout
-
-__all__ = ["EvalResult", "evaluate_heldout"]
+# The paper's columns: a report leads with these. Torch-free, so the driver and the reports can name them.
+HEADLINE_METRICS = ("0shot/avg", "4shot/avg", "8shot/avg", "textcore/avg")
