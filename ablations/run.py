@@ -25,7 +25,7 @@ from ray.tune.logger import JsonLoggerCallback
 
 from ablations.plan import Trial, plan, stage_cache_dir
 from ablations.results import ResultsStore, config_json
-from ablations.spec import Study
+from ablations.spec import Study, reference_axis_values
 from ablations.tracking import Tracker, resolve_tracking_uri
 from ablations.trial import FINAL_KEY, train_trial
 from dashboards.report import last_line, write_report
@@ -261,7 +261,8 @@ def run_study(
     if not todo:
         return summary
 
-    (study_dir / "study.json").write_text(json.dumps(study.spec.model_dump(mode="json"), indent=2))
+    spec_json = study.spec.model_dump(mode="json") | {"reference_values": reference_axis_values(study)}
+    (study_dir / "study.json").write_text(json.dumps(spec_json, indent=2))
     tracker = Tracker(uri, study.name, study.spec.description, results_root)
     resources = study.spec.resources
     address = address or os.environ.get("RAY_ADDRESS")

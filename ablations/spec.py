@@ -171,6 +171,21 @@ def axis_overrides(name: str, value: Any) -> dict[str, Any]:
     return {resolve_axis(name): value}
 
 
+def reference_axis_values(study: Study) -> dict[str, Any]:
+    """Each axis's value in the reference config (None for a sized axis): reports compare arms against the arm
+    that has them."""
+    values: dict[str, Any] = {}
+    for axis in study.spec.axes:
+        if axis.name in SIZED_AXES:
+            values[axis.name] = None
+            continue
+        node: Any = study.reference
+        for part in resolve_axis(axis.name).split("."):
+            node = node[part]
+        values[axis.name] = node
+    return values
+
+
 def _tokens_per_step(stage: str, tree: dict) -> int:
     """Token capacity of one step: sequence slots for the multimodal stage, image patches for the encoder's."""
     if stage == "encoder":

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
-from scipy import stats
 
+from dashboards.stats import compare_to_reference, mean_ci
 from mm1core.eval import HEADLINE_METRICS
 
 __all__ = ["arm_table", "metric_columns", "write_report"]
@@ -46,13 +46,6 @@ def axis_columns(trials: pd.DataFrame, study_axes: list[str]) -> list[str]:
     return [a for a in study_axes if a in trials.columns]
 
 
-def _ci95(values: pd.Series) -> float:
-    values = values.dropna()
-    if len(values) < 2:
-        return float("nan")
-    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
-
-
 def arm_table(trials: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """One row per arm, ordered by its axis values: seeds finished, and mean / 95% CI half-width of every metric."""
     done = trials[trials["status"] == "finished"]
@@ -64,7 +57,7 @@ def arm_table(trials: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
         row = {"arm": arm, "seeds": len(group)}
         for metric in metric_columns(trials):
             row[f"{metric} mean"] = group[metric].mean()
-            row[f"{metric} ci95"] = _ci95(group[metric])
+            row[f"{metric} ci95"] = mean_ci(group[metric])[1]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -90,7 +83,7 @@ def _axis_figure(trials: pd.DataFrame, axis: str, metric: str) -> go.Figure:
     fig = go.Figure()
     grouped = done.groupby(axis, sort=True)[metric]
     means = grouped.mean()
-    cis = grouped.apply(_ci95).fillna(0.0)
+    cis = grouped.apply(lambda values: mean_ci(values)[1]).fillna(0.0)
     xs = [str(x) for x in means.index]
     fig.add_trace(
         go.Scatter(
@@ -122,6 +115,69 @@ def _axis_figure(trials: pd.DataFrame, axis: str, metric: str) -> go.Figure:
     return fig
 
 
+def reference_arm(trials: pd.DataFrame, reference_values: dict) -> str | None:
+    """The arm whose axis values are the reference config's; else the first arm in axis order."""
+    done = trials[trials["status"] == "finished"]
+    if done.empty:
+        return None
+    for arm, group in done.groupby("arm", sort=False):
+        row = group.iloc[0]
+        if reference_values and all(
+            axis in row and str(row[axis]) == str(value) for axis, value in reference_values.items()
+        ):
+            return str(arm)
+    return str(done.sort_values(list(reference_values) or ["arm"], kind="stable")["arm"].iloc[0])
+
+
+def _comparisons_html(items: pd.DataFrame, reference: str) -> str:
+    metrics = sorted(items["metric"].unique(), key=lambda m: (m.startswith("textcore"), m))
+    table = compare_to_reference(items, reference, metrics)
+    if table.empty:
+        return "<p class='muted'>Only one arm: nothing to compare.</p>"
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("arm", "metric", "Δ vs reference", "95% CI", "pairs", "p", "p (Holm)", "verdict")
+    )
+    body = "".join(
+        f"<tr><td>{html.escape(str(r.arm))}</td><td>{html.escape(r.metric)}</td><td>{r.delta:+.3f}</td>"
+        f"<td>[{r.ci_low:+.3f}, {r.ci_high:+.3f}]</td><td>{r.pairs}</td><td>{r.p_value:.3g}</td>"
+        f"<td>{r.p_holm:.3g}</td><td class='verdict-{r.verdict.split()[0]}'>{html.escape(r.verdict)}</td></tr>\n"
+        for r in table.itertuples()
+    )
+    return (
+        f"<p class='muted'>Each arm against <b>{html.escape(reference)}</b>, paired over evaluation items and seeds "
+        f"(paired t-test), p-values corrected together for {len(table)} comparisons (Holm).</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _category_heatmap(table: pd.DataFrame, shots: str) -> go.Figure | None:
+    """Arms x VQA categories: where an axis helps (reading vs colour vs counting ...)."""
+    columns = [c for c in table.columns if c.startswith(f"{shots}/vqa/") and c.endswith(" mean")]
+    if not columns:
+        return None
+    categories = [c.removeprefix(f"{shots}/vqa/").removesuffix(" mean") for c in columns]
+    values = table[columns].to_numpy()
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=categories,
+            y=[str(a) for a in table["arm"]],
+            colorscale="Viridis",
+            zmin=0,
+            zmax=1,
+            text=[[f"{v:.2f}" for v in row] for row in values],
+            texttemplate="%{text}",
+        )
+    )
+    fig.update_layout(
+        title=f"{shots} VQA accuracy by question category (mean over seeds)",
+        height=120 + 40 * len(table),
+        margin={"l": 160, "r": 20, "t": 50, "b": 50},
+    )
+    return fig
+
+
 def _curves_figure(curves: pd.DataFrame, metric: str) -> go.Figure:
     fig = go.Figure()
     selected = curves[curves["metric"] == metric]
@@ -143,6 +199,7 @@ table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .missing { color: #a33; } .muted { color: #666; font-size: 0.85rem; }
+.verdict-better { color: #176c2f; font-weight: 600; } .verdict-worse { color: #a33; font-weight: 600; }
 .figure { page-break-inside: avoid; }
 """
 
@@ -172,6 +229,18 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
             if (curves["metric"] == m).any()
         ]
 
+    for shots in ("0shot", "8shot"):
+        heatmap = _category_heatmap(table, shots) if len(table) else None
+        if heatmap is not None:
+            figures.append(heatmap)
+    items_path = study_dir / "items.parquet"
+    reference = reference_arm(trials, spec.get("reference_values", {}))
+    comparisons_html = ""
+    if items_path.exists() and reference is not None:
+        items = pd.read_parquet(items_path)
+        if {"metric", "item_id", "score"} <= set(items.columns):
+            comparisons_html = "<h2>Against the reference arm</h2>" + _comparisons_html(items, reference)
+
     failed = trials[trials["status"] != "finished"]
     failed_html = ""
     if len(failed):
@@ -195,6 +264,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         "<h2>Arms</h2><p class='muted'>mean ± 95% confidence half-width over seeds (t distribution)</p>",
         _table_html(table, headline) if len(table) else "<p class='missing'>No trial has finished yet.</p>",
         failed_html,
+        comparisons_html,
         "<h2>Figures</h2>",
     ]
     for fig in figures:

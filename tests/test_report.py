@@ -1,0 +1,82 @@
+"""The report from a results directory generated in the test: arms, paired comparisons, category heat maps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from dashboards.report import reference_arm, write_report
+
+CATEGORIES = ("reading", "color", "counting")
+
+
+def _study(tmp_path, effects: dict[str, float], seeds=(0, 1), items=120):
+    """A finished study whose arms differ from the reference ("res=64") by known per-item effects."""
+    rng = np.random.default_rng(0)
+    difficulty = rng.uniform(0.2, 0.8, size=items)
+    trials, rows = [], []
+    for arm, effect in effects.items():
+        for seed in seeds:
+            p = np.clip(difficulty + effect + rng.normal(0, 0.02, size=items), 0, 1)
+            scores = (rng.uniform(size=items) < p).astype(float)
+            trial_id = f"{arm}-{seed}"
+            rows += [
+                {
+                    "trial_id": trial_id,
+                    "arm": arm,
+                    "seed": seed,
+                    "metric": "0shot/vqa",
+                    "item_id": i,
+                    "category": CATEGORIES[i % 3],
+                    "score": s,
+                }
+                for i, s in enumerate(scores)
+            ]
+            by_category = {f"0shot/vqa/{c}": scores[k::3].mean() for k, c in enumerate(CATEGORIES)}
+            trials.append(
+                {
+                    "trial_id": trial_id,
+                    "arm": arm,
+                    "seed": seed,
+                    "status": "finished",
+                    "error": "",
+                    "resolution": int(arm.split("=")[1]),
+                    "0shot/vqa": scores.mean(),
+                    "0shot/avg": scores.mean(),
+                    **by_category,
+                }
+            )
+    study_dir = tmp_path / "res"
+    study_dir.mkdir()
+    pd.DataFrame(trials).to_parquet(study_dir / "trials.parquet")
+    pd.DataFrame(rows).to_parquet(study_dir / "items.parquet")
+    spec = {
+        "name": "res",
+        "description": "<b>bold</b>",
+        "axes": [{"name": "resolution"}],
+        "reference_values": {"resolution": 64},
+    }
+    (study_dir / "study.json").write_text(json.dumps(spec))
+    return study_dir
+
+
+def test_reference_arm_is_the_one_with_the_reference_values(tmp_path):
+    trials = pd.read_parquet(_study(tmp_path, {"res=32": -0.3, "res=64": 0.0}) / "trials.parquet")
+    assert reference_arm(trials, {"resolution": 64}) == "res=64"
+    assert reference_arm(trials, {"resolution": 999}) == "res=32"  # none matches: the first in axis order
+
+
+def test_comparisons_give_verdicts_against_the_reference(tmp_path):
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0, "res=96": 0.0, "res=128": 0.25})
+    page = write_report(study_dir).read_text()
+    section = page.split("Against the reference arm")[1].split("<h2>")[0]
+    cells = [row.split("</td><td>") for row in section.split("<tr><td>")[1:]]
+    rows = {c[0]: " ".join(c) for c in cells}
+    assert set(rows) == {"res=32", "res=96", "res=128"}
+    assert "worse" in rows["res=32"] and "better" in rows["res=128"]
+    assert "no detectable difference" in rows["res=96"]
+    assert "3 comparisons (Holm)" in section
+    assert "VQA accuracy by question category" in page  # the per-category heat map
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
