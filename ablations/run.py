@@ -19,6 +19,7 @@ from typing import Any, TextIO
 # because Tune reads its own results back from it.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
+import pandas as pd
 import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
@@ -316,7 +317,11 @@ def run_study(
         summary.wall_time_s = time.time() - started
         if store.trials_path.exists():
             summary.report = write_report(study_dir, tracking_uri=uri)
-            tracker.log_artifact(summary.report)
+            for name in ("report.html", "summary.md", "arms.csv", "comparisons.csv", "findings.csv"):
+                if (study_dir / name).exists():
+                    tracker.log_artifact(study_dir / name)
+            if (study_dir / "arms.csv").exists():
+                tracker.log_arm_aggregates(pd.read_csv(study_dir / "arms.csv").to_dict("records"))
         tracker.end_study(
             failed=bool(summary.failed) or len(summary.finished) + len(summary.failed) < len(todo),
             summary={

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -45,6 +46,10 @@ def git_commit() -> str:
 
 def _is_local(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
+
+
+def _key(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
 
 
 class Tracker:
@@ -111,6 +116,19 @@ class Tracker:
 
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.parent_id, str(path))
+
+    def log_arm_aggregates(self, arms: list[dict[str, Any]]) -> None:
+        """Per-arm mean and CI of every metric as metrics of the study's parent run, so the MLflow UI shows them:
+        `arm/<arm>/<metric> mean`. MLflow keys allow only [A-Za-z0-9_-. /], so other characters become '_'."""
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(f"arm/{_key(str(row['arm']))}/{_key(column)}", float(value), now, 0)
+            for row in arms
+            for column, value in row.items()
+            if column.endswith((" mean", " ci95")) and value == value  # NaN (one seed: no CI) is not logged
+        ]
+        for i in range(0, len(batch), _BATCH):
+            self.client.log_batch(self.parent_id, metrics=batch[i : i + _BATCH])
 
     def end_study(self, *, failed: bool, summary: dict[str, Any]) -> None:
         self.client.log_batch(

@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from dashboards.findings import assess_all
 from dashboards.stats import compare_to_reference, mean_ci
 from mm1core.eval import HEADLINE_METRICS
 
@@ -129,9 +130,13 @@ def reference_arm(trials: pd.DataFrame, reference_values: dict) -> str | None:
     return str(done.sort_values(list(reference_values) or ["arm"], kind="stable")["arm"].iloc[0])
 
 
-def _comparisons_html(items: pd.DataFrame, reference: str) -> str:
+def comparisons(items: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Every arm against the reference on every per-item metric (stats.compare_to_reference)."""
     metrics = sorted(items["metric"].unique(), key=lambda m: (m.startswith("textcore"), m))
-    table = compare_to_reference(items, reference, metrics)
+    return compare_to_reference(items, reference, metrics)
+
+
+def _comparisons_html(table: pd.DataFrame, reference: str) -> str:
     if table.empty:
         return "<p class='muted'>Only one arm: nothing to compare.</p>"
     head = "".join(
@@ -147,6 +152,23 @@ def _comparisons_html(items: pd.DataFrame, reference: str) -> str:
     return (
         f"<p class='muted'>Each arm against <b>{html.escape(reference)}</b>, paired over evaluation items and seeds "
         f"(paired t-test), p-values corrected together for {len(table)} comparisons (Holm).</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _findings_html(assessed: list[dict]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ("finding", "the paper", "evidence", "ours", "our numbers"))
+    body = ""
+    for a in assessed:
+        approx = "approx. " if a["tag"] == "?" else ""
+        body += (
+            f"<tr><td>{html.escape(a['id'])}</td><td>{html.escape(a['claim'])} [{html.escape(a['tag'])}]</td>"
+            f"<td>{approx}{html.escape(a['evidence'])}</td><td class='verdict-{a['ours'].split()[0]}'>"
+            f"{html.escape(a['ours'])}</td><td class='muted'>{html.escape(a['detail'])}</td></tr>\n"
+        )
+    return (
+        "<p class='muted'>Each finding of the paper this study can speak to (reliability: V the paper's wording, "
+        "S secondary sources agree, ? one secondary source), and what this study's paired comparisons say.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
 
@@ -199,7 +221,8 @@ table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .missing { color: #a33; } .muted { color: #666; font-size: 0.85rem; }
-.verdict-better { color: #176c2f; font-weight: 600; } .verdict-worse { color: #a33; font-weight: 600; }
+.verdict-better, .verdict-agrees { color: #176c2f; font-weight: 600; }
+.verdict-worse, .verdict-disagrees { color: #a33; font-weight: 600; }
 .figure { page-break-inside: avoid; }
 """
 
@@ -234,12 +257,18 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         if heatmap is not None:
             figures.append(heatmap)
     items_path = study_dir / "items.parquet"
+    items = pd.read_parquet(items_path) if items_path.exists() else pd.DataFrame()
+    has_items = {"trial_id", "metric", "item_id", "score"} <= set(items.columns)
     reference = reference_arm(trials, spec.get("reference_values", {}))
-    comparisons_html = ""
-    if items_path.exists() and reference is not None:
-        items = pd.read_parquet(items_path)
-        if {"metric", "item_id", "score"} <= set(items.columns):
-            comparisons_html = "<h2>Against the reference arm</h2>" + _comparisons_html(items, reference)
+    compared = comparisons(items, reference) if has_items and reference is not None else pd.DataFrame()
+    assessed = assess_all(trials, items, spec_axes) if has_items else []
+    comparisons_html = (
+        "<h2>Against the reference arm</h2>" + _comparisons_html(compared, reference)
+        if reference and has_items
+        else ""
+    )
+    findings_html = "<h2>The paper beside us</h2>" + _findings_html(assessed) if assessed else ""
+    _write_summary(study_dir, study, table, headline, compared, reference, assessed)
 
     failed = trials[trials["status"] != "finished"]
     failed_html = ""
@@ -265,6 +294,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         _table_html(table, headline) if len(table) else "<p class='missing'>No trial has finished yet.</p>",
         failed_html,
         comparisons_html,
+        findings_html,
         "<h2>Figures</h2>",
     ]
     for fig in figures:
@@ -277,6 +307,39 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     tmp.write_text("\n".join(parts), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def _write_summary(
+    study_dir: Path,
+    study: str,
+    table: pd.DataFrame,
+    headline: list[str],
+    compared: pd.DataFrame,
+    reference: str | None,
+    assessed: list[dict],
+) -> None:
+    """summary.md (the report's tables, for a README or a pull request) and the tables as CSV."""
+    lines = [f"# {study}", "", "Mean ± 95% CI over seeds.", ""]
+    if len(table):
+        lines += ["| arm | seeds | " + " | ".join(headline) + " |", "|---" * (len(headline) + 2) + "|"]
+        for _, row in table.iterrows():
+            cells = [_cell(row[f"{m} mean"], row[f"{m} ci95"]) for m in headline]
+            lines.append(f"| {row['arm']} | {row['seeds']} | " + " | ".join(cells) + " |")
+        table.to_csv(study_dir / "arms.csv", index=False)
+    if len(compared):
+        lines += ["", f"Against **{reference}**, paired over items and seeds, Holm-corrected:", ""]
+        lines += ["| arm | metric | Δ | 95% CI | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"| {r.arm} | {r.metric} | {r.delta:+.3f} | [{r.ci_low:+.3f}, {r.ci_high:+.3f}] | {r.p_holm:.2g} "
+            f"| {r.verdict} |"
+            for r in compared.itertuples()
+        ]
+        compared.to_csv(study_dir / "comparisons.csv", index=False)
+    if assessed:
+        lines += ["", "The paper beside us:", "", "| finding | the paper | ours |", "|---|---|---|"]
+        lines += [f"| {a['id']} | {a['claim']} [{a['tag']}] | {a['ours']} |" for a in assessed]
+        pd.DataFrame(assessed).to_csv(study_dir / "findings.csv", index=False)
+    (study_dir / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _study_axes(trials: pd.DataFrame) -> list[str]:

@@ -243,6 +243,7 @@ def test_encoder_stage_is_built_once_then_served_from_the_cache(tmp_path):
     first = run_trial(cfg, cache_dir=tmp_path)
     second = run_trial(cfg, cache_dir=tmp_path)
     assert first.built_encoder and not second.built_encoder
+
     def scores(outcome):
         return {k: v for k, v in outcome.metrics.items() if not k.startswith("time/")}
 

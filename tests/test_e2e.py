@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -76,7 +77,13 @@ def test_mlflow_holds_parent_and_child_runs(finished_study):
     parents = [r for r in runs if r.data.tags.get("mm1ablate.role") == "study"]
     children = [r for r in runs if r.data.tags.get("mm1ablate.role") == "trial"]
     assert len(parents) == 1 and len(children) == 4
-    assert "report.html" in [a.path for a in client.list_artifacts(parents[0].info.run_id)]
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"report.html", "summary.md", "arms.csv"} <= artifacts
+    # Per-arm aggregates on the parent run: the MLflow UI shows them beside the study.
+    aggregates = parents[0].data.metrics
+    for arm in GOOD_ARMS:
+        key = "arm/" + re.sub(r"[^A-Za-z0-9_\-. /]", "_", arm) + "/0shot/avg mean"
+        assert key in aggregates and aggregates[key] >= 0
     for child in children:
         tags = child.data.tags
         assert tags["mlflow.parentRunId"] == parents[0].info.run_id

@@ -49,7 +49,7 @@ def _study(tmp_path, effects: dict[str, float], seeds=(0, 1), items=120):
                 }
             )
     study_dir = tmp_path / "res"
-    study_dir.mkdir()
+    study_dir.mkdir(parents=True)
     pd.DataFrame(trials).to_parquet(study_dir / "trials.parquet")
     pd.DataFrame(rows).to_parquet(study_dir / "items.parquet")
     spec = {
@@ -80,3 +80,34 @@ def test_comparisons_give_verdicts_against_the_reference(tmp_path):
     assert "3 comparisons (Holm)" in section
     assert "VQA accuracy by question category" in page  # the per-category heat map
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
+
+
+def test_the_paper_beside_us_says_agrees_disagrees_or_inconclusive(tmp_path):
+    from dashboards.findings import assess, load_findings
+
+    findings = {f["id"]: f for f in load_findings()}
+    assert set(findings) == {f"F{i}" for i in range(1, 13)}
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    items = pd.read_parquet(study_dir / "items.parquet")
+    rising = assess(findings["F1"], trials, items, ["resolution"])
+    assert rising["ours"] == "agrees" and "64 vs 32 0shot/vqa +" in rising["detail"]
+    assert assess(findings["F8"], trials, items, ["resolution"]) is None  # the study does not vary data_ratio
+    for name, effect, expected in (("falling", 0.3, "disagrees"), ("flat", 0.0, "inconclusive")):
+        other = _study(tmp_path / name, {"res=32": effect, "res=64": 0.0})
+        tables = [pd.read_parquet(other / f) for f in ("trials.parquet", "items.parquet")]
+        assert assess(findings["F1"], *tables, ["resolution"])["ours"] == expected
+    page = write_report(study_dir).read_text()
+    assert "The paper beside us" in page and "F1" in page and "approx." not in page.split("F1")[1][:300]
+
+
+def test_markdown_summary_and_csv_tables(tmp_path):
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
+    write_report(study_dir)
+    summary = (study_dir / "summary.md").read_text()
+    assert summary.startswith("# res") and "| res=32 | 2 |" in summary and "| F1 |" in summary
+    assert "worse" in summary
+    arms = pd.read_csv(study_dir / "arms.csv")
+    assert list(arms["arm"]) == ["res=32", "res=64"] and "0shot/avg mean" in arms.columns
+    assert set(pd.read_csv(study_dir / "comparisons.csv")["verdict"]) == {"worse"}
+    assert pd.read_csv(study_dir / "findings.csv").loc[0, "id"] == "F1"

@@ -1,0 +1,114 @@
+"""The paper beside us: each MM1 finding a study can speak to, the paper's claim and ours, with the numbers.
+
+The findings ship as data (paper_findings.yaml). A study speaks to a finding when it varies the finding's axis and has
+the arms the check needs; the comparison pairs the two arms on the same evaluation items under the same seed and the
+same values of the study's other axes, on each of the finding's per-item metrics, Holm-corrected together.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+import pandas as pd
+import yaml
+
+from ablations.spec import resolve_axis
+from dashboards.stats import ALPHA, holm, paired_comparison
+
+__all__ = ["assess", "assess_all", "load_findings"]
+
+
+@cache
+def load_findings() -> tuple[dict, ...]:
+    text = resources.files("dashboards").joinpath("paper_findings.yaml").read_text(encoding="utf-8")
+    return tuple(yaml.safe_load(text))
+
+
+def _same_axis(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return resolve_axis(a) == resolve_axis(b)
+    except ValueError:
+        return False
+
+
+def _ordered(values: list, order: list | None) -> list:
+    if order:
+        return sorted(values, key=lambda v: order.index(v) if v in order else len(order))
+    try:
+        return sorted(values, key=float)
+    except (TypeError, ValueError):
+        return sorted(values, key=str)
+
+
+def _pairs_table(items: pd.DataFrame, trials: pd.DataFrame, axis: str, others: list[str]) -> pd.DataFrame:
+    """Items labelled by the finding's axis value, paired across arms by seed and the other axes' values."""
+    keyed = trials[["trial_id", axis, *others]].rename(columns={axis: "_value"})
+    table = items.merge(keyed, on="trial_id")
+    table["arm"] = table["_value"].astype(str)
+    table["seed"] = table[["seed", *others]].astype(str).agg("|".join, axis=1)
+    return table
+
+
+def assess(finding: dict, trials: pd.DataFrame, items: pd.DataFrame, study_axes: list[str]) -> dict | None:
+    """Our verdict on one finding, or None when the study does not vary its axis."""
+    axis = next((a for a in study_axes if _same_axis(a, finding["axis"])), None)
+    if axis is None or axis not in trials.columns:
+        return None
+    base = {k: finding.get(k) for k in ("id", "claim", "evidence", "tag")}
+    if finding["check"] == "view":
+        return base | {"ours": "see the view", "detail": f"drawn as the {finding['view']} view"}
+    done = trials[trials["status"] == "finished"]
+    values = _ordered(list(done[axis].drop_duplicates()), finding.get("order"))
+    shown = [str(v) for v in values]
+    check = finding["check"]
+    if check == "increasing":
+        pairs = [(values[-1], values[0])] if len(values) > 1 else []
+    elif check == "better":
+        pairs = [(finding["better"], finding["than"])]
+    elif check == "best":
+        pairs = [(finding["best"], v) for v in values if str(v) != str(finding["best"])]
+    else:  # same
+        pairs = [(v, values[0]) for v in values[1:]]
+    missing = sorted({str(v) for pair in pairs for v in pair} - set(shown))
+    if not pairs or missing:
+        needs = ", ".join(missing) or "two values"
+        return base | {"ours": "not tested", "detail": f"needs arms with {axis} = {needs}"}
+    others = [a for a in study_axes if a != axis and a in trials.columns]
+    table = _pairs_table(items, done, axis, others)
+    found = [
+        paired_comparison(table, str(a), str(b), metric)
+        for a, b in pairs
+        for metric in finding["metrics"]
+        if metric in set(table["metric"])
+    ]
+    if not found:
+        return base | {"ours": "not tested", "detail": "the study recorded none of its metrics per item"}
+    adjusted = holm([c.p_value for c in found])
+    up = [c for c, p in zip(found, adjusted, strict=True) if p < ALPHA and c.delta > 0]
+    down = [c for c, p in zip(found, adjusted, strict=True) if p < ALPHA and c.delta < 0]
+    if check == "same":
+        ours = "disagrees" if up or down else "agrees (no detectable difference)"
+    elif check == "best":
+        ours = "disagrees" if down else "agrees" if up else "inconclusive"
+    else:
+        ours = (
+            "agrees"
+            if up and not down
+            else "disagrees"
+            if down and not up
+            else "mixed"
+            if up
+            else "inconclusive"
+        )
+    detail = "; ".join(
+        f"{c.arm} vs {c.reference} {c.metric} {c.delta:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] p(Holm) {p:.2g}"
+        for c, p in zip(found, adjusted, strict=True)
+    )
+    return base | {"ours": ours, "detail": detail}
+
+
+def assess_all(trials: pd.DataFrame, items: pd.DataFrame, study_axes: list[str]) -> list[dict]:
+    return [a for f in load_findings() if (a := assess(f, trials, items, study_axes)) is not None]
