@@ -106,6 +106,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ablations.tracking import resolve_tracking_uri
+    from dashboards.index import write_index
     from dashboards.report import write_report
 
     study_dir = _results_root(args) / args.study
@@ -117,6 +118,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     uri = resolve_tracking_uri(args.tracking_uri, _results_root(args))
     print(write_report(study_dir, tracking_uri=uri))
+    print(write_index(_results_root(args)))
     return 0
 
 

@@ -29,6 +29,7 @@ from ablations.results import ResultsStore, config_json
 from ablations.spec import Study, reference_axis_values
 from ablations.tracking import Tracker, resolve_tracking_uri
 from ablations.trial import FINAL_KEY, train_trial
+from dashboards.index import write_index
 from dashboards.report import last_line, write_report
 from mm1core.eval import HEADLINE_METRICS
 from mm1core.stage_cache import encoder_stage_key
@@ -317,6 +318,7 @@ def run_study(
         summary.wall_time_s = time.time() - started
         if store.trials_path.exists():
             summary.report = write_report(study_dir, tracking_uri=uri)
+            write_index(results_root)
             for name in ("report.html", "summary.md", "arms.csv", "comparisons.csv", "findings.csv"):
                 if (study_dir / name).exists():
                     tracker.log_artifact(study_dir / name)

@@ -12,7 +12,7 @@ from dashboards.report import reference_arm, write_report
 CATEGORIES = ("reading", "color", "counting")
 
 
-def _study(tmp_path, effects: dict[str, float], seeds=(0, 1), items=120):
+def _study(tmp_path, effects: dict[str, float], seeds=(0, 1), items=120, name="res"):
     """A finished study whose arms differ from the reference ("res=64") by known per-item effects."""
     rng = np.random.default_rng(0)
     difficulty = rng.uniform(0.2, 0.8, size=items)
@@ -48,12 +48,12 @@ def _study(tmp_path, effects: dict[str, float], seeds=(0, 1), items=120):
                     **by_category,
                 }
             )
-    study_dir = tmp_path / "res"
+    study_dir = tmp_path / name
     study_dir.mkdir(parents=True)
     pd.DataFrame(trials).to_parquet(study_dir / "trials.parquet")
     pd.DataFrame(rows).to_parquet(study_dir / "items.parquet")
     spec = {
-        "name": "res",
+        "name": name,
         "description": "<b>bold</b>",
         "axes": [{"name": "resolution"}],
         "reference_values": {"resolution": 64},
@@ -111,3 +111,14 @@ def test_markdown_summary_and_csv_tables(tmp_path):
     assert list(arms["arm"]) == ["res=32", "res=64"] and "0shot/avg mean" in arms.columns
     assert set(pd.read_csv(study_dir / "comparisons.csv")["verdict"]) == {"worse"}
     assert pd.read_csv(study_dir / "findings.csv").loc[0, "id"] == "F1"
+
+
+def test_index_lists_every_study_with_a_findings_scoreboard(tmp_path):
+    from dashboards.index import write_index
+
+    for name, effect in (("rising", -0.3), ("flat", 0.0)):
+        write_report(_study(tmp_path, {"res=32": effect, "res=64": 0.0}, name=name))
+    page = write_index(tmp_path).read_text()
+    assert "rising/report.html" in page and "flat/report.html" in page and "Findings scoreboard" in page
+    assert "agrees</span> (rising)" in page and "inconclusive</span> (flat)" in page
+    assert "agrees" in page and "no study yet" in page  # F1 spoken to; F8 not
