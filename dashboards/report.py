@@ -17,6 +17,7 @@ from plotly.offline import get_plotlyjs
 
 from dashboards.findings import assess_all
 from dashboards.stats import compare_to_reference, mean_ci
+from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
 from mm1core.eval import HEADLINE_METRICS
 
 __all__ = ["arm_table", "metric_columns", "write_report"]
@@ -156,6 +157,47 @@ def _comparisons_html(table: pd.DataFrame, reference: str) -> str:
     )
 
 
+def _figure_html(fig: go.Figure) -> str:
+    return "<div class='figure'>" + fig.to_html(full_html=False, include_plotlyjs=False) + "</div>"
+
+
+def _paper_views_html(trials: pd.DataFrame, axes: list[str]) -> str:
+    """The paper's tables and figures that this study's axes make possible."""
+    parts = []
+    encoders = encoder_table(trials, axes)
+    if encoders is not None:
+        keys = [c for c in encoders.columns if not c.endswith((" mean", " ci95")) and c != "seeds"]
+        metrics = [c.removesuffix(" mean") for c in encoders.columns if c.endswith(" mean")]
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in [*keys, "seeds", *metrics])
+        body = "".join(
+            "<tr>"
+            + "".join(f"<td>{html.escape(str(row[k]))}</td>" for k in [*keys, "seeds"])
+            + "".join(f"<td>{_cell(row[f'{m} mean'], row[f'{m} ci95'])}</td>" for m in metrics)
+            + "</tr>\n"
+            for _, row in encoders.iterrows()
+        )
+        parts.append(
+            "<h3>Encoder table (paper Table 1)</h3>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        )
+    for fig in (connector_figure(trials, axes), data_figure(trials, axes)):
+        if fig is not None:
+            parts.append(_figure_html(fig))
+    law = lr_law(trials, axes)
+    if law is not None:
+        fig, numbers = law
+        fit = numbers["fit"]
+        ours = (
+            f"ours: a = {fit['a']:.3f}, b = {fit['b']:.3f}" if fit else "ours: needs two or more model sizes"
+        )
+        paper = numbers["paper"]
+        parts.append(
+            _figure_html(fig) + f"<p class='muted'>log(eta) = a ln N + b; paper: a = {paper['a']}, "
+            f"b = {paper['b']}; {html.escape(ours)}</p>"
+        )
+    return "<h2>Paper views</h2>" + "".join(parts) if parts else ""
+
+
 def _findings_html(assessed: list[dict]) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("finding", "the paper", "evidence", "ours", "our numbers"))
     body = ""
@@ -268,6 +310,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         else ""
     )
     findings_html = "<h2>The paper beside us</h2>" + _findings_html(assessed) if assessed else ""
+    views_html = _paper_views_html(trials, spec_axes)
     _write_summary(study_dir, study, table, headline, compared, reference, assessed)
 
     failed = trials[trials["status"] != "finished"]
@@ -295,10 +338,10 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         failed_html,
         comparisons_html,
         findings_html,
+        views_html,
         "<h2>Figures</h2>",
     ]
-    for fig in figures:
-        parts.append("<div class='figure'>" + fig.to_html(full_html=False, include_plotlyjs=False) + "</div>")
+    parts += [_figure_html(fig) for fig in figures]
     if len(table):
         parts.append("<h2>All metrics</h2>" + _table_html(table, metrics))
     parts.append("</body></html>")

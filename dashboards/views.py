@@ -1,0 +1,212 @@
+"""The paper's comparison views, filled with a study's numbers, chosen from the axes it varies.
+
+- Encoder table (paper Table 1): rows = encoder loss x size x resolution x pre-training data, columns 0/4/8-shot
+  (and TextCore).
+- Connector figure (paper Figure 4): grouped bars, connector x image tokens x resolution, one panel per shot count.
+- Data figure (paper Figure 5): one panel per metric (TextCore, 0/4/8-shot), bars per data setting.
+- Learning-rate law (F12): held-out loss against peak LR per model size, the optimum per size (a parabola in log LR),
+  and the law log(eta) = a ln N + b fitted to those optima beside the paper's.
+
+Every cell and bar is the mean over seeds with its 95% t-interval (stats.mean_ci).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ablations.spec import resolve_axis
+from dashboards.findings import load_findings
+from dashboards.stats import mean_ci
+
+__all__ = ["connector_figure", "data_figure", "encoder_table", "lr_law"]
+
+SHOTS = ("0shot/avg", "4shot/avg", "8shot/avg")
+_ENCODER_FIELDS = (
+    "encoder_pretrain.loss",
+    "encoder.width",
+    "encoder.resolution",
+    "encoder_pretrain.recaption_share",
+)
+_CONNECTOR_FIELDS = ("connector.name", "connector.num_image_tokens", "encoder.resolution")
+_DATA_FIELDS = ("data.ratio", "data.recaption_share")
+
+
+def _field(axis: str) -> str:
+    try:
+        return resolve_axis(axis)
+    except ValueError:
+        return axis
+
+
+def _axes_for(axes: list[str], fields: tuple[str, ...], trials: pd.DataFrame) -> list[str]:
+    return [a for a in axes if _field(a) in fields and a in trials.columns]
+
+
+def _finished(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[trials["status"] == "finished"]
+
+
+def encoder_table(trials: pd.DataFrame, axes: list[str]) -> pd.DataFrame | None:
+    """One row per combination of the encoder axes the study varies; mean and CI of each shot column."""
+    rows_by = _axes_for(axes, _ENCODER_FIELDS, trials)
+    done = _finished(trials)
+    if not rows_by or done.empty:
+        return None
+    columns = [m for m in (*SHOTS, "textcore/avg") if m in done.columns]
+    rows = []
+    for values, group in done.groupby(rows_by, sort=True):
+        row = dict(zip(rows_by, values if isinstance(values, tuple) else (values,), strict=True))
+        row["seeds"] = len(group)
+        for metric in columns:
+            row[f"{metric} mean"], row[f"{metric} ci95"] = mean_ci(group[metric])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _bar(
+    name: str, xs: list[str], group: pd.DataFrame, by: str | None, metric: str, color_index: int
+) -> go.Bar:
+    stats = [mean_ci(group[group[by] == x][metric]) if by else mean_ci(group[metric]) for x in xs]
+    return go.Bar(
+        name=name,
+        x=xs,
+        y=[m for m, _ in stats],
+        error_y={"type": "data", "array": [0.0 if math.isnan(c) else c for _, c in stats]},
+        marker_color=_PALETTE[color_index % len(_PALETTE)],
+        legendgroup=name,
+    )
+
+
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def connector_figure(trials: pd.DataFrame, axes: list[str]) -> go.Figure | None:
+    """Figure 4: bars per connector, grouped by image tokens x resolution, one panel per shot count."""
+    present = _axes_for(axes, _CONNECTOR_FIELDS, trials)
+    connector = next((a for a in present if _field(a) == "connector.name"), None)
+    tokens = next((a for a in present if _field(a) == "connector.num_image_tokens"), None)
+    if connector is None and tokens is None:
+        return None
+    done = _finished(trials)
+    shots = [m for m in SHOTS if m in done.columns]
+    if done.empty or not shots:
+        return None
+    groups = [a for a in present if a != connector]
+    xs = [str(v) for v in sorted(done[connector].unique())] if connector else ["all"]
+    done = done.assign(_x=done[connector].astype(str) if connector else "all")
+    fig = make_subplots(rows=1, cols=len(shots), subplot_titles=shots, shared_yaxes=True)
+    keyed = done.groupby(groups, sort=True) if groups else [((), done)]
+    for i, (key, group) in enumerate(keyed):
+        key = key if isinstance(key, tuple) else (key,)
+        name = ", ".join(f"{a}={v}" for a, v in zip(groups, key, strict=True)) or "all"
+        for col, metric in enumerate(shots, start=1):
+            bar = _bar(name, xs, group, "_x", metric, i)
+            bar.showlegend = col == 1
+            fig.add_trace(bar, row=1, col=col)
+    fig.update_layout(
+        title="Connector x image tokens x resolution (paper Figure 4)",
+        barmode="group",
+        height=420,
+        margin={"l": 50, "r": 20, "t": 70, "b": 50},
+    )
+    return fig
+
+
+def data_figure(trials: pd.DataFrame, axes: list[str]) -> go.Figure | None:
+    """Figure 5: one panel per metric (TextCore, 0/4/8-shot), a bar per data setting."""
+    present = _axes_for(axes, _DATA_FIELDS, trials)
+    done = _finished(trials)
+    metrics = [m for m in ("textcore/avg", *SHOTS) if m in done.columns]
+    if not present or done.empty or not metrics:
+        return None
+    axis = present[0]
+    xs = [str(v) for v in done[axis].drop_duplicates()]
+    done = done.assign(_x=done[axis].astype(str))
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics)
+    for col, metric in enumerate(metrics, start=1):
+        bar = _bar(axis, xs, done, "_x", metric, 0)
+        bar.showlegend = False
+        fig.add_trace(bar, row=1, col=col)
+    fig.update_layout(
+        title=f"Pre-training data: {axis} (paper Figure 5)",
+        height=400,
+        margin={"l": 50, "r": 20, "t": 70, "b": 50},
+    )
+    return fig
+
+
+def lr_law(
+    trials: pd.DataFrame, axes: list[str], loss: str = "heldout/loss"
+) -> tuple[go.Figure, dict] | None:
+    """Loss against peak LR per model size, the optimum per size, and the fitted law beside the paper's."""
+    lr_axis = next((a for a in axes if _field(a) == "train.lr" and a in trials.columns), None)
+    done = _finished(trials)
+    if lr_axis is None or done.empty or loss not in done.columns or "num_params" not in done.columns:
+        return None
+    done = done[pd.to_numeric(done[lr_axis], errors="coerce").notna()]  # "auto" arms have no fixed LR
+    paper = next(f for f in load_findings() if f["id"] == "F12")["law"]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss vs peak LR", "optimal peak LR vs parameters"))
+    optima = {}
+    for i, (size, group) in enumerate(done.groupby("num_params", sort=True)):
+        points = group.groupby(group[lr_axis].astype(float))[loss].mean()
+        color = _PALETTE[i % len(_PALETTE)]
+        fig.add_trace(
+            go.Scatter(
+                x=points.index, y=points.values, mode="markers+lines", name=f"N={size:,}", marker_color=color
+            ),
+            row=1,
+            col=1,
+        )
+        if len(points) >= 3:
+            a2, a1, _ = np.polyfit(np.log(points.index.to_numpy()), points.to_numpy(), 2)
+            inside = a2 > 0 and points.index.min() <= math.exp(-a1 / (2 * a2)) <= points.index.max()
+            # A parabola that opens downwards, or whose vertex lies outside the swept range, is no optimum: the
+            # sweep did not bracket one, and the best swept LR is reported instead.
+            optima[int(size)] = math.exp(-a1 / (2 * a2)) if inside else float(points.idxmin())
+        elif len(points):
+            optima[int(size)] = float(points.idxmin())
+    fit = None
+    if len(optima) >= 2:
+        sizes = np.array(sorted(optima), dtype=float)
+        a, b = np.polyfit(np.log(sizes), np.log([optima[int(s)] for s in sizes]), 1)
+        fit = {"a": float(a), "b": float(b)}
+    if optima:
+        sizes = sorted(optima)
+        fig.add_trace(
+            go.Scatter(x=sizes, y=[optima[s] for s in sizes], mode="markers", name="optimum per size"),
+            row=1,
+            col=2,
+        )
+        line = np.geomspace(min(sizes) / 2, max(sizes) * 2, 20)
+        fig.add_trace(
+            go.Scatter(
+                x=line,
+                y=np.exp(paper["a"] * np.log(line) + paper["b"]),
+                mode="lines",
+                name=f"paper: a={paper['a']}, b={paper['b']}",
+            ),
+            row=1,
+            col=2,
+        )
+        if fit:
+            fig.add_trace(
+                go.Scatter(
+                    x=line,
+                    y=np.exp(fit["a"] * np.log(line) + fit["b"]),
+                    mode="lines",
+                    name=f"ours: a={fit['a']:.3f}, b={fit['b']:.3f}",
+                ),
+                row=1,
+                col=2,
+            )
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_layout(
+        title="Learning-rate law (F12)", height=420, margin={"l": 50, "r": 20, "t": 70, "b": 50}
+    )
+    return fig, {"optima": optima, "fit": fit, "paper": paper}
