@@ -11,12 +11,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+from scipy import stats
 
 from dashboards.findings import assess_all
-from dashboards.stats import compare_to_reference, mean_ci
+from dashboards.stats import compare_to_reference
 from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
 from mm1core.eval import HEADLINE_METRICS
 
@@ -54,14 +56,20 @@ def arm_table(trials: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     present = [a for a in axes if a in done.columns]
     if present:
         done = done.sort_values(present, kind="stable")
-    rows = []
-    for arm, group in done.groupby("arm", sort=False):
-        row = {"arm": arm, "seeds": len(group)}
-        for metric in metric_columns(trials):
-            row[f"{metric} mean"] = group[metric].mean()
-            row[f"{metric} ci95"] = mean_ci(group[metric])[1]
-        rows.append(row)
-    return pd.DataFrame(rows)
+    metrics = metric_columns(trials)
+    if done.empty:
+        return pd.DataFrame()
+    # Vectorised over arms: a study of thousands of arms must not pay a t-quantile call per cell.
+    grouped = done.groupby("arm", sort=False)[metrics]
+    means, stds, counts = grouped.mean(), grouped.std(ddof=1), grouped.count()
+    t = stats.t.ppf(0.975, (counts - 1).clip(lower=1))
+    cis = (t * stds / np.sqrt(counts)).where(counts >= 2)
+    table = pd.DataFrame({"arm": means.index, "seeds": done.groupby("arm", sort=False).size().to_numpy()})
+    columns = {}
+    for metric in metrics:
+        columns[f"{metric} mean"] = means[metric].to_numpy()
+        columns[f"{metric} ci95"] = cis[metric].to_numpy()
+    return pd.concat([table, pd.DataFrame(columns)], axis=1)
 
 
 def _cell(mean: float, ci: float) -> str:
@@ -72,12 +80,16 @@ def _cell(mean: float, ci: float) -> str:
 
 def _table_html(table: pd.DataFrame, metrics: list[str]) -> str:
     head = "".join(f"<th>{html.escape(m)}</th>" for m in ["arm", "seeds", *metrics])
-    body = ""
-    for _, row in table.iterrows():
+    rows = []
+    for row in table.to_dict("records"):
         cells = [html.escape(str(row["arm"])), str(row["seeds"])]
         cells += [_cell(row[f"{m} mean"], row[f"{m} ci95"]) for m in metrics]
-        body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>\n"
-    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    body = "\n".join(rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
+
+
+_MAX_POINTS = 2000
 
 
 def _axis_figure(trials: pd.DataFrame, axis: str, metric: str) -> go.Figure:
@@ -85,7 +97,8 @@ def _axis_figure(trials: pd.DataFrame, axis: str, metric: str) -> go.Figure:
     fig = go.Figure()
     grouped = done.groupby(axis, sort=True)[metric]
     means = grouped.mean()
-    cis = grouped.apply(lambda values: mean_ci(values)[1]).fillna(0.0)
+    counts = grouped.count()
+    cis = (stats.t.ppf(0.975, (counts - 1).clip(lower=1)) * grouped.std(ddof=1) / np.sqrt(counts)).fillna(0.0)
     xs = [str(x) for x in means.index]
     fig.add_trace(
         go.Scatter(
@@ -96,16 +109,17 @@ def _axis_figure(trials: pd.DataFrame, axis: str, metric: str) -> go.Figure:
             name="mean ± 95% CI",
         )
     )
-    fig.add_trace(
-        go.Scatter(
-            x=[str(x) for x in done[axis]],
-            y=done[metric],
-            mode="markers",
-            name="seeds",
-            marker={"size": 6, "opacity": 0.5},
-            text=[f"seed {s}" for s in done["seed"]],
+    if len(done) <= _MAX_POINTS:  # beyond that, single trials are unreadable and only slow the page
+        fig.add_trace(
+            go.Scatter(
+                x=[str(x) for x in done[axis]],
+                y=done[metric],
+                mode="markers",
+                name="seeds",
+                marker={"size": 6, "opacity": 0.5},
+                text=[f"seed {s}" for s in done["seed"]],
+            )
         )
-    )
     fig.update_layout(
         title=f"{metric} vs {axis}",
         xaxis_title=axis,
