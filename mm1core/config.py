@@ -556,6 +556,8 @@ def _longest_sequences(cfg: MM1Config) -> dict[str, int]:
     return {
         "a re-captioned image": 2 + image + words["recaption"],
         "a text-only document": 2 + words["text_document"],
-        f"a {max(cfg.eval.shots, default=0)}-shot prompt": 1
-        + (max(cfg.eval.shots, default=0) + 1) * longest_item,
+        # The prompt and the words generated after it must both fit the position table.
+        f"a {max(cfg.eval.shots, default=0)}-shot prompt and its answer": 1
+        + (max(cfg.eval.shots, default=0) + 1) * longest_item
+        + max(cfg.eval.max_caption_words, words["qa"]),
     }

@@ -35,7 +35,7 @@ def tiny() -> MM1Config:
         encoder_pretrain=EncoderPretrainConfig(steps=10, batch_size=8, warmup_steps=2, text_width=32),
         connector=ConnectorConfig(name="avg-pool", num_image_tokens=4),
         lm=LMConfig(width=32, depth=1, num_heads=2),
-        data=DataConfig(max_seq_len=240),
+        data=DataConfig(max_seq_len=264),
         train=TrainConfig(steps=20, batch_size=8, lr=3e-3, warmup_steps=5, log_every=5, checkpoint_every=10),
         eval=EvalConfig(num_items=14, batch_size=14),
     )
