@@ -263,7 +263,11 @@ def run_study(
     if not todo:
         return summary
 
-    spec_json = study.spec.model_dump(mode="json") | {"reference_values": reference_axis_values(study)}
+    spec_json = study.spec.model_dump(mode="json") | {
+        "reference_values": reference_axis_values(study),
+        # What the report of a running study lists as still to come.
+        "planned": [{"trial_id": t.trial_id, "arm": t.arm, "seed": t.seed} for t in trials],
+    }
     (study_dir / "study.json").write_text(json.dumps(spec_json, indent=2))
     tracker = Tracker(uri, study.name, study.spec.description, results_root)
     resources = study.spec.resources

@@ -280,6 +280,7 @@ th:first-child, td:first-child { text-align: left; }
 .verdict-better, .verdict-agrees { color: #176c2f; font-weight: 600; }
 .verdict-worse, .verdict-disagrees { color: #a33; font-weight: 600; }
 .figure { page-break-inside: avoid; }
+@media print { body { max-width: none; margin: 0; } table { font-size: 0.75rem; } h2 { page-break-after: avoid; } }
 """
 
 
@@ -336,6 +337,17 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
             for r in failed.itertuples()
         )
         failed_html = f"<h2 class='missing'>Missing: {len(failed)} trials did not finish</h2><ul>{items}</ul>"
+    recorded = set(trials["trial_id"])
+    pending = [t for t in spec.get("planned", []) if t["trial_id"] not in recorded]
+    if pending:
+        listed = "".join(
+            f"<li><b>{html.escape(str(t['arm']))}</b> seed {t['seed']} ({html.escape(str(t['trial_id']))})</li>"
+            for t in pending
+        )
+        failed_html += (
+            f"<h2 class='missing'>Not finished yet: {len(pending)} planned trials are running or queued</h2>"
+            f"<ul>{listed}</ul>"
+        )
 
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",

@@ -122,3 +122,16 @@ def test_index_lists_every_study_with_a_findings_scoreboard(tmp_path):
     assert "rising/report.html" in page and "flat/report.html" in page and "Findings scoreboard" in page
     assert "agrees</span> (rising)" in page and "inconclusive</span> (flat)" in page
     assert "agrees" in page and "no study yet" in page  # F1 spoken to; F8 not
+
+
+def test_a_running_study_lists_the_trials_still_to_come(tmp_path):
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
+    spec = json.loads((study_dir / "study.json").read_text())
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    spec["planned"] = [
+        {"trial_id": t, "arm": a, "seed": s} for t, a, s in zip(trials.trial_id, trials.arm, trials.seed)
+    ]
+    spec["planned"].append({"trial_id": "res=96-0", "arm": "res=96", "seed": 0})
+    (study_dir / "study.json").write_text(json.dumps(spec))
+    page = write_report(study_dir).read_text()
+    assert "Not finished yet: 1 planned trials are running or queued" in page and "res=96-0" in page
