@@ -112,7 +112,7 @@ def main() -> None:
         ("**total**", wall),
     ):
         print(f"| {part} | {seconds:.1f} | {seconds / wall:.0%} |")
-    print("\n| step | " + " | ".join(PLOTTED) + " |\n|---" * (len(PLOTTED) + 1) + "|")
+    print("\n| step | " + " | ".join(PLOTTED) + " |\n" + "|---" * (len(PLOTTED) + 1) + "|")
     for i, (step, _) in enumerate(history["0shot/avg"]):
         print(f"| {step} | " + " | ".join(f"{history[n][i][1]:.3f}" for n in PLOTTED) + " |")
     args.svg.parent.mkdir(parents=True, exist_ok=True)

@@ -29,11 +29,13 @@ def generate(
     eos_id: int,
     pad_id: int,
     stop_ids: Collection[int] = (),
+    images_encoded: bool = False,
 ) -> list[list[int]]:
     """Greedy continuations of `prompts`, one list per prompt, without the prompt.
 
-    prompts hold expanded image placeholders; images (M, 3, R, R) fill them in order, prompt 0's first. A row ends
-    before its first eos_id or stop id, or after max_new_tokens.
+    prompts hold expanded image placeholders; images (M, 3, R, R) fill them in order, prompt 0's first (or, with
+    images_encoded, MM1.encode_images' output (M, K, D)). A row ends before its first eos_id or stop id, or after
+    max_new_tokens.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -62,7 +64,8 @@ def generate(
     try:
         # The last new token is never fed back, so the cache needs one position less than the full sequence.
         cache = [KVCache(T + max_new_tokens - 1) for _ in model.lm.blocks]
-        logits = model.lm(model.embed_inputs(tokens, images), attention_mask=real, cache=cache)  # (B, T, V)
+        embeds = model.embed_inputs(tokens, images, encoded=images_encoded)  # (B, T, D)
+        logits = model.lm(embeds, attention_mask=real, cache=cache)  # (B, T, V)
         steps: list[torch.Tensor] = []
         done = torch.zeros(len(prompts), dtype=torch.bool, device=device)  # (B,)
         for step in range(max_new_tokens):

@@ -43,8 +43,17 @@ class MM1(nn.Module):
         """tokens (B, T), images (M, 3, R, R) -> logits (B, T, V)."""
         return self.lm(self.embed_inputs(tokens, images))
 
-    def embed_inputs(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T), images (M, 3, R, R) -> the LM's input embeddings (B, T, D), image tokens spliced in."""
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """images (M, 3, R, R) -> the connector's image tokens (M, K, D)."""
+        return self.connector(self.image_encoder(images))
+
+    def embed_inputs(
+        self, tokens: torch.Tensor, images: torch.Tensor, *, encoded: bool = False
+    ) -> torch.Tensor:
+        """tokens (B, T), images (M, 3, R, R) -> the LM's input embeddings (B, T, D), image tokens spliced in.
+
+        encoded: `images` already holds encode_images' output (M, K, D), e.g. when many prompts share images.
+        """
         embeds = self.lm.embed(tokens)  # (B, T, D)
         is_image = tokens == self.image_token_id  # (B, T)
         num_slots = int(is_image.sum())
@@ -54,7 +63,7 @@ class MM1(nn.Module):
                     f"the sequences hold {num_slots} image placeholder tokens but no images were given"
                 )
             return embeds
-        image_tokens = self.connector(self.image_encoder(images))  # (M, K, D)
+        image_tokens = images if encoded else self.encode_images(images)  # (M, K, D)
         if num_slots != image_tokens.shape[0] * image_tokens.shape[1]:
             raise ValueError(
                 f"the sequences hold {num_slots} image placeholder tokens but {image_tokens.shape[0]} images "

@@ -133,17 +133,24 @@ def _answers(
         # No max_seq_len check here: a BPE may spend more tokens on the world's words than the word-level count the
         # config was checked with; generate() refuses what the learned position table cannot hold.
         ids = [encode_document(p.text, tokenizer, num_image_tokens, 10**9)[0] for p in chunk]
-        images = images_to_tensor(
-            [_render(s, data.world, resolution) for p in chunk for s in p.scenes], resolution
-        )
+        # Few-shot prompts repeat the same demonstration images: encode each distinct scene once per chunk.
+        scenes = [s for p in chunk for s in p.scenes]
+        distinct = list(dict.fromkeys(scenes))
+        images = torch.zeros(0, 3, resolution, resolution, device=device)
+        if distinct:
+            pixels = images_to_tensor([_render(s, data.world, resolution) for s in distinct], resolution)
+            slot = {scene: i for i, scene in enumerate(distinct)}
+            with torch.no_grad():
+                images = model.encode_images(pixels.to(device))[[slot[s] for s in scenes]]  # (M, K, D)
         generated = generate(
             model,
             ids,
-            images.to(device),
+            images,
             max_new_tokens=max_words,
             eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id,
             stop_ids=stop,
+            images_encoded=bool(distinct),
         )
         out.extend(tokenizer.decode(g) for g in generated)
     return out
@@ -186,6 +193,35 @@ def _heldout_loss(
 
 
 def evaluate(
+    model: MM1,
+    tokenizer: Tokenizer,
+    data: DataConfig,
+    cfg: EvalConfig,
+    *,
+    resolution: int,
+    num_image_tokens: int,
+    device: torch.device,
+) -> EvalResult:
+    """Every column of the suite, in eval mode (the model's own modes are restored after)."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return _evaluate(
+                model,
+                tokenizer,
+                data,
+                cfg,
+                resolution=resolution,
+                num_image_tokens=num_image_tokens,
+                device=device,
+            )
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def _evaluate(
     model: MM1,
     tokenizer: Tokenizer,
     data: DataConfig,
