@@ -3,7 +3,8 @@
 - Encoder table (paper Table 1): rows = encoder loss x size x resolution x pre-training data, columns 0/4/8-shot
   (and TextCore).
 - Connector figure (paper Figure 4): grouped bars, connector x image tokens x resolution, one panel per shot count.
-- Data figure (paper Figure 5): one panel per metric (TextCore, 0/4/8-shot), bars per data setting.
+- Data figure (paper Figure 5): panels for caption vs interleaved, with vs without text-only, image:text mixing and
+  synthetic captions, as the study's settings allow, with bars for TextCore and 0/4/8-shot.
 - Learning-rate law (F12): held-out loss against peak LR per model size, the optimum per size (a parabola in log LR),
   and the law log(eta) = a ln N + b fitted to those optima beside the paper's.
 
@@ -117,25 +118,105 @@ def connector_figure(trials: pd.DataFrame, axes: list[str]) -> go.Figure | None:
     return fig
 
 
+def _ratio(value: str) -> tuple[float, float, float]:
+    caption, interleaved, text = (float(x) for x in str(value).split(":"))
+    return caption, interleaved, text
+
+
+def _data_panels(values: list[str], recaption_values: list[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Figure 5's panels as (title, [(bar label, setting)]), from the data settings a study has."""
+    panels = []
+    parsed = {v: _ratio(v) for v in values}
+
+    def mix(c: float, i: float) -> tuple[float, float]:
+        return (c / (c + i), i / (c + i)) if c + i else (0.0, 0.0)
+
+    no_text = sorted((v for v in values if parsed[v][2] == 0), key=lambda v: -mix(*parsed[v][:2])[0])
+    if len(no_text) >= 2:
+        panels.append(
+            (
+                "(a) caption / interleaved",
+                [
+                    (f"{100 * mix(*parsed[v][:2])[0]:.0f}/{100 * mix(*parsed[v][:2])[1]:.0f}", v)
+                    for v in no_text
+                ],
+            )
+        )
+    pairs = []
+    for v in values:
+        c, i, t = parsed[v]
+        twin = next((w for w in values if parsed[w][2] == 0 and mix(*parsed[w][:2]) == mix(c, i)), None)
+        if t > 0 and twin is not None:
+            pairs += [(f"{twin} (no text)", twin), (f"{v} (with text)", v)]
+    if pairs:
+        panels.append(("(b) with / without text-only", list(dict.fromkeys(pairs))))
+    by_mix: dict[tuple[float, float], list[str]] = {}
+    for v in values:
+        by_mix.setdefault(mix(*parsed[v][:2]), []).append(v)
+    for group in by_mix.values():
+        if len({parsed[v][2] for v in group}) >= 2:
+            ordered = sorted(group, key=lambda v: parsed[v][2] / sum(parsed[v]))
+            panels.append(
+                (
+                    "(c) image / text",
+                    [
+                        (
+                            f"{100 * (1 - parsed[v][2] / sum(parsed[v])):.0f}/{100 * parsed[v][2] / sum(parsed[v]):.0f}",
+                            v,
+                        )
+                        for v in ordered
+                    ],
+                )
+            )
+            break
+    if len(recaption_values) >= 2:
+        panels.append(("(d) synthetic caption share", [(v, v) for v in recaption_values]))
+    return panels
+
+
 def data_figure(trials: pd.DataFrame, axes: list[str]) -> go.Figure | None:
-    """Figure 5: one panel per metric (TextCore, 0/4/8-shot), a bar per data setting."""
-    present = _axes_for(axes, _DATA_FIELDS, trials)
+    """Figure 5: panels for caption vs interleaved, with vs without text-only, image:text mixing and synthetic
+    captions (those the study's data settings allow), plus every setting side by side; bars for TextCore and
+    0/4/8-shot in each."""
     done = _finished(trials)
     metrics = [m for m in ("textcore/avg", *SHOTS) if m in done.columns]
-    if not present or done.empty or not metrics:
+    ratio_axis = next((a for a in _axes_for(axes, _DATA_FIELDS, trials) if _field(a) == "data.ratio"), None)
+    recap_axis = next(
+        (a for a in _axes_for(axes, _DATA_FIELDS, trials) if _field(a) == "data.recaption_share"), None
+    )
+    if (ratio_axis is None and recap_axis is None) or done.empty or not metrics:
         return None
-    axis = present[0]
-    xs = [str(v) for v in done[axis].drop_duplicates()]
-    done = done.assign(_x=done[axis].astype(str))
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics)
-    for col, metric in enumerate(metrics, start=1):
-        bar = _bar(axis, xs, done, "_x", metric, 0)
-        bar.showlegend = False
-        fig.add_trace(bar, row=1, col=col)
+    ratios = [str(v) for v in done[ratio_axis].drop_duplicates()] if ratio_axis else []
+    recaps = [str(v) for v in sorted(done[recap_axis].unique())] if recap_axis else []
+    panels = _data_panels(ratios, recaps)
+    main = ratio_axis or recap_axis
+    panels.append((f"all settings of {main}", [(v, v) for v in (ratios or recaps)]))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[title for title, _ in panels])
+    for col, (title, bars) in enumerate(panels, start=1):
+        column = recap_axis if title.startswith("(d)") or not ratio_axis else ratio_axis
+        labels = [label for label, _ in bars]
+        for k, metric in enumerate(metrics):
+            rows = [done[done[column].astype(str) == setting][metric] for _, setting in bars]
+            stats = [mean_ci(r) for r in rows]
+            fig.add_trace(
+                go.Bar(
+                    name=metric,
+                    x=labels,
+                    y=[m for m, _ in stats],
+                    error_y={"type": "data", "array": [0.0 if math.isnan(c) else c for _, c in stats]},
+                    marker_color=_PALETTE[k],
+                    legendgroup=metric,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_layout(
-        title=f"Pre-training data: {axis} (paper Figure 5)",
-        height=400,
-        margin={"l": 50, "r": 20, "t": 70, "b": 50},
+        title="Pre-training data (paper Figure 5)",
+        barmode="group",
+        height=420,
+        width=max(700, 330 * len(panels)),
+        margin={"l": 50, "r": 20, "t": 70, "b": 80},
     )
     return fig
 

@@ -129,7 +129,8 @@ def test_a_running_study_lists_the_trials_still_to_come(tmp_path):
     spec = json.loads((study_dir / "study.json").read_text())
     trials = pd.read_parquet(study_dir / "trials.parquet")
     spec["planned"] = [
-        {"trial_id": t, "arm": a, "seed": s} for t, a, s in zip(trials.trial_id, trials.arm, trials.seed)
+        {"trial_id": t, "arm": a, "seed": s}
+        for t, a, s in zip(trials.trial_id, trials.arm, trials.seed, strict=True)
     ]
     spec["planned"].append({"trial_id": "res=96-0", "arm": "res=96", "seed": 0})
     (study_dir / "study.json").write_text(json.dumps(spec))

@@ -76,13 +76,32 @@ def test_connector_figure_groups_bars_by_tokens_and_resolution_per_shot_count():
     assert [a.text for a in fig.layout.annotations] == ["0shot/avg", "4shot/avg", "8shot/avg"]
 
 
-def test_data_figure_has_a_panel_per_metric_and_a_bar_per_mixture():
-    ratios = ["1:0:0", "0:1:0", "5:5:1"]
+def test_data_figure_has_the_paper_panels_the_settings_allow():
+    ratios = ["1:0:0", "5:5:0", "0:1:0", "5:5:1"]
     trials = _trials({"data_ratio": ratios}, lambda p: ratios.index(p["data_ratio"]) / 10)
     fig = data_figure(trials, ["data_ratio"])
-    assert [a.text for a in fig.layout.annotations] == ["textcore/avg", "0shot/avg", "4shot/avg", "8shot/avg"]
-    zero_shot = fig.data[1]
-    assert list(zero_shot.x) == ratios and list(zero_shot.y) == pytest.approx([0.0, 0.1, 0.2], abs=0.03)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == [
+        "(a) caption / interleaved",
+        "(b) with / without text-only",
+        "(c) image / text",
+        "all settings of data_ratio",
+    ]
+    by_panel = {}
+    for trace in fig.data:
+        by_panel.setdefault(trace.xaxis, {})[trace.name] = trace
+    caption_panel = by_panel["x"]
+    assert list(caption_panel["0shot/avg"].x) == ["100/0", "50/50", "0/100"]
+    assert list(caption_panel["0shot/avg"].y) == pytest.approx([0.0, 0.1, 0.2], abs=0.03)
+    assert list(by_panel["x2"]["textcore/avg"].x) == ["5:5:0 (no text)", "5:5:1 (with text)"]
+    assert list(by_panel["x3"]["8shot/avg"].x) == ["100/0", "91/9"]
+    assert set(by_panel["x4"]) == {"textcore/avg", "0shot/avg", "4shot/avg", "8shot/avg"}
+    # The study of the done-when (caption-only, interleaved-only, 5:5:1) gets panel (a) and all settings.
+    three = _trials({"data_ratio": ["1:0:0", "0:1:0", "5:5:1"]}, lambda p: 0.5)
+    assert [a.text for a in data_figure(three, ["data_ratio"]).layout.annotations] == [
+        "(a) caption / interleaved",
+        "all settings of data_ratio",
+    ]
 
 
 def test_lr_law_recovers_the_law_the_results_were_made_with():
