@@ -14,7 +14,7 @@ from collections.abc import Collection
 import torch
 
 from mm1core.blocks import KVCache
-from mm1core.mm1 import MM1
+from mm1core.mm1 import MM1, eval_mode
 
 __all__ = ["generate"]
 
@@ -58,10 +58,7 @@ def generate(
     tokens, real = tokens.to(device), real.to(device)
     stops = torch.tensor(sorted({eos_id, *stop_ids}), device=device)
 
-    # Per module, so that a caller's mixed modes (say, a frozen encoder kept in eval) come back as they were.
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):
         # The last new token is never fed back, so the cache needs one position less than the full sequence.
         cache = [KVCache(T + max_new_tokens - 1) for _ in model.lm.blocks]
         embeds = model.embed_inputs(tokens, images, encoded=images_encoded)  # (B, T, D)
@@ -77,9 +74,6 @@ def generate(
             real = torch.cat((real, real.new_ones(len(prompts), 1)), dim=1)  # (B, S)
             step_embeds = model.lm.embed(next_ids[:, None])  # (B, 1, D)
             logits = model.lm(step_embeds, attention_mask=real, cache=cache)  # (B, 1, V)
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
     stop_set = set(stops.tolist())
     out = []

@@ -8,6 +8,9 @@ Shape suffixes: B sequences, T sequence length, M images, K image tokens per ima
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -17,7 +20,7 @@ from mm1core.data.tokenizer import Tokenizer
 from mm1core.lm import DecoderLM
 from mm1core.vit import ViT
 
-__all__ = ["MM1", "build_mm1"]
+__all__ = ["MM1", "build_mm1", "eval_mode"]
 
 
 class MM1(nn.Module):
@@ -70,6 +73,19 @@ class MM1(nn.Module):
                 f"x {image_tokens.shape[1]} tokens = {image_tokens.shape[0] * image_tokens.shape[1]} were given"
             )
         return embeds.masked_scatter(is_image.unsqueeze(-1), image_tokens.to(embeds.dtype))  # (B, T, D)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, then every submodule back in its own mode (a frozen encoder kept in
+    eval stays so)."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def build_mm1(cfg: MM1Config, tokenizer: Tokenizer) -> MM1:

@@ -39,7 +39,7 @@ from mm1core.data.tokenizer import Tokenizer
 from mm1core.data.world import Scene, render_scene, sample_scene
 from mm1core.eval.scoring import cider, vqa_accuracy
 from mm1core.generate import generate
-from mm1core.mm1 import MM1
+from mm1core.mm1 import MM1, eval_mode
 
 __all__ = ["EvalResult", "Prompt", "evaluate", "fewshot_prompt", "textcore_prompt"]
 
@@ -203,96 +203,77 @@ def evaluate(
     device: torch.device,
 ) -> EvalResult:
     """Every column of the suite, in eval mode (the model's own modes are restored after)."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            return _evaluate(
-                model,
-                tokenizer,
-                data,
-                cfg,
-                resolution=resolution,
-                num_image_tokens=num_image_tokens,
-                device=device,
-            )
-    finally:
-        for module, training in modes.items():
-            module.training = training
-
-
-def _evaluate(
-    model: MM1,
-    tokenizer: Tokenizer,
-    data: DataConfig,
-    cfg: EvalConfig,
-    *,
-    resolution: int,
-    num_image_tokens: int,
-    device: torch.device,
-) -> EvalResult:
-    answer: Callable[[list[Prompt], int], list[str]] = lambda prompts, max_words: _answers(  # noqa: E731
-        model,
-        tokenizer,
-        prompts,
-        data,
-        cfg,
-        resolution=resolution,
-        num_image_tokens=num_image_tokens,
-        max_words=max_words,
-        device=device,
-    )
-    metrics: dict[str, float] = {}
-    items: list[dict] = []
-    protocol: dict[str, dict] = {}
-    common = {"decoding": "greedy, KV cache", "items": cfg.num_items, "eval_set_seed": cfg.set_seed}
-    for k in cfg.shots:
-        prefix = f"{k}shot"
-        captions = [fewshot_prompt(data, cfg, "caption", k, i) for i in range(cfg.num_items)]
-        predictions = answer(captions, cfg.max_caption_words)
-        corpus, per_item = cider(predictions, [p.references for p in captions])
-        metrics[f"{prefix}/cider"] = corpus
-        items += [
-            {"metric": f"{prefix}/cider", "item_id": i, "category": "caption", "score": float(s)}
-            for i, s in enumerate(per_item)
-        ]
-        questions = [fewshot_prompt(data, cfg, "vqa", k, i) for i in range(cfg.num_items)]
-        replies = answer(questions, _ANSWER_WORDS)
-        by_category: dict[str, list[float]] = defaultdict(list)
-        for i, (prompt, reply) in enumerate(zip(questions, replies, strict=True)):
+    with eval_mode(model), torch.no_grad():
+        answer: Callable[[list[Prompt], int], list[str]] = lambda prompts, max_words: _answers(  # noqa: E731
+            model,
+            tokenizer,
+            prompts,
+            data,
+            cfg,
+            resolution=resolution,
+            num_image_tokens=num_image_tokens,
+            max_words=max_words,
+            device=device,
+        )
+        metrics: dict[str, float] = {}
+        items: list[dict] = []
+        protocol: dict[str, dict] = {}
+        common = {"decoding": "greedy, KV cache", "items": cfg.num_items, "eval_set_seed": cfg.set_seed}
+        for k in cfg.shots:
+            prefix = f"{k}shot"
+            captions = [fewshot_prompt(data, cfg, "caption", k, i) for i in range(cfg.num_items)]
+            predictions = answer(captions, cfg.max_caption_words)
+            corpus, per_item = cider(predictions, [p.references for p in captions])
+            metrics[f"{prefix}/cider"] = corpus
+            items += [
+                {"metric": f"{prefix}/cider", "item_id": i, "category": "caption", "score": float(s)}
+                for i, s in enumerate(per_item)
+            ]
+            questions = [fewshot_prompt(data, cfg, "vqa", k, i) for i in range(cfg.num_items)]
+            replies = answer(questions, _ANSWER_WORDS)
+            by_category: dict[str, list[float]] = defaultdict(list)
+            for i, (prompt, reply) in enumerate(zip(questions, replies, strict=True)):
+                score = vqa_accuracy(reply, prompt.references)
+                by_category[prompt.category].append(score)
+                items.append(
+                    {"metric": f"{prefix}/vqa", "item_id": i, "category": prompt.category, "score": score}
+                )
+            for category, scores in by_category.items():
+                metrics[f"{prefix}/vqa/{category}"] = sum(scores) / len(scores)
+            metrics[f"{prefix}/vqa"] = sum(map(sum, by_category.values())) / cfg.num_items
+            # The paper's column average: CIDEr (1.0 = 100 points) and VQA accuracy weigh alike.
+            metrics[f"{prefix}/avg"] = (metrics[f"{prefix}/cider"] + metrics[f"{prefix}/vqa"]) / 2
+            protocol[prefix] = common | {
+                "k": k,
+                "caption_template": "k x (<image> caption) + <image>",
+                "vqa_template": "k x (<image> question Q ? answer A .) + <image> question Q ? answer",
+                "demonstrations": f"same task and VQA category, from {_DEMO_POOL} held-out scenes",
+                "caption_score": "CIDEr-D (pycocoevalcap), 5 alt-text references",
+                "vqa_score": "VQA accuracy, normalised exact match against one answer",
+            }
+        texts = [textcore_prompt(data, cfg, i) for i in range(cfg.num_items)]
+        by_task: dict[str, list[float]] = defaultdict(list)
+        for i, (prompt, reply) in enumerate(zip(texts, answer(texts, _ANSWER_WORDS), strict=True)):
             score = vqa_accuracy(reply, prompt.references)
-            by_category[prompt.category].append(score)
+            by_task[prompt.category].append(score)
             items.append(
-                {"metric": f"{prefix}/vqa", "item_id": i, "category": prompt.category, "score": score}
+                {"metric": "textcore/avg", "item_id": i, "category": prompt.category, "score": score}
             )
-        for category, scores in by_category.items():
-            metrics[f"{prefix}/vqa/{category}"] = sum(scores) / len(scores)
-        metrics[f"{prefix}/vqa"] = sum(map(sum, by_category.values())) / cfg.num_items
-        # The paper's column average: CIDEr (1.0 = 100 points) and VQA accuracy weigh alike.
-        metrics[f"{prefix}/avg"] = (metrics[f"{prefix}/cider"] + metrics[f"{prefix}/vqa"]) / 2
-        protocol[prefix] = common | {
-            "k": k,
-            "caption_template": "k x (<image> caption) + <image>",
-            "vqa_template": "k x (<image> question Q ? answer A .) + <image> question Q ? answer",
-            "demonstrations": f"same task and VQA category, from {_DEMO_POOL} held-out scenes",
-            "caption_score": "CIDEr-D (pycocoevalcap), 5 alt-text references",
-            "vqa_score": "VQA accuracy, normalised exact match against one answer",
+        for task, scores in by_task.items():
+            metrics[f"textcore/{task}"] = sum(scores) / len(scores)
+        metrics["textcore/avg"] = sum(metrics[f"textcore/{t}"] for t in by_task) / len(by_task)
+        protocol["textcore"] = common | {
+            "k": 0,
+            "template": "scene : DESCRIPTION question Q ? answer | question what is A plus B ? answer",
+            "score": "normalised exact match, mean over tasks",
         }
-    texts = [textcore_prompt(data, cfg, i) for i in range(cfg.num_items)]
-    by_task: dict[str, list[float]] = defaultdict(list)
-    for i, (prompt, reply) in enumerate(zip(texts, answer(texts, _ANSWER_WORDS), strict=True)):
-        score = vqa_accuracy(reply, prompt.references)
-        by_task[prompt.category].append(score)
-        items.append({"metric": "textcore/avg", "item_id": i, "category": prompt.category, "score": score})
-    for task, scores in by_task.items():
-        metrics[f"textcore/{task}"] = sum(scores) / len(scores)
-    metrics["textcore/avg"] = sum(metrics[f"textcore/{t}"] for t in by_task) / len(by_task)
-    protocol["textcore"] = common | {
-        "k": 0,
-        "template": "scene : DESCRIPTION question Q ? answer | question what is A plus B ? answer",
-        "score": "normalised exact match, mean over tasks",
-    }
-    metrics["heldout/loss"] = _heldout_loss(
-        model, tokenizer, data, cfg, resolution=resolution, num_image_tokens=num_image_tokens, device=device
-    )
-    return EvalResult(metrics=metrics, items=items, protocol=protocol)
+        metrics["heldout/loss"] = _heldout_loss(
+            model,
+            tokenizer,
+            data,
+            cfg,
+            resolution=resolution,
+            num_image_tokens=num_image_tokens,
+            device=device,
+        )
+        return EvalResult(metrics=metrics, items=items, protocol=protocol)
