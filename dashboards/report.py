@@ -225,7 +225,7 @@ def _findings_html(assessed: list[dict]) -> str:
     return (
         "<p class='muted'>Each finding of the paper this study can speak to (reliability: V the paper's wording, "
         "S secondary sources agree, ? one secondary source), and what this study's paired comparisons say.</p>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<table class='prose'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
 
 
@@ -276,6 +276,7 @@ body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px;
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
+table.prose td, table.prose th { text-align: left; vertical-align: top; }
 .missing { color: #a33; } .muted { color: #666; font-size: 0.85rem; }
 .verdict-better, .verdict-agrees { color: #176c2f; font-weight: 600; }
 .verdict-worse, .verdict-disagrees { color: #a33; font-weight: 600; }
