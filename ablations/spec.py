@@ -328,9 +328,8 @@ def _resolve_data_paths(data: Any, base_dir: Path) -> None:
             return str((base_dir / value).resolve())
         return value
 
-    overrides = (
-        (data.get("reference") or {}).get("overrides") if isinstance(data.get("reference"), dict) else None
-    )
+    reference = data.get("reference")
+    overrides = reference.get("overrides") if isinstance(reference, dict) else None
     if isinstance(overrides, dict):
         for field in DATA_FILE_FIELDS:
             if field in overrides:

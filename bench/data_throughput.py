@@ -78,15 +78,18 @@ def main() -> None:
 
     print(f"| training batch, {data.ratio} (batch {batch_size}) | {rate(batch, args.seconds):,.0f} | |")
     with tempfile.TemporaryDirectory() as cache_dir:
-        cache = ShardCache(
-            Path(cache_dir),
-            data,
-            tokenizer,
-            seed=0,
-            batch_size=batch_size,
-            resolution=resolution,
-            num_image_tokens=tokens,
-        )
+
+        def new_cache() -> ShardCache:
+            # A fresh instance holds no shard in memory, as a new trial process would not.
+            return ShardCache(
+                Path(cache_dir),
+                data,
+                tokenizer,
+                seed=0,
+                batch_size=batch_size,
+                resolution=resolution,
+                num_image_tokens=tokens,
+            )
 
         def build(s: int):
             return make_batch(
@@ -99,18 +102,11 @@ def main() -> None:
                 step=s,
             )
 
-        steps = cache.steps_per_shard * 2
+        writer = new_cache()
+        steps = writer.steps_per_shard * 2
         for s in range(steps):
-            cache.get(s, build)  # write the shards
-        fresh = ShardCache(
-            Path(cache_dir),
-            data,
-            tokenizer,
-            seed=0,
-            batch_size=batch_size,
-            resolution=resolution,
-            num_image_tokens=tokens,
-        )
+            writer.get(s, build)  # write the shards
+        fresh = new_cache()
         start = time.perf_counter()
         for s in range(steps):
             fresh.get(s, build)

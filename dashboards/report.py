@@ -11,14 +11,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
-from scipy import stats
 
 from dashboards.findings import assess_all
-from dashboards.stats import compare_to_reference
+from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
 from mm1core.eval import HEADLINE_METRICS
 
@@ -59,11 +57,8 @@ def arm_table(trials: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     metrics = metric_columns(trials)
     if done.empty:
         return pd.DataFrame()
-    # Vectorised over arms: a study of thousands of arms must not pay a t-quantile call per cell.
     grouped = done.groupby("arm", sort=False)[metrics]
-    means, stds, counts = grouped.mean(), grouped.std(ddof=1), grouped.count()
-    t = stats.t.ppf(0.975, (counts - 1).clip(lower=1))
-    cis = (t * stds / np.sqrt(counts)).where(counts >= 2)
+    means, cis = grouped.mean(), grouped_ci(grouped)
     table = pd.DataFrame({"arm": means.index, "seeds": done.groupby("arm", sort=False).size().to_numpy()})
     columns = {}
     for metric in metrics:
@@ -97,8 +92,7 @@ def _axis_figure(trials: pd.DataFrame, axis: str, metric: str) -> go.Figure:
     fig = go.Figure()
     grouped = done.groupby(axis, sort=True)[metric]
     means = grouped.mean()
-    counts = grouped.count()
-    cis = (stats.t.ppf(0.975, (counts - 1).clip(lower=1)) * grouped.std(ddof=1) / np.sqrt(counts)).fillna(0.0)
+    cis = grouped_ci(grouped).fillna(0.0)
     xs = [str(x) for x in means.index]
     fig.add_trace(
         go.Scatter(

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from mm1core.config import DataConfig, EvalConfig, WorldConfig
-from mm1core.data.documents import IMAGE_PLACEHOLDER
-from mm1core.data.sources import EVAL_SEED_OFFSET, encode_document, images_to_tensor, pad_rows
+from mm1core.data.documents import IMAGE_PLACEHOLDER, Document
+from mm1core.data.sources import EVAL_SEED_OFFSET, batch_from_documents, encode_document, images_to_tensor
 from mm1core.data.text import (
     QUESTION_CATEGORIES,
     alt_caption,
@@ -156,7 +156,6 @@ def _answers(
     return out
 
 
-@torch.no_grad()
 def _heldout_loss(
     model: MM1,
     tokenizer: Tokenizer,
@@ -173,19 +172,20 @@ def _heldout_loss(
         scenes = [
             _query_scene(data, cfg, i) for i in range(start, min(start + cfg.batch_size, cfg.num_items))
         ]
-        docs = [
-            encode_document(
-                f"{IMAGE_PLACEHOLDER} {caption_references(s, data.world)[0]}",
-                tokenizer,
-                num_image_tokens,
-                data.max_seq_len,
-            )
+        documents = [
+            Document(f"{IMAGE_PLACEHOLDER} {caption_references(s, data.world)[0]}", (s,), "caption")
             for s in scenes
         ]
-        tokens = pad_rows([d[0] for d in docs], tokenizer.pad_id).to(device)
-        targets = pad_rows([d[1] for d in docs], -100).to(device)
-        images = images_to_tensor([render_scene(s, data.world, resolution) for s in scenes], resolution)
-        logits = model(tokens, images.to(device)).float()
+        batch = batch_from_documents(
+            documents,
+            tokenizer,
+            data.world,
+            resolution=resolution,
+            num_image_tokens=num_image_tokens,
+            max_seq_len=data.max_seq_len,
+        )
+        targets = batch.targets.to(device)
+        logits = model(batch.tokens.to(device), batch.images.to(device)).float()
         mask = targets != -100
         loss_sum += torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
         count += int(mask.sum())
