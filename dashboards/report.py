@@ -16,6 +16,18 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from dashboards.findings import assess_all
+from dashboards.floors import (
+    RELIANCE,
+    arm_flags,
+    at_chance,
+    banner_html,
+    comparison_note,
+    floor_levels,
+    floored_metrics,
+    floors_table_html,
+    reference_banner,
+    rule_text,
+)
 from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
 from mm1core.eval import HEADLINE_METRICS
@@ -73,13 +85,28 @@ def _cell(mean: float, ci: float) -> str:
     return f"{mean:.3f}" if pd.isna(ci) else f"{mean:.3f} ± {ci:.3f}"
 
 
+def _marked_cell(row: dict, metric: str) -> str:
+    """A table cell, shaded with its floors in the tooltip when the arm sits at chance on the metric."""
+    text = _cell(row[f"{metric} mean"], row[f"{metric} ci95"])
+    if not at_chance(row, metric):
+        return f"<td>{text}</td>"
+    chance, oracle = floor_levels(row, metric)
+    return f"<td class='at-chance' title='at chance: chance {chance:.3f}, oracle {oracle:.3f}'>{text} ⊘</td>"
+
+
 def _table_html(table: pd.DataFrame, metrics: list[str]) -> str:
+    """Arms x metrics; cells at chance are marked ⊘, and a last column says what an arm cannot speak to."""
+    floored = floored_metrics(table)
+    flagged = {str(row["arm"]): arm_flags(row, floored) for row in table.to_dict("records")}
+    marks = any(flagged.values())
     head = "".join(f"<th>{html.escape(m)}</th>" for m in ["arm", "seeds", *metrics])
+    head += "<th>cannot speak</th>" if marks else ""
     rows = []
     for row in table.to_dict("records"):
-        cells = [html.escape(str(row["arm"])), str(row["seeds"])]
-        cells += [_cell(row[f"{m} mean"], row[f"{m} ci95"]) for m in metrics]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        cells = f"<td>{html.escape(str(row['arm']))}</td><td>{row['seeds']}</td>"
+        cells += "".join(_marked_cell(row, m) for m in metrics)
+        cells += f"<td class='missing'>{html.escape(flagged[str(row['arm'])])}</td>" if marks else ""
+        rows.append(f"<tr>{cells}</tr>")
     body = "\n".join(rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>"
 
@@ -145,22 +172,34 @@ def comparisons(items: pd.DataFrame, reference: str) -> pd.DataFrame:
     return compare_to_reference(items, reference, metrics)
 
 
-def _comparisons_html(table: pd.DataFrame, reference: str) -> str:
+_COMPARISON_HEAD = (
+    "arm",
+    "metric",
+    "Δ vs reference",
+    "95% CI",
+    "pairs",
+    "p",
+    "p (Holm)",
+    "verdict",
+    "at chance",
+)
+
+
+def _comparisons_html(table: pd.DataFrame, reference: str, arms: pd.DataFrame) -> str:
     if table.empty:
         return "<p class='muted'>Only one arm: nothing to compare.</p>"
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ("arm", "metric", "Δ vs reference", "95% CI", "pairs", "p", "p (Holm)", "verdict")
-    )
+    head = "".join(f"<th>{h}</th>" for h in _COMPARISON_HEAD)
     body = "".join(
         f"<tr><td>{html.escape(str(r.arm))}</td><td>{html.escape(r.metric)}</td><td>{r.delta:+.3f}</td>"
         f"<td>[{r.ci_low:+.3f}, {r.ci_high:+.3f}]</td><td>{r.pairs}</td><td>{r.p_value:.3g}</td>"
-        f"<td>{r.p_holm:.3g}</td><td class='verdict-{r.verdict.split()[0]}'>{html.escape(r.verdict)}</td></tr>\n"
+        f"<td>{r.p_holm:.3g}</td><td class='verdict-{r.verdict.split()[0]}'>{html.escape(r.verdict)}</td>"
+        f"<td class='missing'>{comparison_note(arms, str(r.arm), reference, r.metric)}</td></tr>\n"
         for r in table.itertuples()
     )
     return (
         f"<p class='muted'>Each arm against <b>{html.escape(reference)}</b>, paired over evaluation items and seeds "
-        f"(paired t-test), p-values corrected together for {len(table)} comparisons (Holm).</p>"
+        f"(paired t-test), p-values corrected together for {len(table)} comparisons (Holm). A verdict where the arm "
+        "or the reference sits at chance (last column) compares models that cannot do the task.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
 
@@ -224,27 +263,42 @@ def _findings_html(assessed: list[dict]) -> str:
 
 
 def _category_heatmap(table: pd.DataFrame, shots: str) -> go.Figure | None:
-    """Arms x VQA categories: where an axis helps (reading vs colour vs counting ...)."""
+    """Arms x VQA categories: where an axis helps (reading vs colour vs counting ...), over a row of chance levels."""
     columns = [c for c in table.columns if c.startswith(f"{shots}/vqa/") and c.endswith(" mean")]
     if not columns:
         return None
-    categories = [c.removeprefix(f"{shots}/vqa/").removesuffix(" mean") for c in columns]
-    values = table[columns].to_numpy()
+    metrics = [c.removesuffix(" mean") for c in columns]
+    categories = [m.removeprefix(f"{shots}/vqa/") for m in metrics]
+    values = table[columns].to_numpy().tolist()
+    text = [
+        [f"{v:.2f}" + (" ⊘" if at_chance(row, m) else "") for v, m in zip(vals, metrics, strict=True)]
+        for vals, row in zip(values, table.to_dict("records"), strict=True)
+    ]
+    arms = [str(a) for a in table["arm"]]
+    floors = [f"floor/chance/{m} mean" for m in metrics]
+    if set(floors) <= set(table.columns):
+        # The first row sits at the bottom: a blind model's score under every arm's, category by category.
+        chance = table[floors].mean().tolist()
+        values, text, arms = (
+            [chance, *values],
+            [[f"{v:.2f}" for v in chance], *text],
+            ["floor: chance", *arms],
+        )
     fig = go.Figure(
         go.Heatmap(
             z=values,
             x=categories,
-            y=[str(a) for a in table["arm"]],
+            y=arms,
             colorscale="Viridis",
             zmin=0,
             zmax=1,
-            text=[[f"{v:.2f}" for v in row] for row in values],
+            text=text,
             texttemplate="%{text}",
         )
     )
     fig.update_layout(
-        title=f"{shots} VQA accuracy by question category (mean over seeds)",
-        height=120 + 40 * len(table),
+        title=f"{shots} VQA accuracy by question category (mean over seeds; ⊘ at chance)",
+        height=120 + 40 * len(arms),
         margin={"l": 160, "r": 20, "t": 50, "b": 50},
     )
     return fig
@@ -275,6 +329,8 @@ table.prose td, table.prose th { text-align: left; vertical-align: top; }
 .verdict-better, .verdict-agrees { color: #176c2f; font-weight: 600; }
 .verdict-worse, .verdict-disagrees { color: #a33; font-weight: 600; }
 .figure { page-break-inside: avoid; }
+.banner { background: #fdecea; border: 2px solid #a33; color: #7a1f1f; padding: 0.8rem 1rem; margin: 1rem 0; }
+td.at-chance, tr.at-chance td { background: #f3f0e6; color: #8a6d1f; }
 @media print { body { max-width: none; margin: 0; } table { font-size: 0.75rem; } h2 { page-break-after: avoid; } }
 """
 
@@ -288,7 +344,10 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     study = spec.get("name", study_dir.name)
     spec_axes = [axis["name"] for axis in spec.get("axes", [])] or _study_axes(trials)
     metrics = metric_columns(trials)
-    headline = [m for m in HEADLINE_METRICS if m in metrics] or metrics
+    # Floors are constants of the evaluation set: shown in their own table, never as an arm's result.
+    shown = [m for m in metrics if not m.startswith("floor/")]
+    headline = [m for m in HEADLINE_METRICS if m in metrics] or shown
+    arm_columns = headline + ([RELIANCE] if RELIANCE in metrics and RELIANCE not in headline else [])
     table = arm_table(trials, spec_axes)
 
     figures = [
@@ -304,10 +363,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
             if (curves["metric"] == m).any()
         ]
 
-    for shots in ("0shot", "8shot"):
-        heatmap = _category_heatmap(table, shots) if len(table) else None
-        if heatmap is not None:
-            figures.append(heatmap)
+    heatmaps = [_category_heatmap(table, shots) for shots in ("0shot", "8shot")] if len(table) else []
     items_path = study_dir / "items.parquet"
     items = pd.read_parquet(items_path) if items_path.exists() else pd.DataFrame()
     has_items = {"trial_id", "metric", "item_id", "score"} <= set(items.columns)
@@ -315,13 +371,21 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     compared = comparisons(items, reference) if has_items and reference is not None else pd.DataFrame()
     assessed = assess_all(trials, items, spec_axes) if has_items else []
     comparisons_html = (
-        "<h2>Against the reference arm</h2>" + _comparisons_html(compared, reference)
+        "<h2>Against the reference arm</h2>" + _comparisons_html(compared, reference, table)
         if reference and has_items
         else ""
     )
+    floors_html = floors_table_html(table, reference) if len(table) else ""
+    categories_html = "".join(_figure_html(fig) for fig in heatmaps if fig is not None)
+    if floors_html or categories_html:
+        categories_html = (
+            "<h2>VQA categories and their floors</h2>"
+            + categories_html
+            + (f"<p class='muted'>{html.escape(rule_text())}</p>" + floors_html if floors_html else "")
+        )
     findings_html = "<h2>The paper beside us</h2>" + _findings_html(assessed) if assessed else ""
     views_html = _paper_views_html(trials, spec_axes)
-    _write_summary(study_dir, study, table, headline, compared, reference, assessed)
+    _write_summary(study_dir, study, table, arm_columns, compared, reference, assessed)
 
     failed = trials[trials["status"] != "finished"]
     failed_html = ""
@@ -349,14 +413,18 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         f"<title>{html.escape(study)} — mm1ablate report</title><style>{_STYLE}</style>",
         f"<script>{get_plotlyjs()}</script></head><body>",
         f"<h1>{html.escape(study)}</h1>",
+        banner_html(table, reference) if len(table) else "",
         f"<p>{html.escape(spec.get('description', ''))}</p>",
         f"<p class='muted'>{len(trials)} trials recorded, {int((trials['status'] == 'finished').sum())} finished; "
         f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}"
         + (f"; MLflow: {html.escape(tracking_uri)}" if tracking_uri else "")
         + "</p>",
         "<h2>Arms</h2><p class='muted'>mean ± 95% confidence half-width over seeds (t distribution)</p>",
-        _table_html(table, headline) if len(table) else "<p class='missing'>No trial has finished yet.</p>",
+        _table_html(table, arm_columns)
+        if len(table)
+        else "<p class='missing'>No trial has finished yet.</p>",
         failed_html,
+        categories_html,
         comparisons_html,
         findings_html,
         views_html,
@@ -364,7 +432,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     ]
     parts += [_figure_html(fig) for fig in figures]
     if len(table):
-        parts.append("<h2>All metrics</h2>" + _table_html(table, metrics))
+        parts.append("<h2>All metrics</h2>" + _table_html(table, shown))
     parts.append("</body></html>")
     path = study_dir / "report.html"
     tmp = path.with_name(".report.html.tmp")
@@ -383,19 +451,37 @@ def _write_summary(
     assessed: list[dict],
 ) -> None:
     """summary.md (the report's tables, for a README or a pull request) and the tables as CSV."""
-    lines = [f"# {study}", "", "Mean ± 95% CI over seeds.", ""]
+    lines = [f"# {study}", ""]
+    banner = reference_banner(table, reference) if len(table) else None
+    if banner:
+        lines += [f"> **⚠ {banner}**", ""]
+    lines += ["Mean ± 95% CI over seeds.", ""]
     if len(table):
-        lines += ["| arm | seeds | " + " | ".join(headline) + " |", "|---" * (len(headline) + 2) + "|"]
-        for _, row in table.iterrows():
-            cells = [_cell(row[f"{m} mean"], row[f"{m} ci95"]) for m in headline]
-            lines.append(f"| {row['arm']} | {row['seeds']} | " + " | ".join(cells) + " |")
+        floored = floored_metrics(table)
+        flags = [arm_flags(row, floored) for _, row in table.iterrows()]
+        marks = ["cannot speak"] if any(flags) else []
+        columns = [*headline, *marks]
+        lines += ["| arm | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+        for (_, row), flag in zip(table.iterrows(), flags, strict=True):
+            cells = [
+                _cell(row[f"{m} mean"], row[f"{m} ci95"]) + (" ⊘" if at_chance(row, m) else "")
+                for m in headline
+            ]
+            lines.append(
+                f"| {row['arm']} | {row['seeds']} | " + " | ".join(cells + ([flag] if marks else [])) + " |"
+            )
+        if floored:
+            lines += ["", f"⊘: at chance. {rule_text()}"]
         table.to_csv(study_dir / "arms.csv", index=False)
     if len(compared):
         lines += ["", f"Against **{reference}**, paired over items and seeds, Holm-corrected:", ""]
-        lines += ["| arm | metric | Δ | 95% CI | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
+        lines += [
+            "| arm | metric | Δ | 95% CI | p (Holm) | verdict | at chance |",
+            "|---|---|---|---|---|---|---|",
+        ]
         lines += [
             f"| {r.arm} | {r.metric} | {r.delta:+.3f} | [{r.ci_low:+.3f}, {r.ci_high:+.3f}] | {r.p_holm:.2g} "
-            f"| {r.verdict} |"
+            f"| {r.verdict} | {comparison_note(table, str(r.arm), str(reference), r.metric)} |"
             for r in compared.itertuples()
         ]
         compared.to_csv(study_dir / "comparisons.csv", index=False)

@@ -35,6 +35,15 @@ def run_cli(
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread, as a trial runs: model tests stay fast beside whatever else shares the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def write_study(tmp_path: Path):
     def write(text: str, name: str = "study.yaml") -> Path:
         path = tmp_path / name

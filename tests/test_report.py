@@ -136,3 +136,73 @@ def test_a_running_study_lists_the_trials_still_to_come(tmp_path):
     (study_dir / "study.json").write_text(json.dumps(spec))
     page = write_report(study_dir).read_text()
     assert "Not finished yet: 1 planned trials are running or queued" in page and "res=96-0" in page
+
+
+def _with_floors(study_dir, *, chance: dict[str, float] | None = None, reliance: float = 0.5):
+    """The study's trials with the floors and image reliance an evaluation records; chance defaults to each VQA
+    category's reference mean (so the reference sits exactly at chance) and the other arms' floors match."""
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    reference = trials[trials["arm"] == "res=64"]
+    for metric in [*(f"0shot/vqa/{c}" for c in CATEGORIES), "0shot/vqa", "0shot/avg"]:
+        level = chance[metric] if chance and metric in chance else float(reference[metric].mean())
+        trials[f"floor/chance/{metric}"] = level  # a constant of the evaluation set, the same in every trial
+        trials[f"floor/oracle/{metric}"] = 1.0
+    trials["heldout/image_reliance"] = reliance
+    trials["probe/final/color"] = 0.9
+    trials["floor/chance/probe/final/color"] = 0.2
+    trials.to_parquet(study_dir / "trials.parquet")
+    return study_dir
+
+
+def test_a_reference_arm_at_chance_opens_the_report_with_a_banner(tmp_path):
+    study_dir = _with_floors(_study(tmp_path, {"res=32": -0.3, "res=64": 0.0, "res=128": 0.25}))
+    page = write_report(study_dir).read_text()
+    banner = page.split("<div class='banner'")[1].split("</div>")[0]
+    assert "res=64 cannot speak to the paper" in banner
+    assert "every VQA category (0shot: color, counting, reading)" in banner
+    assert page.index("class='banner'") < page.index("<h2>Arms</h2>")  # at the top
+    summary = (study_dir / "summary.md").read_text()
+    assert "> **⚠ The reference arm res=64 cannot speak to the paper" in summary
+    # Floors beside the categories: a chance row under the heat map and a chance / oracle table.
+    assert "floor: chance" in page and "VQA categories and their floors" in page
+    floors = page.split("VQA categories and their floors")[1].split("<h2>")[0]
+    assert "<th>chance</th><th>oracle</th><th>reference (res=64)</th>" in floors
+    assert "0shot/vqa/color" in floors and "(at chance)" in floors
+    # Arms are marked where they sit at chance: the reference and the worse arm, not the better one.
+    arms = page.split("<h2>Arms</h2>")[1].split("<h2>")[0]
+    rows = {r.split("</td>")[0]: r for r in arms.split("<tr><td>")[1:]}
+    assert "at chance on 3/3 VQA categories" in rows["res=64"] and "at chance" in rows["res=32"]
+    assert "at chance" not in rows["res=128"] and "class='at-chance'" not in rows["res=128"]
+    assert "res=32 | 2 |" in summary and "⊘" in summary and "below chance + 10%" in summary
+
+
+def test_no_banner_for_a_reference_above_its_floors_that_uses_its_images(tmp_path):
+    chance = {f"0shot/vqa/{c}": 0.1 for c in CATEGORIES} | {"0shot/vqa": 0.1, "0shot/avg": 0.1}
+    study_dir = _with_floors(_study(tmp_path, {"res=32": -0.3, "res=64": 0.0}), chance=chance)
+    page = write_report(study_dir).read_text()
+    assert "cannot speak to the paper" not in page and "class='banner'" not in page
+    assert "cannot speak to the paper" not in (study_dir / "summary.md").read_text()
+    assert "floor: chance" in page  # the floors are still shown
+
+
+def test_a_blind_reference_gets_the_banner_even_above_chance(tmp_path):
+    chance = {f"0shot/vqa/{c}": 0.1 for c in CATEGORIES} | {"0shot/vqa": 0.1, "0shot/avg": 0.1}
+    study_dir = _with_floors(_study(tmp_path, {"res=32": -0.3, "res=64": 0.0}), chance=chance, reliance=0.004)
+    page = write_report(study_dir).read_text()
+    banner = page.split("<div class='banner'")[1].split("</div>")[0]
+    assert "barely uses its images (held-out image reliance 0.004 nats &lt; 0.02)" in banner
+    assert "at chance" not in banner
+    assert "blind (image reliance 0.004 nats)" in page
+
+
+def test_floors_and_probes_are_never_compared_as_metrics(tmp_path):
+    study_dir = _with_floors(_study(tmp_path, {"res=32": -0.3, "res=64": 0.0}))
+    page = write_report(study_dir).read_text()
+    compared = set(pd.read_csv(study_dir / "comparisons.csv")["metric"])
+    assert compared == {"0shot/vqa"}
+    findings = pd.read_csv(study_dir / "findings.csv")
+    assert not findings["detail"].str.contains("floor/|probe/").any()
+    section = page.split("Against the reference arm")[1].split("<h2>")[0]
+    assert "<th>at chance</th>" in section and "<td class='missing'>both</td>" in section
+    everything = page.split("<h2>All metrics</h2>")[1]
+    assert "probe/final/color" in everything and "floor/" not in everything

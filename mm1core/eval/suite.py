@@ -10,6 +10,10 @@ Query scenes, demonstration scenes and the choice of demonstrations are pure fun
 of the trial's seed, so every arm of a study answers the same items and can be compared item by item. A k-shot
 prompt holds exactly k demonstrations of the query's own task (for VQA, of the query's category), drawn from a pool
 of held-out demonstration scenes, as an interleaved page would present them.
+
+Every metric family comes with its floors (floors.py: `floor/chance/<metric>`, a blind model's score on the same
+items, and `floor/oracle/<metric>`), and the held-out losses with each image's own scene and another's measure how
+much the model relies on its images at all (heldout.py: `heldout/image_reliance`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import numpy as np
 import torch
 
 from mm1core.config import DataConfig, EvalConfig, WorldConfig
-from mm1core.data.documents import IMAGE_PLACEHOLDER, Document
-from mm1core.data.sources import EVAL_SEED_OFFSET, batch_from_documents, encode_document, images_to_tensor
+from mm1core.data.documents import IMAGE_PLACEHOLDER
+from mm1core.data.sources import EVAL_SEED_OFFSET, encode_document, images_to_tensor
 from mm1core.data.text import (
     QUESTION_CATEGORIES,
     alt_caption,
@@ -37,6 +41,8 @@ from mm1core.data.text import (
 )
 from mm1core.data.tokenizer import Tokenizer
 from mm1core.data.world import Scene, render_scene, sample_scene
+from mm1core.eval.floors import fewshot_floors, textcore_floors
+from mm1core.eval.heldout import heldout_metrics
 from mm1core.eval.scoring import cider, vqa_accuracy
 from mm1core.generate import generate
 from mm1core.mm1 import MM1, eval_mode
@@ -156,42 +162,6 @@ def _answers(
     return out
 
 
-def _heldout_loss(
-    model: MM1,
-    tokenizer: Tokenizer,
-    data: DataConfig,
-    cfg: EvalConfig,
-    *,
-    resolution: int,
-    num_image_tokens: int,
-    device: torch.device,
-) -> float:
-    """Teacher-forced loss on held-out captioned images: a smooth signal for learning curves."""
-    loss_sum, count = 0.0, 0
-    for start in range(0, cfg.num_items, cfg.batch_size):
-        scenes = [
-            _query_scene(data, cfg, i) for i in range(start, min(start + cfg.batch_size, cfg.num_items))
-        ]
-        documents = [
-            Document(f"{IMAGE_PLACEHOLDER} {caption_references(s, data.world)[0]}", (s,), "caption")
-            for s in scenes
-        ]
-        batch = batch_from_documents(
-            documents,
-            tokenizer,
-            data.world,
-            resolution=resolution,
-            num_image_tokens=num_image_tokens,
-            max_seq_len=data.max_seq_len,
-        )
-        targets = batch.targets.to(device)
-        logits = model(batch.tokens.to(device), batch.images.to(device)).float()
-        mask = targets != -100
-        loss_sum += torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
-        count += int(mask.sum())
-    return loss_sum / max(1, count)
-
-
 def evaluate(
     model: MM1,
     tokenizer: Tokenizer,
@@ -243,6 +213,12 @@ def evaluate(
             metrics[f"{prefix}/vqa"] = sum(map(sum, by_category.values())) / cfg.num_items
             # The paper's column average: CIDEr (1.0 = 100 points) and VQA accuracy weigh alike.
             metrics[f"{prefix}/avg"] = (metrics[f"{prefix}/cider"] + metrics[f"{prefix}/vqa"]) / 2
+            metrics |= fewshot_floors(
+                prefix,
+                [p.references for p in captions],
+                [p.references for p in questions],
+                [p.category for p in questions],
+            )
             protocol[prefix] = common | {
                 "k": k,
                 "caption_template": "k x (<image> caption) + <image>",
@@ -262,16 +238,31 @@ def evaluate(
         for task, scores in by_task.items():
             metrics[f"textcore/{task}"] = sum(scores) / len(scores)
         metrics["textcore/avg"] = sum(metrics[f"textcore/{t}"] for t in by_task) / len(by_task)
+        metrics |= textcore_floors([p.references for p in texts], [p.category for p in texts])
         protocol["textcore"] = common | {
             "k": 0,
             "template": "scene : DESCRIPTION question Q ? answer | question what is A plus B ? answer",
             "score": "normalised exact match, mean over tasks",
         }
-        metrics["heldout/loss"] = _heldout_loss(
+        protocol["floors"] = {
+            "chance": "VQA and text-only: best constant answer over the category's items; captions: CIDEr-D of "
+            "each item captioned with the next item's first reference",
+            "oracle": "VQA and text-only: 1.0; captions: CIDEr-D of reference 0 against references 1-4",
+        }
+        protocol["heldout"] = {
+            "items": 2 * cfg.num_items,
+            "eval_set_seed": cfg.set_seed,
+            "score": "teacher-forced mean token loss (nats)",
+            "documents": "per query scene: <image> caption (reference 0), <image> question Q ? answer A .",
+            "image_reliance": "loss with scene (i + 1) mod items' image minus loss with the own image",
+        }
+        metrics |= heldout_metrics(
             model,
             tokenizer,
             data,
-            cfg,
+            [_query_scene(data, cfg, i) for i in range(cfg.num_items)],
+            set_seed=cfg.set_seed,
+            batch_size=cfg.batch_size,
             resolution=resolution,
             num_image_tokens=num_image_tokens,
             device=device,
