@@ -15,6 +15,7 @@ from typing import Any
 
 from ablations.spec import Study, axis_overrides
 from mm1core.config import ConfigError, apply_overrides, config_from_dict, config_problems
+from mm1core.hardware import resolve_precision
 from mm1core.stage_cache import encoder_stage_key, is_cached
 
 __all__ = [
@@ -148,8 +149,12 @@ def arm_problems(study: Study) -> list[str]:
 
 def plan(study: Study) -> list[Trial]:
     trials = []
+    gpu = study.spec.resources.gpu > 0
     for arm in expand_arms(study):
         arm_config = apply_overrides(study.reference, arm.overrides)
+        train = arm_config["train"]
+        # Resolved here so the precision is part of the trial's identity (mm1core.hardware says why).
+        arm_config["train"] = dict(train, precision=resolve_precision(train["precision"], gpu=gpu))
         for seed in study.spec.seeds:
             config = dict(arm_config, seed=seed)
             trials.append(Trial(trial_id(config), arm.name, arm.axis_values, seed, config))

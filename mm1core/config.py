@@ -26,6 +26,7 @@ __all__ = [
     "PRECISIONS",
     "STEMS",
     "LM_POSITIONS",
+    "IMAGE_TOKEN_POSITIONS",
     "FREEZE_STAGES",
     "ConfigError",
     "ConnectorConfig",
@@ -65,13 +66,16 @@ class WorldConfig:
 
 STEMS = ("patchify", "conv")
 LM_POSITIONS = ("learned", "rope")
+# How the LM tells an image's tokens apart: "learned" adds a learned embedding of each token's place in the image's
+# token grid (as Honeybee's C-Abstractor and Qwen-VL's resampler do), "none" leaves it to the encoder's features.
+IMAGE_TOKEN_POSITIONS = ("learned", "none")
 # What stays trainable in each named stage.
 FREEZE_STAGES: dict[str, tuple[str, ...]] = {
     "all": ("image_encoder", "connector", "lm"),
     "connector-warmup": ("connector",),
     "frozen-encoder": ("connector", "lm"),
 }
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware has bf16 units (mm1core.hardware)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +100,7 @@ class ViTConfig:
 class ConnectorConfig:
     name: str = "avg-pool"
     num_image_tokens: int = 16
+    token_positions: str = "learned"
 
 
 def _square_within_grid(name: str) -> Callable[[int, int], str | None]:
@@ -147,6 +152,9 @@ class LMConfig:
     depth: int
     num_heads: int
     positions: str = "learned"  # "learned" absolute embeddings, or "rope" (rotary, applied in attention)
+    # Primer's multi-dconv-head attention: a causal depthwise convolution of this width over q, k and v (0 or 1:
+    # plain attention). mm1core.blocks.Attention says why small LMs need it.
+    qkv_conv_width: int = 0
     # Mixture of experts (the paper's MoE variants): num_experts > 0 turns the FFN of every moe_every-th layer
     # into num_experts SwiGLU experts with top-k routing; the paper used 64 experts every 2nd layer (3B-MoE).
     num_experts: int = 0
@@ -207,11 +215,18 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate at the end only
     checkpoint_every: int = 200
     freeze: str = "all"
+    # The image encoder's learning rate as a share of the schedule's, when it trains: a pre-trained encoder trained
+    # at the LM's full rate from step 0 loses its per-cell features within 200 steps (measured: a colour probe
+    # falls from 0.87 to 0.40), as the connector's first, random gradients reach it.
+    encoder_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     num_items: int = 140  # per task: captioning, VQA (split evenly over question categories), text-only
+    # Items per task of the intermediate rounds (train.eval_every): a learning curve needs a trend, not a verdict,
+    # so those rounds score the first items of the same set; 0: all of them. The final round always scores all.
+    intermediate_items: int = 0
     batch_size: int = 50
     set_seed: int = 0  # which held-out scenes, and which demonstrations for few-shot prompts
     shots: tuple[int, ...] = (0, 4, 8)
@@ -371,6 +386,8 @@ def _field_of(loc: tuple) -> str:
 
 
 _MAY_BE_ZERO = {
+    "intermediate_items",
+    "qkv_conv_width",
     "num_experts",
     "moe_balance_coef",
     "router_z_coef",
@@ -446,6 +463,12 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
         enc.width % enc.num_heads == 0,
         "encoder.num_heads",
         f"encoder width {enc.width} is not divisible by num_heads {enc.num_heads}",
+    )
+    check(
+        cfg.connector.token_positions in IMAGE_TOKEN_POSITIONS,
+        "connector.token_positions",
+        f"unknown image-token positions {cfg.connector.token_positions!r}; "
+        f"known: {', '.join(IMAGE_TOKEN_POSITIONS)}",
     )
     check(
         cfg.lm.positions in LM_POSITIONS,

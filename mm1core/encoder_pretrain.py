@@ -4,9 +4,11 @@
 raster order, each position regressing the next patch's normalised pixels, scored on non-prefix patches only.
 
 `clip`: contrastive image-caption pre-training with a small text tower, on alt-text captions, or a share
-`recaption_share` of complete synthetic captions instead (the paper's VeCap data: the pre-training data axis). The image embedding is a projection of the
-patch grid average-pooled to at most 3x3 cells, so the encoder must keep *where* things are, which the connector needs
-later; each image also competes against captions of itself with one detail changed (hard negatives).
+`recaption_share` of complete synthetic captions instead (the paper's VeCap data: the pre-training data axis). The image
+embedding is a projection of the patch grid average-pooled to the world's grid of places (at most the patch grid), so
+the encoder must keep *what is where*, one place per pooled cell, which the connector needs later (pooling a 4x4 world
+to 3x3 cells would blend places); each image also competes against captions of itself with one detail changed (hard
+negatives).
 
 Shape suffixes: B images, N patches, D encoder width, E embedding width, T caption tokens.
 """
@@ -35,8 +37,6 @@ from mm1core.train import train
 from mm1core.vit import ViT
 
 __all__ = ["pretrain_encoder", "hard_negative"]
-
-_POOL = 3  # side of the pooled grid the image embedding is made from
 
 
 def hard_negative(scene: Scene, rng: random.Random) -> Scene:
@@ -98,11 +98,11 @@ def _caption_batch(cfg: MM1Config, step: int) -> tuple[list[Scene], list[str]]:
 
 
 class _CLIPPretrainer(nn.Module):
-    def __init__(self, encoder: ViT, text: TextTower, embed_dim: int) -> None:
+    def __init__(self, encoder: ViT, text: TextTower, embed_dim: int, *, places: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.text = text
-        self.pool = min(_POOL, encoder.grid_size)
+        self.pool = min(places, encoder.grid_size)
         self.image_proj = nn.Linear(encoder.embed_dim * self.pool**2, embed_dim)
         self.text_proj = nn.Linear(text.embed.embedding_dim, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(2.659))  # ln(1 / 0.07), CLIP's initial temperature
@@ -135,7 +135,9 @@ def _train_clip(
         max_len=cfg.data.max_seq_len,
         pad_id=tokenizer.pad_id,
     )
-    model = _CLIPPretrainer(encoder, text, embed_dim=pre.text_width).to(device)
+    model = _CLIPPretrainer(encoder, text, embed_dim=pre.text_width, places=cfg.data.world.grid_size).to(
+        device
+    )
 
     def step_loss(step: int) -> dict[str, torch.Tensor]:
         scenes, captions = _caption_batch(cfg, step)

@@ -25,7 +25,12 @@ class DecoderLM(nn.Module):
         elif cfg.positions != "rope":
             raise ValueError(f"position encoding {cfg.positions!r} is not supported; known: learned, rope")
         self.blocks = nn.ModuleList(
-            Block(cfg.width, cfg.num_heads, mlp=self._moe(cfg) if self._is_moe_layer(cfg, i) else None)
+            Block(
+                cfg.width,
+                cfg.num_heads,
+                mlp=self._moe(cfg) if self._is_moe_layer(cfg, i) else None,
+                conv_width=cfg.qkv_conv_width,
+            )
             for i in range(cfg.depth)
         )
         self.norm = RMSNorm(cfg.width)
@@ -69,6 +74,7 @@ class DecoderLM(nn.Module):
         """
         B, T, _ = inputs_embeds.shape
         mask = None
+        token_mask = None if attention_mask is None else attention_mask[:, -T:]  # (B, T)
         if attention_mask is not None or position_ids is not None or cache is not None:
             past = cache[0].length if cache else 0
             if attention_mask is None:
@@ -89,7 +95,14 @@ class DecoderLM(nn.Module):
         else:
             x = inputs_embeds + self.pos_embed[0, position_ids]  # (B, T, D)
         for i, block in enumerate(self.blocks):
-            x = block(x, causal=True, rope=rope, attn_mask=mask, cache=None if cache is None else cache[i])
+            x = block(
+                x,
+                causal=True,
+                rope=rope,
+                attn_mask=mask,
+                cache=None if cache is None else cache[i],
+                token_mask=token_mask,
+            )
         return self.head(self.norm(x))
 
 

@@ -14,7 +14,9 @@ import torch
 from mm1core.config import MM1Config, TrainConfig, config_problems, config_to_dict
 from mm1core.data.sources import Batch, build_tokenizer, sft_batch, trial_batch
 from mm1core.encoder_pretrain import pretrain_encoder
+from mm1core.eval.probes import probe_encoder
 from mm1core.eval.suite import EvalResult, evaluate
+from mm1core.hardware import resolve_precision
 from mm1core.losses import LOSSES
 from mm1core.lr_law import optimal_peak_lr
 from mm1core.mm1 import build_mm1
@@ -43,12 +45,20 @@ def run_trial(
 ) -> TrialOutcome:
     """Pre-train (or fetch) the encoder, train the multimodal model, fine-tune it (if `sft.steps`), evaluate it.
 
-    on_metrics(step, metrics) sees the encoder stage's metrics (`encoder/*`, when this trial builds it), then the
-    multimodal stage's training and evaluation metrics, then the SFT stage's (`sft/*`).
+    on_metrics(step, metrics) sees the encoder stage's metrics (`encoder/*`, when this trial builds it), the probes
+    of the encoder multimodal training starts from (`probe/pretrained/*`), then the multimodal stage's training and
+    evaluation metrics, then the SFT stage's (`sft/*`); the final metrics add the probes of the final encoder.
     """
     problems = config_problems(cfg)
     if problems:
         raise ValueError("; ".join(str(p) for p in problems))
+    if (
+        cfg.train.precision == "auto"
+    ):  # a config run outside a planned study resolves on the device it runs on
+        train_cfg = dataclasses.replace(
+            cfg.train, precision=resolve_precision("auto", gpu=device.type == "cuda")
+        )
+        cfg = dataclasses.replace(cfg, train=train_cfg)
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg.data, cache_dir)
     model = build_mm1(cfg, tokenizer).to(device)
@@ -57,6 +67,9 @@ def run_trial(
     )
     if encoder_state is not None:
         model.image_encoder.load_pretrained(encoder_state)
+    # With encoder loss "none" this probes the random-init encoder: the baseline a pre-training stage must beat.
+    pretrained_probes = probe_encoder(model.image_encoder, cfg.data.world, when="pretrained", device=device)
+    on_metrics(0, pretrained_probes)
     model.freeze(cfg.train.freeze)
     num_params = sum(p.numel() for p in model.parameters())
     law_lr = optimal_peak_lr(num_params)
@@ -85,14 +98,20 @@ def run_trial(
         finally:
             seconds[kind] += time.perf_counter() - start
 
-    def run_eval() -> EvalResult:
+    def run_eval(intermediate: bool = False) -> EvalResult:
+        subset = cfg.eval.intermediate_items
+        eval_cfg = (
+            dataclasses.replace(cfg.eval, num_items=min(subset, cfg.eval.num_items))
+            if intermediate and subset
+            else cfg.eval
+        )
         return timed(
             "eval",
             lambda: evaluate(
                 model,
                 tokenizer,
                 cfg.data,
-                cfg.eval,
+                eval_cfg,
                 resolution=cfg.encoder.resolution,
                 num_image_tokens=cfg.connector.num_image_tokens,
                 device=device,
@@ -108,9 +127,10 @@ def run_trial(
         schedule,
         device=device,
         on_log=on_metrics,
-        on_eval=lambda step: on_metrics(step, run_eval().metrics),
+        on_eval=lambda step: on_metrics(step, run_eval(intermediate=True).metrics),
         checkpoint_path=checkpoint_path,
         checkpoint_config=config_to_dict(cfg),
+        lr_scales={"image_encoder": cfg.train.encoder_lr_scale},
     )
     if cfg.sft.steps:
         model.freeze(cfg.sft.freeze)
@@ -139,15 +159,20 @@ def run_trial(
     training_s = time.perf_counter() - training_started - seconds["data"] - seconds["eval"]
     eval_before_final = seconds["eval"]
     result = run_eval()
+    final_probes = timed(
+        "eval", lambda: probe_encoder(model.image_encoder, cfg.data.world, when="final", device=device)
+    )
     timing = {
         "time/data_s": seconds["data"],
         "time/train_s": training_s,
         "time/eval_s": seconds["eval"],
         "time/final_eval_s": seconds["eval"] - eval_before_final,
     }
-    on_metrics(last_step, result.metrics | timing)
+    # The pre-trained probes ride along so that the trial's results row holds both ends of the encoder's story.
+    metrics = result.metrics | final_probes | pretrained_probes | timing
+    on_metrics(last_step, metrics)
     return TrialOutcome(
-        metrics=result.metrics | timing,
+        metrics=metrics,
         eval=result,
         num_params=num_params,
         built_encoder=built_encoder,

@@ -38,6 +38,11 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: 
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
 
 
+def _parameters_outside(model: nn.Module, children: dict[str, float]) -> list[nn.Parameter]:
+    inside = {id(p) for name in children for p in getattr(model, name).parameters()}
+    return [p for p in model.parameters() if id(p) not in inside]
+
+
 def train(
     model: nn.Module,
     step_loss: Callable[[int], dict[str, torch.Tensor]],
@@ -48,16 +53,25 @@ def train(
     on_eval: Callable[[int], None] = lambda step: None,
     checkpoint_path: Path | None = None,
     checkpoint_config: dict | None = None,
+    lr_scales: dict[str, float] | None = None,
 ) -> int:
-    """Train the trainable parameters of `model` for cfg.steps steps, resuming from checkpoint_path if it exists."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
-    )
+    """Train the trainable parameters of `model` for cfg.steps steps, resuming from checkpoint_path if it exists.
+
+    lr_scales: {name of a child module of `model`: factor on the schedule's learning rate for its parameters}.
+    """
+    scales = lr_scales or {}
+    groups = []
+    for name, module in [("", model), *((n, m) for n, m in model.named_children() if n in scales)]:
+        owned = module.parameters() if name else _parameters_outside(model, scales)
+        params = [p for p in owned if p.requires_grad]
+        scale = scales.get(name, 1.0)
+        groups += [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "scale": scale},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "scale": scale},
+        ]
+    groups = [g for g in groups if g["params"]]
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     start = 0
     if checkpoint_path is not None and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -69,7 +83,7 @@ def train(
     tick = time.perf_counter()
     for step in range(start, cfg.steps):
         for group in optimizer.param_groups:
-            group["lr"] = get_lr(step, cfg)
+            group["lr"] = get_lr(step, cfg) * group["scale"]
         with autocast:
             terms = step_loss(step)
         loss = total_loss(terms)

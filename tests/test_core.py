@@ -287,3 +287,40 @@ def test_sft_stage_trains_on_instructions_after_pretraining(tmp_path):
     again = run_trial(cfg, checkpoint_path=tmp_path / "trial.pt", cache_dir=tmp_path)
     drop = lambda m: {k: v for k, v in m.items() if not k.startswith("time/")}  # noqa: E731
     assert drop(again.metrics) == drop(outcome.metrics)
+
+
+def test_encoder_lr_scale_sets_the_encoders_share_of_the_rate():
+    cfg = get_preset("tiny")
+    model, tokenizer = tiny_model(cfg)
+    batch = trial_batch(cfg, tokenizer, 0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(
+        model,
+        lambda step: _lm_terms(model, batch, cfg),
+        dataclasses.replace(cfg.train, steps=3, warmup_steps=1),
+        device=torch.device("cpu"),
+        lr_scales={"image_encoder": 0.0},
+    )
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and not any(n.startswith("image_encoder.") for n in moved)
+    assert any(n.startswith("lm.") for n in moved) and any(n.startswith("connector.") for n in moved)
+
+
+def test_intermediate_rounds_score_a_subset_and_the_final_round_all_items(tmp_path):
+    cfg = get_preset("tiny")
+    cfg = dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(cfg.train, eval_every=10),
+        eval=dataclasses.replace(cfg.eval, intermediate_items=3, shots=(0,)),
+    )
+    rounds: dict[int, set[str]] = {}
+
+    def record(step: int, metrics: dict[str, float]) -> None:
+        if "0shot/vqa" in metrics:
+            rounds[step] = {m.removeprefix("0shot/vqa/") for m in metrics if m.startswith("0shot/vqa/")}
+
+    outcome = run_trial(cfg, on_metrics=record, cache_dir=tmp_path)
+    # VQA items cycle through the categories, so the first 3 items hold the first 3 categories only.
+    assert rounds[10] == set(QUESTION_CATEGORIES[:3])
+    assert rounds[cfg.train.steps] == set(QUESTION_CATEGORIES)
+    assert outcome.eval.protocol["0shot"]["items"] == cfg.eval.num_items

@@ -26,6 +26,9 @@ LM_VARIANTS = {
     "learned": {},
     "rope": {"positions": "rope"},
     "moe": {"num_experts": 4, "moe_every": 1},
+    # The convolution's past must come from the cache, and left padding must read as zeros.
+    "dconv": {"qkv_conv_width": 3},
+    "dconv-rope": {"qkv_conv_width": 3, "positions": "rope"},
 }
 
 
