@@ -145,11 +145,11 @@ def reference_banner(table: pd.DataFrame, reference: str | None) -> str | None:
         reasons.append(f"it sits at chance on {share} ({_by_shots(low)})")
     if blind or len(low) == len(categories):
         return (
-            f"The reference arm {reference} cannot speak to the paper: {' and '.join(reasons)}. No verdict drawn "
+            f"The reference arm ({reference}) cannot speak to the paper: {' and '.join(reasons)}. No verdict drawn "
             "against it about vision can speak to the paper's findings."
         )
     return (
-        f"The reference arm {reference} cannot speak to the paper on some categories: {' and '.join(reasons)}. "
+        f"The reference arm ({reference}) cannot speak to the paper on some categories: {' and '.join(reasons)}. "
         "Verdicts on those categories, and on the averages that include them, cannot speak to the paper's findings."
     )
 

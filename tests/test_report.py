@@ -162,7 +162,7 @@ def test_a_reference_arm_at_chance_opens_the_report_with_a_banner(tmp_path):
     assert "every VQA category (0shot: color, counting, reading)" in banner
     assert page.index("class='banner'") < page.index("<h2>Arms</h2>")  # at the top
     summary = (study_dir / "summary.md").read_text()
-    assert "> **⚠ The reference arm res=64 cannot speak to the paper" in summary
+    assert "> **⚠ The reference arm (res=64) cannot speak to the paper" in summary
     # Floors beside the categories: a chance row under the heat map and a chance / oracle table.
     assert "floor: chance" in page and "VQA categories and their floors" in page
     floors = page.split("VQA categories and their floors")[1].split("<h2>")[0]
