@@ -3,6 +3,8 @@
 The findings ship as data (paper_findings.yaml). A study speaks to a finding when it varies the finding's axis and has
 the arms the check needs; the comparison pairs the two arms on the same evaluation items under the same seed and the
 same values of the study's other axes, on each of the finding's per-item metrics, Holm-corrected together.
+A comparison in which both arms sit at chance on the metric (dashboards.floors) cannot speak to the paper: it is
+listed but left out of the verdict, and a finding with nothing else to go on is "cannot speak (at chance)".
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pandas as pd
 import yaml
 
 from ablations.spec import resolve_axis
+from dashboards.floors import at_chance
 from dashboards.stats import ALPHA, holm, paired_comparison
 
 __all__ = ["assess", "assess_all", "load_findings"]
@@ -86,9 +89,21 @@ def assess(finding: dict, trials: pd.DataFrame, items: pd.DataFrame, study_axes:
     ]
     if not found:
         return base | {"ours": "not tested", "detail": "the study recorded none of its metrics per item"}
-    adjusted = holm([c.p_value for c in found])
-    up = [c for c, p in zip(found, adjusted, strict=True) if p < ALPHA and c.delta > 0]
-    down = [c for c, p in zip(found, adjusted, strict=True) if p < ALPHA and c.delta < 0]
+    mute = {
+        id(c)
+        for c in found
+        if _at_chance(done, axis, c.arm, c.metric) and _at_chance(done, axis, c.reference, c.metric)
+    }
+    speaking = [c for c in found if id(c) not in mute]
+    if not speaking:
+        return base | {
+            "ours": "cannot speak (at chance)",
+            "detail": "both arms sit at chance on every metric compared: "
+            + "; ".join(f"{c.arm} vs {c.reference} {c.metric} {c.delta:+.3f}" for c in found),
+        }
+    adjusted = dict(zip(map(id, speaking), holm([c.p_value for c in speaking]), strict=True))
+    up = [c for c in speaking if adjusted[id(c)] < ALPHA and c.delta > 0]
+    down = [c for c in speaking if adjusted[id(c)] < ALPHA and c.delta < 0]
     if check == "same":
         ours = "disagrees" if up or down else "agrees (no detectable difference)"
     elif check == "best":
@@ -104,10 +119,19 @@ def assess(finding: dict, trials: pd.DataFrame, items: pd.DataFrame, study_axes:
             else "inconclusive"
         )
     detail = "; ".join(
-        f"{c.arm} vs {c.reference} {c.metric} {c.delta:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] p(Holm) {p:.2g}"
-        for c, p in zip(found, adjusted, strict=True)
+        f"{c.arm} vs {c.reference} {c.metric} {c.delta:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] "
+        + (f"p(Holm) {adjusted[id(c)]:.2g}" if id(c) in adjusted else "both at chance: left out")
+        for c in found
     )
     return base | {"ours": ours, "detail": detail}
+
+
+def _at_chance(trials: pd.DataFrame, axis: str, value: str, metric: str) -> bool:
+    """Whether the finished trials with this axis value sit at chance on `metric` (mean over them, and over the
+    study's other axes: the finding pools them too)."""
+    rows = trials[trials[axis].astype(str) == str(value)]
+    columns = [c for c in (metric, f"floor/chance/{metric}", f"floor/oracle/{metric}") if c in rows.columns]
+    return at_chance({f"{c} mean": rows[c].mean() for c in columns}, metric)
 
 
 def assess_all(trials: pd.DataFrame, items: pd.DataFrame, study_axes: list[str]) -> list[dict]:

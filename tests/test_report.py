@@ -158,7 +158,7 @@ def test_a_reference_arm_at_chance_opens_the_report_with_a_banner(tmp_path):
     study_dir = _with_floors(_study(tmp_path, {"res=32": -0.3, "res=64": 0.0, "res=128": 0.25}))
     page = write_report(study_dir).read_text()
     banner = page.split("<div class='banner'")[1].split("</div>")[0]
-    assert "res=64 cannot speak to the paper" in banner
+    assert "(res=64) cannot speak to the paper" in banner
     assert "every VQA category (0shot: color, counting, reading)" in banner
     assert page.index("class='banner'") < page.index("<h2>Arms</h2>")  # at the top
     summary = (study_dir / "summary.md").read_text()
@@ -206,3 +206,22 @@ def test_floors_and_probes_are_never_compared_as_metrics(tmp_path):
     assert "<th>at chance</th>" in section and "<td class='missing'>both</td>" in section
     everything = page.split("<h2>All metrics</h2>")[1]
     assert "probe/final/color" in everything and "floor/" not in everything
+
+
+def test_a_finding_drawn_only_from_arms_at_chance_cannot_speak(tmp_path):
+    from dashboards.findings import assess, load_findings
+
+    f1 = next(f for f in load_findings() if f["id"] == "F1")
+    # 64 px clearly beats 32 px on 0shot/vqa, but chance is set above both arms: the difference cannot speak.
+    muted = _with_floors(
+        _study(tmp_path / "muted", {"res=32": -0.3, "res=64": 0.0}), chance={"0shot/vqa": 0.9}
+    )
+    tables = [pd.read_parquet(muted / f) for f in ("trials.parquet", "items.parquet")]
+    verdict = assess(f1, *tables, ["resolution"])
+    assert verdict["ours"] == "cannot speak (at chance)" and "0shot/vqa" in verdict["detail"]
+    # The same study with chance below both arms: the difference speaks, and agrees with the paper.
+    heard = _with_floors(
+        _study(tmp_path / "heard", {"res=32": -0.3, "res=64": 0.0}), chance={"0shot/vqa": 0.0}
+    )
+    tables = [pd.read_parquet(heard / f) for f in ("trials.parquet", "items.parquet")]
+    assert assess(f1, *tables, ["resolution"])["ours"] == "agrees"
