@@ -1,8 +1,9 @@
 """The paper beside us: each MM1 finding a study can speak to, the paper's claim and ours, with the numbers.
 
 The findings ship as data (paper_findings.yaml). A study speaks to a finding when it varies the finding's axis and has
-the arms the check needs; the comparison pairs the two arms on the same evaluation items under the same seed and the
-same values of the study's other axes, on each of the finding's per-item metrics, Holm-corrected together.
+the arms the check needs; the comparison pairs the two arms run by run (the same seed and the same values of the
+study's other axes: one difference per pair of runs, dashboards.stats), on each of the finding's per-item metrics,
+Holm-corrected together.
 A comparison in which both arms sit at chance on the metric (dashboards.floors) cannot speak to the paper: it is
 listed but left out of the verdict, and a finding with nothing else to go on is "cannot speak (at chance)".
 """

@@ -177,12 +177,30 @@ _COMPARISON_HEAD = (
     "metric",
     "Δ vs reference",
     "95% CI",
-    "pairs",
+    "seeds",
+    "run-to-run SD",
+    "smallest detectable",
     "p",
     "p (Holm)",
     "verdict",
     "at chance",
 )
+_STATS_TEXT = (
+    "one difference per seed (the mean over the items both arms answered), tested over seeds (paired t-test, n - 1 "
+    "degrees of freedom): the training run is the unit, items only measure it"
+)
+
+
+def _num(value: float, spec: str) -> str:
+    return "—" if pd.isna(value) else format(value, spec)
+
+
+def _what_it_would_take(r) -> str:
+    """The verdict, and for an inconclusive one, roughly how many seeds would settle a difference of its size."""
+    text = html.escape(r.verdict)
+    if r.verdict == "no detectable difference" and pd.notna(r.seeds_needed):
+        text += f" (~{int(r.seeds_needed)} seeds would detect {r.delta:+.3f})"
+    return text
 
 
 def _comparisons_html(table: pd.DataFrame, reference: str, arms: pd.DataFrame) -> str:
@@ -191,14 +209,16 @@ def _comparisons_html(table: pd.DataFrame, reference: str, arms: pd.DataFrame) -
     head = "".join(f"<th>{h}</th>" for h in _COMPARISON_HEAD)
     body = "".join(
         f"<tr><td>{html.escape(str(r.arm))}</td><td>{html.escape(r.metric)}</td><td>{r.delta:+.3f}</td>"
-        f"<td>[{r.ci_low:+.3f}, {r.ci_high:+.3f}]</td><td>{r.pairs}</td><td>{r.p_value:.3g}</td>"
-        f"<td>{r.p_holm:.3g}</td><td class='verdict-{r.verdict.split()[0]}'>{html.escape(r.verdict)}</td>"
+        f"<td>[{_num(r.ci_low, '+.3f')}, {_num(r.ci_high, '+.3f')}]</td><td>{r.seeds}</td>"
+        f"<td>{_num(r.run_sd, '.3f')}</td><td>{_num(r.detectable, '.3f')}</td><td>{_num(r.p_value, '.3g')}</td>"
+        f"<td>{_num(r.p_holm, '.3g')}</td><td class='verdict-{r.verdict.split()[0]}'>{_what_it_would_take(r)}</td>"
         f"<td class='missing'>{comparison_note(arms, str(r.arm), reference, r.metric)}</td></tr>\n"
         for r in table.itertuples()
     )
     return (
-        f"<p class='muted'>Each arm against <b>{html.escape(reference)}</b>, paired over evaluation items and seeds "
-        f"(paired t-test), p-values corrected together for {len(table)} comparisons (Holm). A verdict where the arm "
+        f"<p class='muted'>Each arm against <b>{html.escape(reference)}</b>: {_STATS_TEXT}; p-values corrected "
+        f"together for {len(table)} comparisons (Holm). Smallest detectable: the difference these seeds would detect "
+        "with 80% power, given the run-to-run spread. A verdict where the arm "
         "or the reference sits at chance (last column) compares models that cannot do the task.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
@@ -474,14 +494,16 @@ def _write_summary(
             lines += ["", f"⊘: at chance. {rule_text()}"]
         table.to_csv(study_dir / "arms.csv", index=False)
     if len(compared):
-        lines += ["", f"Against **{reference}**, paired over items and seeds, Holm-corrected:", ""]
+        lines += ["", f"Against **{reference}**: {_STATS_TEXT}; Holm-corrected:", ""]
         lines += [
-            "| arm | metric | Δ | 95% CI | p (Holm) | verdict | at chance |",
-            "|---|---|---|---|---|---|---|",
+            "| arm | metric | Δ | 95% CI | seeds | run-to-run SD | smallest detectable | p (Holm) | verdict "
+            "| at chance |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r.arm} | {r.metric} | {r.delta:+.3f} | [{r.ci_low:+.3f}, {r.ci_high:+.3f}] | {r.p_holm:.2g} "
-            f"| {r.verdict} | {comparison_note(table, str(r.arm), str(reference), r.metric)} |"
+            f"| {r.arm} | {r.metric} | {r.delta:+.3f} | [{_num(r.ci_low, '+.3f')}, {_num(r.ci_high, '+.3f')}] "
+            f"| {r.seeds} | {_num(r.run_sd, '.3f')} | {_num(r.detectable, '.3f')} | {_num(r.p_holm, '.2g')} "
+            f"| {html.unescape(_what_it_would_take(r))} | {comparison_note(table, str(r.arm), str(reference), r.metric)} |"
             for r in compared.itertuples()
         ]
         compared.to_csv(study_dir / "comparisons.csv", index=False)

@@ -1,10 +1,15 @@
 """The statistics a report states: mean and 95% interval over seeds, and paired comparisons against the reference arm.
 
-A comparison pairs an arm with the reference on the same evaluation item under the same seed (every arm answers the
-same items: the evaluation set depends only on `eval.set_seed`), so item difficulty cancels and only the arms'
-difference and seed noise remain. The test is a paired t-test over those (seed, item) differences; the p-values of
-all the comparisons a report makes are corrected together with Holm's step-down method, and each comparison gets a
-plain verdict. scipy and statsmodels do the arithmetic.
+The unit of replication is the training run. A comparison pairs an arm with the reference under the same seed, on
+the items both answered (every arm answers the same items: the evaluation set depends only on `eval.set_seed`), and
+reduces each seed to one number, the mean of the per-item differences: item difficulty cancels inside a seed, and
+the seeds are the replications. The test is a one-sample t-test over those per-seed differences (n seeds, n - 1
+degrees of freedom), so run-to-run variance is the error term and hundreds of items cannot make a run-level
+difference look certain; with one seed there is an estimate and no test. Each comparison also states the run-to-run
+spread of the differences, the smallest difference its number of seeds could detect (80% power at the 5% level),
+and, where the observed difference is below that, about how many seeds would detect one of its size. The p-values of
+all the comparisons a report makes are corrected together with Holm's step-down method. scipy and statsmodels do the
+arithmetic; `bench/stats_calibration.py` measures the false-positive rate and power on simulated studies.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ __all__ = [
     "ALPHA",
     "Comparison",
     "compare_to_reference",
+    "detectable_difference",
     "grouped_ci",
     "holm",
     "mean_ci",
     "paired_comparison",
+    "seeds_needed",
 ]
 
 ALPHA = 0.05
@@ -53,36 +60,72 @@ class Comparison:
     arm: str
     reference: str
     metric: str
-    delta: float  # mean of arm - reference over the pairs
+    delta: float  # mean over seeds of the per-seed mean difference arm - reference
     ci_low: float
     ci_high: float
     p_value: float
-    pairs: int
+    pairs: int  # (seed, item) pairs both arms answered
+    seeds: int = 0  # training runs paired: the replications
+    run_sd: float = float("nan")  # standard deviation of the per-seed differences
+    detectable: float = float("nan")  # smallest |difference| these seeds detect with 80% power
+    seeds_needed: float = float(
+        "nan"
+    )  # seeds to detect |delta| with 80% power (NaN when delta is 0 or no spread)
     p_holm: float = float("nan")
     verdict: str = ""
 
 
+_POWER = 0.8
+_MAX_SEEDS = 1000
+
+
+def detectable_difference(run_sd: float, seeds: int, *, alpha: float = ALPHA, power: float = _POWER) -> float:
+    """Smallest true difference a paired t-test over `seeds` runs detects with `power` (NaN under two seeds)."""
+    if seeds < 2 or not np.isfinite(run_sd):
+        return float("nan")
+    df = seeds - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * run_sd / np.sqrt(seeds))
+
+
+def seeds_needed(delta: float, run_sd: float, *, alpha: float = ALPHA, power: float = _POWER) -> float:
+    """About how many seeds detect a true difference of |delta| given this run-to-run spread (NaN if none do)."""
+    if not np.isfinite(run_sd) or run_sd <= 0 or not np.isfinite(delta) or delta == 0:
+        return float("nan")
+    n = np.arange(2, _MAX_SEEDS + 1)
+    reach = (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * run_sd / np.sqrt(n)
+    enough = n[reach <= abs(delta)]
+    return float(enough[0]) if len(enough) else float("nan")
+
+
 def paired_comparison(items: pd.DataFrame, arm: str, reference: str, metric: str) -> Comparison:
-    """Arm vs reference on one metric, paired over (seed, item_id). items: arm, seed, metric, item_id, score."""
+    """Arm vs reference on one metric, one paired difference per seed. items: arm, seed, metric, item_id, score."""
     rows = items[items["metric"] == metric]
     a = rows[rows["arm"] == arm].groupby(["seed", "item_id"])["score"].mean()
     b = rows[rows["arm"] == reference].groupby(["seed", "item_id"])["score"].mean()
     diff = (a - b).dropna()  # only the (seed, item) pairs both arms have
-    n = len(diff)
-    if n < 2:
-        return Comparison(
-            arm, reference, metric, float(diff.mean()) if n else float("nan"), *(float("nan"),) * 3, n
-        )
-    if np.allclose(diff, diff.iloc[0]):
-        # No spread: t is undefined; an exact zero difference is no evidence, a constant non-zero one is total.
-        p = 1.0 if diff.iloc[0] == 0 else 0.0
-        return Comparison(
-            arm, reference, metric, float(diff.iloc[0]), float(diff.iloc[0]), float(diff.iloc[0]), p, n
-        )
-    test = stats.ttest_1samp(diff, 0.0)
+    per_seed = diff.groupby(level="seed").mean()
+    n = len(per_seed)
+    nan = float("nan")
+    if n == 0:
+        return Comparison(arm, reference, metric, nan, nan, nan, nan, 0)
+    delta = float(per_seed.mean())
+    if n < 2:  # one run: an estimate, no replication to test it against
+        return Comparison(arm, reference, metric, delta, nan, nan, nan, len(diff), n)
+    run_sd = float(per_seed.std(ddof=1))
+    spread = {
+        "run_sd": run_sd,
+        "detectable": detectable_difference(run_sd, n),
+        "seeds_needed": seeds_needed(delta, run_sd),
+    }
+    if np.allclose(per_seed, per_seed.iloc[0]):
+        # No spread between runs: t is undefined; an exact zero difference is no evidence, a constant non-zero
+        # one (every run moved by the same amount) is total.
+        p = 1.0 if delta == 0 else 0.0
+        return Comparison(arm, reference, metric, delta, delta, delta, p, len(diff), n, **spread)
+    test = stats.ttest_1samp(per_seed, 0.0)
     low, high = test.confidence_interval(0.95)
     return Comparison(
-        arm, reference, metric, float(diff.mean()), float(low), float(high), float(test.pvalue), n
+        arm, reference, metric, delta, float(low), float(high), float(test.pvalue), len(diff), n, **spread
     )
 
 
@@ -105,8 +148,10 @@ def compare_to_reference(
     adjusted = holm([c.p_value for c in found])
     rows = []
     for c, p in zip(found, adjusted, strict=True):
-        if np.isnan(p):
-            verdict = "not enough paired items"
+        if c.seeds == 1:
+            verdict = "estimate only (one seed)"
+        elif np.isnan(p):
+            verdict = "not enough paired runs"
         elif p < alpha:
             verdict = "better" if c.delta > 0 else "worse"
         else:

@@ -12,7 +12,7 @@ from dashboards.report import reference_arm, write_report
 CATEGORIES = ("reading", "color", "counting")
 
 
-def _study(tmp_path, effects: dict[str, float], seeds=(0, 1), items=120, name="res"):
+def _study(tmp_path, effects: dict[str, float], seeds=(0, 1, 2, 3, 4), items=120, name="res"):
     """A finished study whose arms differ from the reference ("res=64") by known per-item effects."""
     rng = np.random.default_rng(0)
     difficulty = rng.uniform(0.2, 0.8, size=items)
@@ -105,7 +105,7 @@ def test_markdown_summary_and_csv_tables(tmp_path):
     study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
     write_report(study_dir)
     summary = (study_dir / "summary.md").read_text()
-    assert summary.startswith("# res") and "| res=32 | 2 |" in summary and "| F1 |" in summary
+    assert summary.startswith("# res") and "| res=32 | 5 |" in summary and "| F1 |" in summary
     assert "worse" in summary
     arms = pd.read_csv(study_dir / "arms.csv")
     assert list(arms["arm"]) == ["res=32", "res=64"] and "0shot/avg mean" in arms.columns
@@ -173,7 +173,7 @@ def test_a_reference_arm_at_chance_opens_the_report_with_a_banner(tmp_path):
     rows = {r.split("</td>")[0]: r for r in arms.split("<tr><td>")[1:]}
     assert "at chance on 3/3 VQA categories" in rows["res=64"] and "at chance" in rows["res=32"]
     assert "at chance" not in rows["res=128"] and "class='at-chance'" not in rows["res=128"]
-    assert "res=32 | 2 |" in summary and "⊘" in summary and "below chance + 10%" in summary
+    assert "res=32 | 5 |" in summary and "⊘" in summary and "below chance + 10%" in summary
 
 
 def test_no_banner_for_a_reference_above_its_floors_that_uses_its_images(tmp_path):

@@ -30,19 +30,55 @@ def test_mean_ci_is_the_t_interval():
     assert math.isnan(mean_ci([5.0])[1]) and mean_ci([5.0])[0] == 5.0
 
 
-def test_a_known_paired_difference_is_found():
+def test_a_known_paired_difference_is_found_over_seeds():
     rng = np.random.default_rng(0)
-    base = rng.uniform(0, 1, size=(2, 200))  # item difficulty varies a lot...
-    noise = rng.normal(0, 0.02, size=(2, 200))
-    items = _items({"ref": base, "better": base + 0.05 + noise})  # ...but the pairs differ by 0.05
-    c = paired_comparison(items, "better", "ref", "0shot/vqa")
-    d = (base + 0.05 + noise - base).ravel()
-    assert c.pairs == 400 and c.delta == pytest.approx(d.mean())
-    half = 1.9659 * d.std(ddof=1) / math.sqrt(400)  # t(0.975, 399)
-    assert (c.ci_low, c.ci_high) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-3)
-    assert c.p_value < 1e-10
-    table = compare_to_reference(items, "ref", ["0shot/vqa"])
-    assert table.loc[0, "verdict"] == "better"
+    seeds, items = 5, 200
+    base = rng.uniform(0, 1, size=(seeds, items))  # item difficulty varies a lot...
+    run_shift = rng.normal(0, 0.01, size=(seeds, 1))  # ...each training run lands a little apart...
+    noise = rng.normal(0, 0.02, size=(seeds, items))
+    table = _items({"ref": base, "better": base + 0.05 + run_shift + noise})  # ...and the arm is 0.05 better
+    c = paired_comparison(table, "better", "ref", "0shot/vqa")
+    d = 0.05 + run_shift[:, 0] + noise.mean(axis=1)  # one difference per seed: the replications
+    assert c.seeds == 5 and c.pairs == seeds * items and c.delta == pytest.approx(d.mean())
+    half = 2.776445 * d.std(ddof=1) / math.sqrt(5)  # t(0.975, 4)
+    assert (c.ci_low, c.ci_high) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-6)
+    assert c.run_sd == pytest.approx(d.std(ddof=1))
+    assert c.p_value < 0.01
+    assert compare_to_reference(table, "ref", ["0shot/vqa"]).loc[0, "verdict"] == "better"
+
+
+def test_many_items_cannot_make_two_runs_certain():
+    """The old item-level test called this "better" at p ~ 1e-20: 1,000 items per run, but only two runs, whose
+    run-to-run spread is as large as the difference."""
+    rng = np.random.default_rng(4)
+    base = rng.uniform(0, 1, size=(2, 1000))
+    shifted = base + np.array([[0.06], [-0.01]]) + rng.normal(0, 0.01, size=base.shape)
+    c = paired_comparison(_items({"ref": base, "arm": shifted}), "arm", "ref", "0shot/vqa")
+    assert c.seeds == 2 and c.p_value > 0.05
+    verdict = compare_to_reference(_items({"ref": base, "arm": shifted}), "ref", ["0shot/vqa"])
+    assert verdict.loc[0, "verdict"] == "no detectable difference"
+    assert c.detectable > abs(c.delta) and c.seeds_needed > 2
+
+
+def test_one_seed_gives_an_estimate_and_no_verdict():
+    base = np.random.default_rng(5).uniform(0, 1, size=(1, 300))
+    table = compare_to_reference(_items({"ref": base, "arm": base + 0.2}), "ref", ["0shot/vqa"])
+    row = table.loc[0]
+    assert row["delta"] == pytest.approx(0.2) and row["seeds"] == 1
+    assert math.isnan(row["p_value"]) and row["verdict"] == "estimate only (one seed)"
+
+
+def test_detectable_difference_and_seeds_needed_by_hand():
+    from dashboards.stats import detectable_difference, seeds_needed
+
+    # (t(0.975, 2) + t(0.8, 2)) * sd / sqrt(3) = (4.302653 + 1.060660) * 0.1 / sqrt(3)
+    assert detectable_difference(0.1, 3) == pytest.approx(
+        (4.302653 + 1.060660) * 0.1 / math.sqrt(3), rel=1e-5
+    )
+    assert math.isnan(detectable_difference(0.1, 1))
+    n = seeds_needed(0.1, 0.1)
+    assert detectable_difference(0.1, int(n)) <= 0.1 < detectable_difference(0.1, int(n) - 1)
+    assert math.isnan(seeds_needed(0.0, 0.1))
 
 
 def test_the_null_case_finds_nothing():
@@ -58,10 +94,10 @@ def test_the_null_case_finds_nothing():
 
 
 def test_pairs_are_matched_by_seed_and_item_not_by_order():
-    items = _items({"ref": np.array([[0.0, 1.0]]), "arm": np.array([[1.0, 1.0]])})
+    items = _items({"ref": np.array([[0.0, 1.0], [1.0, 0.0]]), "arm": np.array([[1.0, 1.0], [1.0, 1.0]])})
     shuffled = items.sample(frac=1.0, random_state=3)
     c = paired_comparison(shuffled, "arm", "ref", "0shot/vqa")
-    assert c.pairs == 2 and c.delta == 0.5
+    assert c.pairs == 4 and c.seeds == 2 and c.delta == 0.5
 
 
 def test_holm_on_a_known_vector():
@@ -75,10 +111,10 @@ def test_holm_on_a_known_vector():
 
 def test_holm_can_turn_a_nominal_difference_into_no_detectable_difference():
     rng = np.random.default_rng(2)
-    base = rng.uniform(0, 1, size=(1, 60))
+    base = rng.uniform(0, 1, size=(4, 60))
     arms = {"ref": base}
     for k in range(10):  # ten arms with a small true effect: nominally significant, not all after correction
-        arms[f"arm{k}"] = base + rng.normal(0.03, 0.1, size=base.shape)
+        arms[f"arm{k}"] = base + rng.normal(0.03, 0.02, size=(4, 1)) + rng.normal(0, 0.05, size=base.shape)
     table = compare_to_reference(_items(arms), "ref", ["0shot/vqa"])
     assert (table["p_holm"] >= table["p_value"]).all()
     assert (table["p_value"] < 0.05).sum() > (table["p_holm"] < 0.05).sum()
