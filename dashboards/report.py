@@ -32,7 +32,7 @@ from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
 from mm1core.eval import HEADLINE_METRICS
 
-__all__ = ["arm_table", "metric_columns", "write_report"]
+__all__ = ["arm_table", "metric_columns", "shared_encoder_note", "write_report"]
 
 _META = {
     "study",
@@ -349,6 +349,7 @@ table.prose td, table.prose th { text-align: left; vertical-align: top; }
 .verdict-better, .verdict-agrees { color: #176c2f; font-weight: 600; }
 .verdict-worse, .verdict-disagrees { color: #a33; font-weight: 600; }
 .figure { page-break-inside: avoid; }
+.note { border-left: 4px solid #b80; padding-left: 0.6rem; }
 .banner { background: #fdecea; border: 2px solid #a33; color: #7a1f1f; padding: 0.8rem 1rem; margin: 1rem 0; }
 td.at-chance, tr.at-chance td { background: #f3f0e6; color: #8a6d1f; }
 @media print { body { max-width: none; margin: 0; } table { font-size: 0.75rem; } h2 { page-break-after: avoid; } }
@@ -405,7 +406,8 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         )
     findings_html = "<h2>The paper beside us</h2>" + _findings_html(assessed) if assessed else ""
     views_html = _paper_views_html(trials, spec_axes)
-    _write_summary(study_dir, study, table, arm_columns, compared, reference, assessed)
+    note = shared_encoder_note(trials)
+    _write_summary(study_dir, study, table, arm_columns, compared, reference, assessed, note)
 
     failed = trials[trials["status"] != "finished"]
     failed_html = ""
@@ -434,6 +436,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         f"<script>{get_plotlyjs()}</script></head><body>",
         f"<h1>{html.escape(study)}</h1>",
         banner_html(table, reference) if len(table) else "",
+        f"<p class='note'>{html.escape(note)}</p>" if note else "",
         f"<p>{html.escape(spec.get('description', ''))}</p>",
         f"<p class='muted'>{len(trials)} trials recorded, {int((trials['status'] == 'finished').sum())} finished; "
         f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}"
@@ -461,6 +464,20 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     return path
 
 
+def shared_encoder_note(trials: pd.DataFrame) -> str | None:
+    """What the verdicts leave out when the seeds of an arm share one pre-trained encoder, else None."""
+    done = trials[trials["status"] == "finished"] if "status" in trials else trials
+    if "config_json" not in done or done["seed"].nunique() < 2:
+        return None
+    configs = [json.loads(c)["encoder_pretrain"] for c in done["config_json"].dropna()]
+    if not any(c["loss"] != "none" and c.get("seed_from", "trial") == "stage" for c in configs):
+        return None
+    return (
+        "The seeds of an arm share one pre-trained encoder (encoder_pretrain.seed_from: stage): the verdicts cover "
+        "the multimodal stage's randomness and exclude the encoder's, which is confounded with the arm."
+    )
+
+
 def _write_summary(
     study_dir: Path,
     study: str,
@@ -469,12 +486,15 @@ def _write_summary(
     compared: pd.DataFrame,
     reference: str | None,
     assessed: list[dict],
+    note: str | None,
 ) -> None:
     """summary.md (the report's tables, for a README or a pull request) and the tables as CSV."""
     lines = [f"# {study}", ""]
     banner = reference_banner(table, reference) if len(table) else None
     if banner:
         lines += [f"> **⚠ {banner}**", ""]
+    if note:
+        lines += [f"> {note}", ""]
     lines += ["Mean ± 95% CI over seeds.", ""]
     if len(table):
         floored = floored_metrics(table)

@@ -16,6 +16,7 @@ Shape suffixes: B images, N patches, D encoder width, E embedding width, T capti
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm1core.config import MM1Config, TrainConfig, WorldConfig, config_to_dict
+from mm1core.config import MM1Config, TrainConfig, WorldConfig, config_to_dict, encoder_seed
 from mm1core.data.sources import encode_document, images_to_tensor, pad_rows, source_counts
 from mm1core.data.text import alt_caption, recaption, world_vocabulary
 from mm1core.data.tokenizer import WordTokenizer
@@ -37,6 +38,14 @@ from mm1core.train import train
 from mm1core.vit import ViT
 
 __all__ = ["pretrain_encoder", "hard_negative"]
+
+
+def _seed(cfg: MM1Config) -> str:
+    return encoder_seed(config_to_dict(cfg))
+
+
+def _torch_seed(cfg: MM1Config) -> int:
+    return int.from_bytes(hashlib.sha256(_seed(cfg).encode()).digest()[:4], "little")
 
 
 def hard_negative(scene: Scene, rng: random.Random) -> Scene:
@@ -75,7 +84,7 @@ def _caption_batch(cfg: MM1Config, step: int) -> tuple[list[Scene], list[str]]:
     same phrasing) differs: a negative identical to the positive would teach the encoder nothing.
     """
     pre, world = cfg.encoder_pretrain, cfg.data.world
-    rng = random.Random(f"encoder/{cfg.encoder_pretrain.seed}/{step}")
+    rng = random.Random(f"encoder/{_seed(cfg)}/{step}")
     shares = {"caption": 1 - pre.recaption_share, "recaption": pre.recaption_share}
     kinds = [
         k for k, n in source_counts(shares, step * pre.batch_size, pre.batch_size).items() for _ in range(n)
@@ -126,7 +135,7 @@ def _train_clip(
     pre = cfg.encoder_pretrain
     # The encoder pre-trains on the world's captions (whatever data the multimodal stage brings).
     tokenizer = WordTokenizer(world_vocabulary(cfg.data.world))
-    torch.manual_seed(cfg.encoder_pretrain.seed)
+    torch.manual_seed(_torch_seed(cfg))
     encoder = ViT(cfg.encoder)
     text = TextTower(
         vocab_size=tokenizer.vocab_size,
@@ -201,12 +210,12 @@ class _AIMPretrainer(nn.Module):
 
 def _train_aim(cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None]) -> dict:
     pre = cfg.encoder_pretrain
-    torch.manual_seed(cfg.encoder_pretrain.seed)
+    torch.manual_seed(_torch_seed(cfg))
     encoder = ViT(cfg.encoder)
     model = _AIMPretrainer(encoder).to(device)
 
     def step_loss(step: int) -> dict[str, torch.Tensor]:
-        rng = random.Random(f"encoder/{cfg.encoder_pretrain.seed}/{step}")
+        rng = random.Random(f"encoder/{_seed(cfg)}/{step}")
         scenes = [sample_scene(cfg.data.world, rng.getrandbits(62)) for _ in range(pre.batch_size)]
         images = images_to_tensor(
             [render_scene(s, cfg.data.world, cfg.encoder.resolution) for s in scenes], cfg.encoder.resolution

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mm1core.config import encoder_seed
+
 __all__ = ["code_version", "stage_key", "encoder_stage_key", "cached_stage", "is_cached"]
 
 
@@ -39,8 +41,9 @@ def stage_key(stage: str, determinants: dict[str, Any]) -> str:
 def encoder_stage_key(config: dict) -> str | None:
     """The cache key of a trial's pre-trained encoder, from its resolved config dict; None if it pre-trains none.
 
-    Everything that determines the encoder: its architecture, its stage config (with its own seed), the world. Not
-    the trial's seed: as in the paper, one pre-trained encoder serves every trial that asks for the same one.
+    Everything that determines the encoder: its architecture, its stage config, the world, and its seed (the trial's
+    seed enters it unless `encoder_pretrain.seed_from` is "stage": then, as in the paper, one pre-trained encoder
+    serves every seed of an arm).
     """
     pretrain = config["encoder_pretrain"]
     if pretrain["loss"] == "none":
@@ -51,6 +54,7 @@ def encoder_stage_key(config: dict) -> str | None:
             "encoder": config["encoder"],
             "pretrain": pretrain,
             "world": config["data"]["world"],
+            "seed": encoder_seed(config),
         },
     )
 

@@ -248,13 +248,19 @@ def test_encoder_stage_is_built_once_then_served_from_the_cache(tmp_path):
         return {k: v for k, v in outcome.metrics.items() if not k.startswith("time/")}
 
     assert scores(first) == scores(second)  # the cached encoder is the one that was built
-    # Trial seeds share the encoder; the stage's own seed does not.
-    assert not run_trial(dataclasses.replace(cfg, seed=1), cache_dir=tmp_path).built_encoder
+    # By default every trial seed pre-trains its own encoder, so a study's seeds sample the encoder's randomness.
+    assert run_trial(dataclasses.replace(cfg, seed=1), cache_dir=tmp_path).built_encoder
+    # With seed_from "stage", trial seeds share one encoder; the stage's own seed still makes another.
+    shared = dataclasses.replace(
+        cfg, encoder_pretrain=dataclasses.replace(cfg.encoder_pretrain, seed_from="stage")
+    )
+    assert run_trial(shared, cache_dir=tmp_path).built_encoder
+    assert not run_trial(dataclasses.replace(shared, seed=1), cache_dir=tmp_path).built_encoder
     other_encoder = dataclasses.replace(
-        cfg, encoder_pretrain=dataclasses.replace(cfg.encoder_pretrain, seed=1)
+        shared, encoder_pretrain=dataclasses.replace(shared.encoder_pretrain, seed=1)
     )
     assert run_trial(other_encoder, cache_dir=tmp_path).built_encoder
-    assert len(list(tmp_path.glob("encoder-clip-*.pt"))) == 2
+    assert len(list(tmp_path.glob("encoder-clip-*.pt"))) == 4
 
 
 def test_stem_builders_match_validation_names():

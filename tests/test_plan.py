@@ -108,12 +108,23 @@ def test_plan_says_which_encoders_are_built_and_reused(write_study, tmp_path):
     )
     trials = plan(study)
     status = encoder_plan(trials, tmp_path)
-    # 3 resolutions need 3 encoders; each is shared by the 2 learning-rate arms and the 2 seeds (the stage has its
-    # own seed).
-    assert sorted(status.values()).count("build") == 3 and sorted(status.values()).count("reuse") == 9
+    # 3 resolutions x 2 seeds need 6 encoders (each seed pre-trains its own); each is shared by the 2
+    # learning-rate arms.
+    assert sorted(status.values()).count("build") == 6 and sorted(status.values()).count("reuse") == 6
     (tmp_path / f"{encoder_stage_key(trials[0].config)}.pt").write_bytes(b"")
     status = encoder_plan(trials, tmp_path)
-    assert list(status.values()).count("cached") == 4 and list(status.values()).count("build") == 2
+    assert list(status.values()).count("cached") == 2 and list(status.values()).count("build") == 5
+    shared = load_study(
+        write_study(
+            STUDY.format(design="grid").replace(
+                "preset: tiny",
+                "preset: tiny\n  overrides:\n    encoder_pretrain.loss: clip\n    encoder_pretrain.seed_from: stage",
+            ),
+            name="shared.yaml",
+        )
+    )
+    status = encoder_plan(plan(shared), tmp_path / "empty")
+    assert sorted(status.values()).count("build") == 3 and sorted(status.values()).count("reuse") == 9
 
 
 def test_trials_that_build_an_encoder_are_scheduled_first(write_study):

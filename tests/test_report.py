@@ -225,3 +225,20 @@ def test_a_finding_drawn_only_from_arms_at_chance_cannot_speak(tmp_path):
     )
     tables = [pd.read_parquet(heard / f) for f in ("trials.parquet", "items.parquet")]
     assert assess(f1, *tables, ["resolution"])["ours"] == "agrees"
+
+
+def test_a_study_whose_seeds_share_an_encoder_says_its_verdicts_exclude_encoder_noise(tmp_path):
+    from dashboards.report import shared_encoder_note
+
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+
+    def with_encoder(seed_from: str) -> pd.DataFrame:
+        config = {"encoder_pretrain": {"loss": "clip", "seed": 0, "seed_from": seed_from}}
+        return trials.assign(config_json=json.dumps(config))
+
+    assert shared_encoder_note(with_encoder("trial")) is None
+    with_encoder("stage").to_parquet(study_dir / "trials.parquet")
+    write_report(study_dir)
+    assert "exclude the encoder's" in (study_dir / "summary.md").read_text()
+    assert "exclude the encoder&#x27;s" in (study_dir / "report.html").read_text()
