@@ -18,7 +18,7 @@ import yaml
 
 from ablations.spec import resolve_axis
 from dashboards.floors import at_chance
-from dashboards.stats import ALPHA, holm, paired_comparison
+from dashboards.stats import ALPHA, equivalent, holm, paired_comparison, trend_comparison
 
 __all__ = ["assess", "assess_all", "load_findings"]
 
@@ -82,12 +82,11 @@ def assess(finding: dict, trials: pd.DataFrame, items: pd.DataFrame, study_axes:
         return base | {"ours": "not tested", "detail": f"needs arms with {axis} = {needs}"}
     others = [a for a in study_axes if a != axis and a in trials.columns]
     table = _pairs_table(items, done, axis, others)
-    found = [
-        paired_comparison(table, str(a), str(b), metric)
-        for a, b in pairs
-        for metric in finding["metrics"]
-        if metric in set(table["metric"])
-    ]
+    recorded = [m for m in finding["metrics"] if m in set(table["metric"])]
+    if check == "increasing" and len(values) > 2:  # the trend over every value, not the two extremes alone
+        found = [trend_comparison(table, shown, metric) for metric in recorded]
+    else:
+        found = [paired_comparison(table, str(a), str(b), metric) for a, b in pairs for metric in recorded]
     if not found:
         return base | {"ours": "not tested", "detail": "the study recorded none of its metrics per item"}
     mute = {
@@ -106,7 +105,15 @@ def assess(finding: dict, trials: pd.DataFrame, items: pd.DataFrame, study_axes:
     up = [c for c in speaking if adjusted[id(c)] < ALPHA and c.delta > 0]
     down = [c for c in speaking if adjusted[id(c)] < ALPHA and c.delta < 0]
     if check == "same":
-        ours = "disagrees" if up or down else "agrees (no detectable difference)"
+        # "Matters little" is an equivalence claim: agreed with only when every difference is shown to lie within
+        # the finding's margin (TOST), never on the absence of a detected difference.
+        margin = float(finding["margin"])
+        if up or down:
+            ours = "disagrees"
+        elif all(equivalent(c, margin) for c in speaking):
+            ours = f"agrees (equivalent within ±{margin:g})"
+        else:
+            ours = "inconclusive"
     elif check == "best":
         ours = "disagrees" if down else "agrees" if up else "inconclusive"
     else:

@@ -26,11 +26,13 @@ __all__ = [
     "Comparison",
     "compare_to_reference",
     "detectable_difference",
+    "equivalent",
     "grouped_ci",
     "holm",
     "mean_ci",
     "paired_comparison",
     "seeds_needed",
+    "trend_comparison",
 ]
 
 ALPHA = 0.05
@@ -127,6 +129,52 @@ def paired_comparison(items: pd.DataFrame, arm: str, reference: str, metric: str
     return Comparison(
         arm, reference, metric, delta, float(low), float(high), float(test.pvalue), len(diff), n, **spread
     )
+
+
+def trend_comparison(items: pd.DataFrame, arms: list[str], metric: str) -> Comparison:
+    """Whether `metric` rises along `arms` (in order), run by run: per seed, the least-squares slope of the per-arm
+    mean scores against the arm's rank; a t-test over seeds. delta is the fitted change from the first arm to the
+    last (slope x (k - 1)), so it reads like a two-arm difference."""
+    rows = items[(items["metric"] == metric) & items["arm"].isin(arms)]
+    shared = rows.groupby(["seed", "item_id"])["arm"].nunique()
+    complete = shared[shared == len(arms)].index  # (seed, item) pairs every arm answered
+    keyed = rows.set_index(["seed", "item_id"]).loc[lambda t: t.index.isin(complete)].reset_index()
+    means = keyed.groupby(["seed", "arm"])["score"].mean().unstack("arm").reindex(columns=arms).dropna()
+    ranks = np.arange(len(arms), dtype=float)
+    slopes = means.apply(lambda row: np.polyfit(ranks, row.to_numpy(), 1)[0], axis=1) * (len(arms) - 1)
+    label = f"trend {arms[0]} .. {arms[-1]}"
+    n, nan = len(slopes), float("nan")
+    if n == 0:
+        return Comparison(label, arms[0], metric, nan, nan, nan, nan, 0)
+    delta = float(slopes.mean())
+    if n < 2:
+        return Comparison(label, arms[0], metric, delta, nan, nan, nan, len(keyed), n)
+    run_sd = float(slopes.std(ddof=1))
+    spread = {
+        "run_sd": run_sd,
+        "detectable": detectable_difference(run_sd, n),
+        "seeds_needed": seeds_needed(delta, run_sd),
+    }
+    if np.allclose(slopes, slopes.iloc[0]):
+        return Comparison(
+            label, arms[0], metric, delta, delta, delta, 1.0 if delta == 0 else 0.0, len(keyed), n, **spread
+        )
+    test = stats.ttest_1samp(slopes, 0.0)
+    low, high = test.confidence_interval(0.95)
+    return Comparison(
+        label, arms[0], metric, delta, float(low), float(high), float(test.pvalue), len(keyed), n, **spread
+    )
+
+
+def equivalent(c: Comparison, margin: float, *, alpha: float = ALPHA) -> bool:
+    """Two one-sided tests (TOST): the difference lies within +-margin at level alpha, i.e. its (1 - 2 alpha)
+    interval does, from the same t-distribution over seeds as the comparison's."""
+    if c.seeds < 2 or not np.isfinite(c.ci_low):
+        return False
+    df = c.seeds - 1
+    se = (c.ci_high - c.ci_low) / 2 / stats.t.ppf(0.975, df)
+    half = stats.t.ppf(1 - alpha, df) * se
+    return bool(abs(c.delta) + half < margin)
 
 
 def holm(p_values: list[float]) -> list[float]:

@@ -242,3 +242,14 @@ def test_a_study_whose_seeds_share_an_encoder_says_its_verdicts_exclude_encoder_
     write_report(study_dir)
     assert "exclude the encoder's" in (study_dir / "summary.md").read_text()
     assert "exclude the encoder&#x27;s" in (study_dir / "report.html").read_text()
+
+
+def test_an_increasing_finding_over_three_values_tests_the_trend(tmp_path):
+    from dashboards.findings import assess, load_findings
+
+    f1 = next(f for f in load_findings() if f["id"] == "F1")
+    rising = _study(tmp_path / "rising", {"res=32": -0.2, "res=64": 0.0, "res=96": 0.2})
+    verdict = assess(
+        f1, *(pd.read_parquet(rising / f) for f in ("trials.parquet", "items.parquet")), ["resolution"]
+    )
+    assert verdict["ours"] == "agrees" and "trend 32 .. 96 vs 32 0shot/vqa +0.4" in verdict["detail"]

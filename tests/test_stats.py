@@ -118,3 +118,32 @@ def test_holm_can_turn_a_nominal_difference_into_no_detectable_difference():
     table = compare_to_reference(_items(arms), "ref", ["0shot/vqa"])
     assert (table["p_holm"] >= table["p_value"]).all()
     assert (table["p_value"] < 0.05).sum() > (table["p_holm"] < 0.05).sum()
+
+
+def test_trend_over_three_arms_is_tested_run_by_run():
+    from dashboards.stats import trend_comparison
+
+    rng = np.random.default_rng(6)
+    base = rng.uniform(0, 1, size=(4, 150))
+    runs = rng.normal(0, 0.005, size=(3, 4, 1))
+    rising = {f"r{k}": base + 0.04 * k + runs[k] for k in range(3)}  # +0.04 per step: +0.08 first to last
+    c = trend_comparison(_items(rising), ["r0", "r1", "r2"], "0shot/vqa")
+    assert c.seeds == 4 and c.delta == pytest.approx(0.08, abs=0.01) and c.p_value < 0.01
+    flat = {f"r{k}": base + runs[k] for k in range(3)}
+    assert trend_comparison(_items(flat), ["r0", "r1", "r2"], "0shot/vqa").p_value > 0.05
+    # A rise that comes back down has no trend, though its middle arm beats both ends.
+    peaked = {"r0": base, "r1": base + 0.1, "r2": base}
+    assert abs(trend_comparison(_items(peaked), ["r0", "r1", "r2"], "0shot/vqa").delta) < 1e-9
+
+
+def test_equivalence_needs_the_interval_inside_the_margin():
+    from dashboards.stats import equivalent
+
+    rng = np.random.default_rng(7)
+    base = rng.uniform(0, 1, size=(6, 200))
+    close = _items({"ref": base, "arm": base + 0.002 + rng.normal(0, 0.002, size=(6, 1))})
+    assert equivalent(paired_comparison(close, "arm", "ref", "0shot/vqa"), margin=0.02)
+    noisy = _items({"ref": base, "arm": base + rng.normal(0, 0.03, size=(6, 1))})
+    assert not equivalent(paired_comparison(noisy, "arm", "ref", "0shot/vqa"), margin=0.02)
+    one_seed = _items({"ref": base[:1], "arm": base[:1]})
+    assert not equivalent(paired_comparison(one_seed, "arm", "ref", "0shot/vqa"), margin=0.02)
