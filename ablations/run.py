@@ -32,7 +32,8 @@ from ablations.trial import FINAL_KEY, train_trial
 from dashboards.index import write_index
 from dashboards.report import last_line, write_report
 from mm1core.eval import HEADLINE_METRICS
-from mm1core.stage_cache import encoder_stage_key
+from mm1core.eval.protocol import protocol_fingerprints
+from mm1core.stage_cache import code_version, encoder_stage_key
 
 __all__ = ["RunSummary", "run_study"]
 
@@ -146,6 +147,7 @@ class _StudyCallback(tune.Callback):
                 "eval_protocol_json": final["eval_protocol_json"],
                 "built_encoder": bool(final["built_encoder"]),
             }
+            | protocol_fingerprints(json.loads(final["eval_protocol_json"]))
             | metrics
         )
         self.store.save_trial(row, self.curves.pop(planned.trial_id, []), items)
@@ -183,6 +185,9 @@ class _StudyCallback(tune.Callback):
             "mlflow_run_id": self.tracker.child_ids.get(planned.trial_id),
             "finished_at": time.time(),
             "config_json": config_json(planned.config),
+            # What produced the row: the repository's commit (where there is one) and the core's own source hash.
+            "git_commit": self.tracker.commit,
+            "code_version": code_version(),
         } | {name: _cell(value) for name, value in planned.axis_values.items()}
 
     def _progress(self, event: str) -> None:
@@ -260,15 +265,15 @@ def run_study(
         file=out,
         flush=True,
     )
-    if not todo:
-        return summary
-
     spec_json = study.spec.model_dump(mode="json") | {
         "reference_values": reference_axis_values(study),
-        # What the report of a running study lists as still to come.
+        # The current plan: what a running study's report lists as still to come, and which recorded rows are
+        # stale (a trial no longer planned is kept on disk but never averaged in).
         "planned": [{"trial_id": t.trial_id, "arm": t.arm, "seed": t.seed} for t in trials],
     }
     (study_dir / "study.json").write_text(json.dumps(spec_json, indent=2))
+    if not todo:
+        return summary
     tracker = Tracker(uri, study.name, study.spec.description, results_root)
     resources = study.spec.resources
     address = address or os.environ.get("RAY_ADDRESS")

@@ -28,9 +28,11 @@ from dashboards.floors import (
     reference_banner,
     rule_text,
 )
+from dashboards.provenance import comparable_items, split_stale, stale_html
 from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
 from mm1core.eval import HEADLINE_METRICS
+from mm1core.eval.protocol import PROTOCOL_PREFIX
 
 __all__ = ["arm_table", "metric_columns", "shared_encoder_note", "write_report"]
 
@@ -53,7 +55,9 @@ _META = {
 
 
 def metric_columns(trials: pd.DataFrame) -> list[str]:
-    return sorted(c for c in trials.columns if "/" in c and c not in _META)
+    return sorted(
+        c for c in trials.columns if "/" in c and c not in _META and not c.startswith(PROTOCOL_PREFIX)
+    )
 
 
 def axis_columns(trials: pd.DataFrame, study_axes: list[str]) -> list[str]:
@@ -362,6 +366,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     curves = pd.read_parquet(curves_path) if curves_path.exists() else pd.DataFrame()
     spec_path = study_dir / "study.json"
     spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
+    trials, curves, stale = split_stale(trials, curves, spec.get("planned", []))
     study = spec.get("name", study_dir.name)
     spec_axes = [axis["name"] for axis in spec.get("axes", [])] or _study_axes(trials)
     metrics = metric_columns(trials)
@@ -388,11 +393,18 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     items_path = study_dir / "items.parquet"
     items = pd.read_parquet(items_path) if items_path.exists() else pd.DataFrame()
     has_items = {"trial_id", "metric", "item_id", "score"} <= set(items.columns)
+    if has_items:
+        items = items[items["trial_id"].isin(set(trials["trial_id"]))]
     reference = reference_arm(trials, spec.get("reference_values", {}))
+    protocol_notes: list[str] = []
+    if has_items and reference is not None:
+        items, protocol_notes = comparable_items(items, trials, reference)
     compared = comparisons(items, reference) if has_items and reference is not None else pd.DataFrame()
     assessed = assess_all(trials, items, spec_axes) if has_items else []
     comparisons_html = (
-        "<h2>Against the reference arm</h2>" + _comparisons_html(compared, reference, table)
+        "<h2>Against the reference arm</h2>"
+        + _comparisons_html(compared, reference, table)
+        + "".join(f"<p class='missing'>{html.escape(n)}</p>" for n in protocol_notes)
         if reference and has_items
         else ""
     )
@@ -447,6 +459,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         if len(table)
         else "<p class='missing'>No trial has finished yet.</p>",
         failed_html,
+        stale_html(stale),
         categories_html,
         comparisons_html,
         findings_html,

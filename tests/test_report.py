@@ -253,3 +253,31 @@ def test_an_increasing_finding_over_three_values_tests_the_trend(tmp_path):
         f1, *(pd.read_parquet(rising / f) for f in ("trials.parquet", "items.parquet")), ["resolution"]
     )
     assert verdict["ours"] == "agrees" and "trend 32 .. 96 vs 32 0shot/vqa +0.4" in verdict["detail"]
+
+
+def test_stale_rows_are_listed_apart_and_never_averaged_in(tmp_path):
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0, "res=128": 0.25})
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    spec = json.loads((study_dir / "study.json").read_text())
+    # The plan no longer holds res=128 (say the axis was edited): its rows stay on disk, out of every table.
+    planned = trials[trials["arm"] != "res=128"]
+    spec["planned"] = planned[["trial_id", "arm", "seed"]].to_dict("records")
+    (study_dir / "study.json").write_text(json.dumps(spec))
+    page = write_report(study_dir).read_text()
+    assert "Stale: 5 recorded trials are not in the current plan" in page
+    summary = (study_dir / "summary.md").read_text()
+    assert "res=128" not in summary and "res=32" in summary
+    assert "res=128" not in pd.read_csv(study_dir / "comparisons.csv")["arm"].tolist()
+
+
+def test_arms_scored_under_different_protocols_are_not_compared(tmp_path):
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0, "res=128": 0.25})
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    trials["protocol/0shot"] = "aaaaaaaaaaaa"
+    trials.loc[trials["arm"] == "res=128", "protocol/0shot"] = "bbbbbbbbbbbb"  # say, scored on other items
+    trials.to_parquet(study_dir / "trials.parquet")
+    page = write_report(study_dir).read_text()
+    assert "res=128 is not compared with res=64 on 0shot/*: their evaluation protocols differ" in page
+    compared = pd.read_csv(study_dir / "comparisons.csv")
+    assert set(compared["arm"]) == {"res=32"}
+    assert "protocol/0shot" not in page.split("All metrics")[1]  # a fingerprint is not a metric
