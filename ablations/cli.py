@@ -67,7 +67,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"pre-trained encoders: {counts['build']} to build, {counts['cached']} trials use a cached one, "
         f"{counts['reuse']} reuse one built in this run"
     )
+    precisions = sorted({t.config["train"]["precision"] for t in trials})
+    print(f"precision: {', '.join(precisions)}" + _precision_reason(study))
     return 0
+
+
+def _precision_reason(study) -> str:
+    """Why `auto` resolved as it did, for a reader who moves the study to another machine."""
+    if study.reference["train"]["precision"] != "auto":
+        return ""
+    if study.spec.resources.gpu:
+        return " (auto: trials get a GPU)"
+    from mm1core.hardware import cpu_has_bf16_units, cpu_model_name
+
+    units = "has bf16 matrix units" if cpu_has_bf16_units() else "has no bf16 matrix units"
+    return f" (auto: this CPU, {cpu_model_name()}, {units})"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

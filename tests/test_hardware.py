@@ -36,3 +36,14 @@ def test_plan_resolves_auto_into_the_trial_config_and_its_id(write_study):
     gpu_auto = planned("auto", 1)
     assert gpu_auto.config["train"]["precision"] == "bf16"
     assert gpu_auto.trial_id != planned("fp32", 1).trial_id
+
+
+def test_plan_says_which_precision_the_trials_get_and_why(write_study, tmp_path):
+    from conftest import run_cli
+
+    path = write_study(STUDY.format(precision="auto", gpu=0))
+    out = run_cli("plan", str(path), cwd=tmp_path, timeout=120).stdout
+    expected = "bf16" if cpu_has_bf16_units() else "fp32"
+    assert f"precision: {expected} (auto: this CPU" in out
+    gpu = run_cli("plan", str(write_study(STUDY.format(precision="auto", gpu=1), name="g.yaml")), cwd=tmp_path)
+    assert "precision: bf16 (auto: trials get a GPU)" in gpu.stdout
