@@ -15,6 +15,7 @@ from importlib import resources
 
 import pandas as pd
 import yaml
+from scipy import stats
 
 from ablations.spec import resolve_axis
 from dashboards.floors import at_chance
@@ -131,7 +132,39 @@ def assess(finding: dict, trials: pd.DataFrame, items: pd.DataFrame, study_axes:
         + (f"p(Holm) {adjusted[id(c)]:.2g}" if id(c) in adjusted else "both at chance: left out")
         for c in found
     )
+    rivals = [a for a in others if any(_same_axis(a, r) for r in finding.get("outranks", []))]
+    if rivals and ours == "agrees":
+        # "Highest impact": the axis's effect must also exceed each rival axis's the study varies, run by run.
+        ranked = [_outranks(done, axis, values, rival, metric) for rival in rivals for metric in recorded]
+        ranked = [r for r in ranked if r is not None]
+        p_ranked = holm([r[3] for r in ranked])
+        wins = [r for r, p in zip(ranked, p_ranked, strict=True) if p < ALPHA and r[2] > 0]
+        losses = [r for r, p in zip(ranked, p_ranked, strict=True) if p < ALPHA and r[2] < 0]
+        ours = "disagrees" if losses else "agrees" if wins else "inconclusive"
+        detail += "; " + "; ".join(
+            f"{axis} effect minus {rival} range on {metric} {gap:+.3f} p(Holm) {p:.2g}"
+            for (rival, metric, gap, _), p in zip(ranked, p_ranked, strict=True)
+        )
     return base | {"ours": ours, "detail": detail}
+
+
+def _outranks(
+    trials: pd.DataFrame, axis: str, values: list, rival: str, metric: str
+) -> tuple[str, str, float, float] | None:
+    """(rival, metric, mean gap, p): per seed, the axis's effect (its largest value minus its smallest, averaged
+    over the rival's values) minus the rival's range (largest minus smallest arm mean over its values, averaged over
+    the axis's), t-tested over seeds. None without two seeds that ran every combination."""
+    if metric not in trials.columns:
+        return None
+    runs = trials.pivot_table(index="seed", columns=[axis, rival], values=metric, aggfunc="mean").dropna()
+    if len(runs) < 2:
+        return None
+    top, bottom = values[-1], values[0]
+    effect = (runs.xs(top, level=axis, axis=1) - runs.xs(bottom, level=axis, axis=1)).mean(axis=1)
+    by_rival = runs.T.groupby(level=rival).mean().T  # (seeds, rival values): averaged over the axis's values
+    gaps = effect - (by_rival.max(axis=1) - by_rival.min(axis=1))
+    test = stats.ttest_1samp(gaps, 0.0)
+    return rival, metric, float(gaps.mean()), float(test.pvalue)
 
 
 def _at_chance(trials: pd.DataFrame, axis: str, value: str, metric: str) -> bool:

@@ -45,5 +45,7 @@ def test_plan_says_which_precision_the_trials_get_and_why(write_study, tmp_path)
     out = run_cli("plan", str(path), cwd=tmp_path, timeout=120).stdout
     expected = "bf16" if cpu_has_bf16_units() else "fp32"
     assert f"precision: {expected} (auto: this CPU" in out
-    gpu = run_cli("plan", str(write_study(STUDY.format(precision="auto", gpu=1), name="g.yaml")), cwd=tmp_path)
+    gpu = run_cli(
+        "plan", str(write_study(STUDY.format(precision="auto", gpu=1), name="g.yaml")), cwd=tmp_path
+    )
     assert "precision: bf16 (auto: trials get a GPU)" in gpu.stdout

@@ -281,3 +281,44 @@ def test_arms_scored_under_different_protocols_are_not_compared(tmp_path):
     compared = pd.read_csv(study_dir / "comparisons.csv")
     assert set(compared["arm"]) == {"res=32"}
     assert "protocol/0shot" not in page.split("All metrics")[1]  # a fingerprint is not a metric
+
+
+def _two_axis_tables(score, seeds=range(5), items=150):
+    """trials and items of a resolution x encoder_loss grid; per-item success probability score(res, loss)."""
+    rng = np.random.default_rng(8)
+    difficulty = rng.uniform(-0.2, 0.2, size=items)
+    trials, rows = [], []
+    for res in (32, 64):
+        for loss in ("aim", "clip"):
+            for seed in seeds:
+                trial_id = f"{res}-{loss}-{seed}"
+                p = np.clip(score(res, loss) + difficulty + rng.normal(0, 0.01), 0, 1)
+                scores = (rng.uniform(size=items) < p).astype(float)
+                arm = f"resolution={res},encoder_loss={loss}"
+                trials.append(
+                    {"trial_id": trial_id, "arm": arm, "seed": seed, "status": "finished", "resolution": res}
+                    | {"encoder_loss": loss, "0shot/vqa": scores.mean()}
+                )
+                rows += [
+                    {"trial_id": trial_id, "arm": arm, "seed": seed, "metric": "0shot/vqa", "item_id": i}
+                    | {"score": s}
+                    for i, s in enumerate(scores)
+                ]
+    return pd.DataFrame(trials), pd.DataFrame(rows)
+
+
+def test_highest_impact_compares_resolution_with_the_other_encoder_axes():
+    from dashboards.findings import assess, load_findings
+
+    f1 = next(f for f in load_findings() if f["id"] == "F1")
+    axes = ["resolution", "encoder_loss"]
+    # Resolution moves accuracy by 0.3, the objective by 0.05: resolution has the larger impact.
+    ranked = assess(
+        f1, *_two_axis_tables(lambda res, loss: 0.3 + 0.3 * (res == 64) + 0.05 * (loss == "clip")), axes
+    )
+    assert ranked["ours"] == "agrees" and "resolution effect minus encoder_loss range" in ranked["detail"]
+    # Both help, but the objective more: the direction agrees, "highest impact" does not.
+    outranked = assess(
+        f1, *_two_axis_tables(lambda res, loss: 0.3 + 0.05 * (res == 64) + 0.3 * (loss == "clip")), axes
+    )
+    assert outranked["ours"] == "disagrees"
