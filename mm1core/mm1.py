@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from mm1core.config import FREEZE_STAGES, MM1Config
+from mm1core.config import FREEZE_STAGES, IMAGE_TOKEN_POSITIONS, MM1Config
 from mm1core.connectors import build_connector
 from mm1core.data.tokenizer import Tokenizer
 from mm1core.lm import DecoderLM
@@ -38,20 +38,18 @@ class MM1(nn.Module):
         self.connector = connector
         self.lm = lm
         self.image_token_id = image_token_id
-        if token_positions == "learned":
-            # Questions name objects by their place ("the object at r1c2"); an embedding of each token's place lets
-            # the LM find a place by attention wherever the image sits in the sequence, which learned or rotary
-            # sequence positions alone cannot say once images sit at varying offsets in interleaved pages.
-            # At the scale of the LM's word embeddings (nn.Embedding's N(0, 1)), so that a place is as easy to key
-            # on as a word: at 0.02 against connector outputs of norm ~2, a 2-layer LM never learned the lookup.
-            K, D = connector.num_image_tokens, lm.embed_dim
-            self.image_token_pos = nn.Parameter(torch.randn(1, K, D))
-        elif token_positions != "none":
+        if token_positions not in IMAGE_TOKEN_POSITIONS:
             raise ValueError(
-                f"image-token positions {token_positions!r} are not supported; known: learned, none"
+                f"image-token positions {token_positions!r} are not supported; "
+                f"known: {', '.join(IMAGE_TOKEN_POSITIONS)}"
             )
-        else:
-            self.image_token_pos = None
+        # Questions name objects by their place ("the object at r1c2"); an embedding of each token's place lets the
+        # LM find a place by attention wherever the image sits in the sequence, which sequence positions alone
+        # cannot say once images sit at varying offsets in interleaved pages. At the scale of the LM's word
+        # embeddings (nn.Embedding's N(0, 1)), so that a place is as easy to key on as a word: at 0.02, against
+        # connector outputs of norm ~2, a 2-layer LM never learned the lookup (docs/reference-recipe.md).
+        K, D = connector.num_image_tokens, lm.embed_dim
+        self.image_token_pos = nn.Parameter(torch.randn(1, K, D)) if token_positions == "learned" else None
 
     def freeze(self, stage: str) -> tuple[str, ...]:
         """Make only the parts named by `stage` trainable; returns their names."""

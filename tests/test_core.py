@@ -330,3 +330,20 @@ def test_intermediate_rounds_score_a_subset_and_the_final_round_all_items(tmp_pa
     assert rounds[10] == set(QUESTION_CATEGORIES[:3])
     assert rounds[cfg.train.steps] == set(QUESTION_CATEGORIES)
     assert outcome.eval.protocol["0shot"]["items"] == cfg.eval.num_items
+
+
+def test_image_token_places_train_with_the_connector_and_can_be_left_out():
+    cfg = get_preset("tiny")
+    model, _ = tiny_model(cfg)
+    assert model.image_token_pos.shape == (1, cfg.connector.num_image_tokens, cfg.lm.width)
+    model.freeze("connector-warmup")
+    assert model.image_token_pos.requires_grad
+    model.freeze("frozen-encoder")
+    assert model.image_token_pos.requires_grad
+    images = torch.rand(2, 3, cfg.encoder.resolution, cfg.encoder.resolution)
+    with torch.no_grad():
+        placed = model.encode_images(images)
+        bare = model.connector(model.image_encoder(images))
+    assert torch.allclose(placed - bare, model.image_token_pos.expand_as(placed))
+    plain = dataclasses.replace(cfg, connector=dataclasses.replace(cfg.connector, token_positions="none"))
+    assert tiny_model(plain)[0].image_token_pos is None
