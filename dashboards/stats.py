@@ -5,7 +5,8 @@ the items both answered (every arm answers the same items: the evaluation set de
 reduces each seed to one number, the mean of the per-item differences: item difficulty cancels inside a seed, and
 the seeds are the replications. The test is a one-sample t-test over those per-seed differences (n seeds, n - 1
 degrees of freedom), so run-to-run variance is the error term and hundreds of items cannot make a run-level
-difference look certain; with one seed there is an estimate and no test. Each comparison also states the run-to-run
+difference look certain; that variance is never taken below what the item sample alone puts into a run's mean; with
+one seed there is an estimate and no test. Each comparison also states the run-to-run
 spread of the differences, the smallest difference its number of seeds could detect (80% power at the 5% level),
 and, where the observed difference is below that, about how many seeds would detect one of its size. The p-values of
 all the comparisons a report makes are corrected together with Holm's step-down method. scipy and statsmodels do the
@@ -99,36 +100,50 @@ def seeds_needed(delta: float, run_sd: float, *, alpha: float = ALPHA, power: fl
     return float(enough[0]) if len(enough) else float("nan")
 
 
-def paired_comparison(items: pd.DataFrame, arm: str, reference: str, metric: str) -> Comparison:
-    """Arm vs reference on one metric, one paired difference per seed. items: arm, seed, metric, item_id, score."""
-    rows = items[items["metric"] == metric]
-    a = rows[rows["arm"] == arm].groupby(["seed", "item_id"])["score"].mean()
-    b = rows[rows["arm"] == reference].groupby(["seed", "item_id"])["score"].mean()
-    diff = (a - b).dropna()  # only the (seed, item) pairs both arms have
-    per_seed = diff.groupby(level="seed").mean()
-    n = len(per_seed)
-    nan = float("nan")
+def _run_level(arm: str, reference: str, metric: str, contrast: pd.Series) -> Comparison:
+    """The comparison of a per-item contrast (indexed by seed, item_id) whose per-seed mean is the run's value.
+
+    The runs' spread is estimated from n seeds, but it can be no smaller than the spread the item sample alone puts
+    into each run's mean (known well from hundreds of items): the estimate is floored there, as a random-effects
+    model truncates its between-run variance at zero. Without the floor, three runs of a model that answers every
+    question the same way can agree to the third decimal by chance, and a t-test on two degrees of freedom calls that
+    certain (seen in the A/A study).
+    """
+    per_seed = contrast.groupby(level="seed").mean()
+    n, nan = len(per_seed), float("nan")
     if n == 0:
         return Comparison(arm, reference, metric, nan, nan, nan, nan, 0)
     delta = float(per_seed.mean())
     if n < 2:  # one run: an estimate, no replication to test it against
-        return Comparison(arm, reference, metric, delta, nan, nan, nan, len(diff), n)
-    run_sd = float(per_seed.std(ddof=1))
+        return Comparison(arm, reference, metric, delta, nan, nan, nan, len(contrast), n)
+    item_sampling = contrast.groupby(level="seed").agg(
+        lambda d: d.var(ddof=1) / len(d) if len(d) > 1 else 0.0
+    )
+    run_sd = float(np.sqrt(max(per_seed.var(ddof=1), item_sampling.mean())))
     spread = {
         "run_sd": run_sd,
         "detectable": detectable_difference(run_sd, n),
         "seeds_needed": seeds_needed(delta, run_sd),
     }
-    if np.allclose(per_seed, per_seed.iloc[0]):
-        # No spread between runs: t is undefined; an exact zero difference is no evidence, a constant non-zero
-        # one (every run moved by the same amount) is total.
+    if run_sd == 0:
+        # No spread at all, within runs or between them: an exact zero difference is no evidence, a constant
+        # non-zero one (every item of every run moved by the same amount) is total.
         p = 1.0 if delta == 0 else 0.0
-        return Comparison(arm, reference, metric, delta, delta, delta, p, len(diff), n, **spread)
-    test = stats.ttest_1samp(per_seed, 0.0)
-    low, high = test.confidence_interval(0.95)
+        return Comparison(arm, reference, metric, delta, delta, delta, p, len(contrast), n, **spread)
+    se = run_sd / np.sqrt(n)
+    half = float(stats.t.ppf(0.975, n - 1) * se)
+    p = float(2 * stats.t.sf(abs(delta) / se, n - 1))
     return Comparison(
-        arm, reference, metric, delta, float(low), float(high), float(test.pvalue), len(diff), n, **spread
+        arm, reference, metric, delta, delta - half, delta + half, p, len(contrast), n, **spread
     )
+
+
+def paired_comparison(items: pd.DataFrame, arm: str, reference: str, metric: str) -> Comparison:
+    """Arm vs reference on one metric, one paired difference per seed. items: arm, seed, metric, item_id, score."""
+    rows = items[items["metric"] == metric]
+    a = rows[rows["arm"] == arm].groupby(["seed", "item_id"])["score"].mean()
+    b = rows[rows["arm"] == reference].groupby(["seed", "item_id"])["score"].mean()
+    return _run_level(arm, reference, metric, (a - b).dropna())  # the (seed, item) pairs both arms have
 
 
 def trend_comparison(items: pd.DataFrame, arms: list[str], metric: str) -> Comparison:
@@ -136,34 +151,13 @@ def trend_comparison(items: pd.DataFrame, arms: list[str], metric: str) -> Compa
     mean scores against the arm's rank; a t-test over seeds. delta is the fitted change from the first arm to the
     last (slope x (k - 1)), so it reads like a two-arm difference."""
     rows = items[(items["metric"] == metric) & items["arm"].isin(arms)]
-    shared = rows.groupby(["seed", "item_id"])["arm"].nunique()
-    complete = shared[shared == len(arms)].index  # (seed, item) pairs every arm answered
-    keyed = rows.set_index(["seed", "item_id"]).loc[lambda t: t.index.isin(complete)].reset_index()
-    means = keyed.groupby(["seed", "arm"])["score"].mean().unstack("arm").reindex(columns=arms).dropna()
-    ranks = np.arange(len(arms), dtype=float)
-    slopes = means.apply(lambda row: np.polyfit(ranks, row.to_numpy(), 1)[0], axis=1) * (len(arms) - 1)
-    label = f"trend {arms[0]} .. {arms[-1]}"
-    n, nan = len(slopes), float("nan")
-    if n == 0:
-        return Comparison(label, arms[0], metric, nan, nan, nan, nan, 0)
-    delta = float(slopes.mean())
-    if n < 2:
-        return Comparison(label, arms[0], metric, delta, nan, nan, nan, len(keyed), n)
-    run_sd = float(slopes.std(ddof=1))
-    spread = {
-        "run_sd": run_sd,
-        "detectable": detectable_difference(run_sd, n),
-        "seeds_needed": seeds_needed(delta, run_sd),
-    }
-    if np.allclose(slopes, slopes.iloc[0]):
-        return Comparison(
-            label, arms[0], metric, delta, delta, delta, 1.0 if delta == 0 else 0.0, len(keyed), n, **spread
-        )
-    test = stats.ttest_1samp(slopes, 0.0)
-    low, high = test.confidence_interval(0.95)
-    return Comparison(
-        label, arms[0], metric, delta, float(low), float(high), float(test.pvalue), len(keyed), n, **spread
+    scores = (
+        rows.groupby(["seed", "item_id", "arm"])["score"].mean().unstack("arm").reindex(columns=arms).dropna()
     )
+    ranks = np.arange(len(arms), dtype=float)
+    # The slope is linear in the scores, so each item's own slope averages to the slope of the per-arm means.
+    weights = (ranks - ranks.mean()) / ((ranks - ranks.mean()) ** 2).sum() * (len(arms) - 1)
+    return _run_level(f"trend {arms[0]} .. {arms[-1]}", arms[0], metric, scores @ weights)
 
 
 def equivalent(c: Comparison, margin: float, *, alpha: float = ALPHA) -> bool:

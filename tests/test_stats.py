@@ -147,3 +147,19 @@ def test_equivalence_needs_the_interval_inside_the_margin():
     assert not equivalent(paired_comparison(noisy, "arm", "ref", "0shot/vqa"), margin=0.02)
     one_seed = _items({"ref": base[:1], "arm": base[:1]})
     assert not equivalent(paired_comparison(one_seed, "arm", "ref", "0shot/vqa"), margin=0.02)
+
+
+def test_runs_that_agree_by_chance_are_no_more_certain_than_their_items_allow():
+    """Three runs whose mean differences agree exactly, each made of many items that moved both ways: the run
+    spread cannot be smaller than the item sample puts into each run's mean (the A/A study's false "better")."""
+    rng = np.random.default_rng(9)
+    ref = (rng.uniform(size=(3, 700)) < 0.5).astype(float)
+    arm = ref.copy()
+    for seed in range(3):
+        zeros, ones = np.flatnonzero(ref[seed] == 0), np.flatnonzero(ref[seed] == 1)
+        arm[seed, rng.choice(zeros, 100, replace=False)] = 1.0  # +100 items
+        arm[seed, rng.choice(ones, 86, replace=False)] = 0.0  # -86 items: +14 / 700 = +0.02 in every run
+    c = paired_comparison(_items({"ref": ref, "arm": arm}), "arm", "ref", "0shot/vqa")
+    assert c.delta == pytest.approx(0.02) and c.seeds == 3
+    assert c.run_sd == pytest.approx(np.sqrt(((arm - ref).var(axis=1, ddof=1) / 700).mean()), rel=1e-6)
+    assert c.p_value > 0.05
