@@ -3,18 +3,20 @@
 A study's `study.json` lists the trials of its current plan. A recorded trial that is not among them (the reference,
 a budget or a config field changed since it ran) is stale: kept on disk, listed apart, never averaged in. Each
 finished row carries a fingerprint of every evaluation family's protocol (`protocol/<family>`); an arm is compared
-with the reference on a family's metrics only where all their trials share one fingerprint.
+with the reference on a family's metrics only where all their trials share one fingerprint. Where the seeds of an
+arm share one pre-trained encoder, the verdicts do not cover the encoder's randomness, and the report says so.
 """
 
 from __future__ import annotations
 
 import html
+import json
 
 import pandas as pd
 
 from mm1core.eval.protocol import PROTOCOL_PREFIX, metric_family
 
-__all__ = ["comparable_items", "split_stale", "stale_html"]
+__all__ = ["comparable_items", "shared_encoder_note", "split_stale", "stale_html"]
 
 
 def split_stale(
@@ -75,3 +77,17 @@ def comparable_items(
                 f"(fingerprints {', '.join(sorted(ours)) or 'none'} against {', '.join(sorted(theirs)) or 'none'})"
             )
     return items[keep], notes
+
+
+def shared_encoder_note(trials: pd.DataFrame) -> str | None:
+    """What the verdicts leave out when the seeds of an arm share one pre-trained encoder, else None."""
+    done = trials[trials["status"] == "finished"] if "status" in trials else trials
+    if "config_json" not in done or done["seed"].nunique() < 2:
+        return None
+    configs = [json.loads(c)["encoder_pretrain"] for c in done["config_json"].dropna()]
+    if not any(c["loss"] != "none" and c.get("seed_from", "trial") == "stage" for c in configs):
+        return None
+    return (
+        "The seeds of an arm share one pre-trained encoder (encoder_pretrain.seed_from: stage): the verdicts cover "
+        "the multimodal stage's randomness and exclude the encoder's, which is confounded with the arm."
+    )

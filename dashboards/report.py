@@ -28,13 +28,13 @@ from dashboards.floors import (
     reference_banner,
     rule_text,
 )
-from dashboards.provenance import comparable_items, split_stale, stale_html
+from dashboards.provenance import comparable_items, shared_encoder_note, split_stale, stale_html
 from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
 from mm1core.eval import HEADLINE_METRICS
 from mm1core.eval.protocol import PROTOCOL_PREFIX
 
-__all__ = ["arm_table", "metric_columns", "shared_encoder_note", "write_report"]
+__all__ = ["arm_table", "metric_columns", "write_report"]
 
 _META = {
     "study",
@@ -475,20 +475,6 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     tmp.write_text("\n".join(parts), encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-def shared_encoder_note(trials: pd.DataFrame) -> str | None:
-    """What the verdicts leave out when the seeds of an arm share one pre-trained encoder, else None."""
-    done = trials[trials["status"] == "finished"] if "status" in trials else trials
-    if "config_json" not in done or done["seed"].nunique() < 2:
-        return None
-    configs = [json.loads(c)["encoder_pretrain"] for c in done["config_json"].dropna()]
-    if not any(c["loss"] != "none" and c.get("seed_from", "trial") == "stage" for c in configs):
-        return None
-    return (
-        "The seeds of an arm share one pre-trained encoder (encoder_pretrain.seed_from: stage): the verdicts cover "
-        "the multimodal stage's randomness and exclude the encoder's, which is confounded with the arm."
-    )
 
 
 def _write_summary(

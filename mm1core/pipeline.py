@@ -52,13 +52,10 @@ def run_trial(
     problems = config_problems(cfg)
     if problems:
         raise ValueError("; ".join(str(p) for p in problems))
-    if (
-        cfg.train.precision == "auto"
-    ):  # a config run outside a planned study resolves on the device it runs on
-        train_cfg = dataclasses.replace(
-            cfg.train, precision=resolve_precision("auto", gpu=device.type == "cuda")
-        )
-        cfg = dataclasses.replace(cfg, train=train_cfg)
+    # A config run outside a planned study resolves `auto` on the device it runs on.
+    if cfg.train.precision == "auto":
+        precision = resolve_precision("auto", gpu=device.type == "cuda")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg.data, cache_dir)
     model = build_mm1(cfg, tokenizer).to(device)

@@ -38,11 +38,6 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: 
     os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
 
 
-def _parameters_outside(model: nn.Module, children: dict[str, float]) -> list[nn.Parameter]:
-    inside = {id(p) for name in children for p in getattr(model, name).parameters()}
-    return [p for p in model.parameters() if id(p) not in inside]
-
-
 def train(
     model: nn.Module,
     step_loss: Callable[[int], dict[str, torch.Tensor]],
@@ -60,17 +55,16 @@ def train(
     lr_scales: {name of a child module of `model`: factor on the schedule's learning rate for its parameters}.
     """
     scales = lr_scales or {}
-    groups = []
-    for name, module in [("", model), *((n, m) for n, m in model.named_children() if n in scales)]:
-        owned = module.parameters() if name else _parameters_outside(model, scales)
-        params = [p for p in owned if p.requires_grad]
-        scale = scales.get(name, 1.0)
-        groups += [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "scale": scale},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "scale": scale},
-        ]
-    groups = [g for g in groups if g["params"]]
-    params = [p for g in groups for p in g["params"]]
+    # One AdamW group per (lr scale, decayed or not); norms, biases and embeddings-by-vector are not decayed.
+    grouped: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            grouped.setdefault((scales.get(name.split(".", 1)[0], 1.0), p.ndim >= 2), []).append(p)
+    groups = [
+        {"params": ps, "weight_decay": cfg.weight_decay if decayed else 0.0, "scale": scale}
+        for (scale, decayed), ps in grouped.items()
+    ]
+    params = [p for ps in grouped.values() for p in ps]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     start = 0
     if checkpoint_path is not None and checkpoint_path.exists():

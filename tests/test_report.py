@@ -228,7 +228,7 @@ def test_a_finding_drawn_only_from_arms_at_chance_cannot_speak(tmp_path):
 
 
 def test_a_study_whose_seeds_share_an_encoder_says_its_verdicts_exclude_encoder_noise(tmp_path):
-    from dashboards.report import shared_encoder_note
+    from dashboards.provenance import shared_encoder_note
 
     study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
     trials = pd.read_parquet(study_dir / "trials.parquet")
