@@ -1,13 +1,17 @@
 """Calibration of the report's verdicts: false-positive rate on null studies and power, by simulation.
 
 Studies are simulated in the shape of a real one, with its noise taken from that study's `items.parquet`: each
-item's difficulty is its mean score over the reference arm's seeds, and the run-to-run spread is the standard
-deviation of the reference arm's per-seed mean (item sampling included, so it errs large). A simulated run of arm a
-under seed s scores item i with probability clip(difficulty_i + shift_as + effect_a), shift_as ~ N(0, spread): every
-run differs from every other by its own randomness, as training runs do, and arms differ only by `effect`.
-Each simulated study goes through `dashboards.stats.compare_to_reference`, the function the report calls.
+item's difficulty is its mean score over the first arm's seeds; where the study has two or more arms, the additive
+model arm + seed of the report (`dashboards.stats.fit_runs`) splits the runs' spread into a seed effect shared by
+every arm and the run-to-run residual, and a one-arm study gives the spread of its per-seed means as residual alone.
+A simulated run of arm a under seed s scores item i with probability clip(difficulty_i + seed_s + shift_as +
+effect_a), seed_s ~ N(0, seed spread), shift_as ~ N(0, sd): every run differs from every other by its own
+randomness, as training runs do, and arms differ only by `effect`. The run spread the report states (the SD of a
+run's mean, seed effects removed) holds both the shift and the item sample's own noise, so the shift's sd is what
+the spread leaves after the item sampling, and effects are given in units of the whole spread. Each simulated
+study goes through `dashboards.stats.compare_to_reference`, the function the report calls.
 
-    python bench/stats_calibration.py results/reference/items.parquet --metric 0shot/vqa --studies 1000
+    python bench/stats_calibration.py results/aa/items.parquet --metric 0shot/vqa --studies 1000
 """
 
 from __future__ import annotations
@@ -18,31 +22,41 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dashboards.stats import compare_to_reference
+from dashboards.stats import compare_to_reference, fit_runs
 
 
-def noise_of(items: pd.DataFrame, metric: str, arm: str | None) -> tuple[np.ndarray, float]:
-    """(item difficulties, run-to-run spread) of one arm's metric in a real study."""
+def noise_of(items: pd.DataFrame, metric: str) -> tuple[np.ndarray, float, float]:
+    """(item difficulties, run-to-run spread, seed spread) of one metric in a real study."""
     rows = items[items["metric"] == metric]
-    arm = arm or rows["arm"].iloc[0]
-    rows = rows[rows["arm"] == arm]
-    if rows["seed"].nunique() < 2:
-        raise SystemExit(
-            f"{arm} has {rows['seed'].nunique()} seed(s) of {metric}: the spread needs two or more"
-        )
-    difficulty = rows.groupby("item_id")["score"].mean().to_numpy()
-    spread = float(rows.groupby("seed")["score"].mean().std(ddof=1))
-    return difficulty, spread
+    first = rows[rows["arm"] == rows["arm"].iloc[0]]
+    if first["seed"].nunique() < 2:
+        raise SystemExit(f"{metric} has {first['seed'].nunique()} seed(s): the spread needs two or more")
+    difficulty = first.groupby("item_id")["score"].mean().to_numpy()
+    model = fit_runs(rows, metric)
+    if model.components is None:  # one arm: its runs' spread, seed effects and run noise together
+        return difficulty, float(model.run_means.iloc[:, 0].std(ddof=1)), 0.0
+    run_var = model.components.run + model.components.noise / model.items
+    arms = model.run_means.shape[1]
+    seed_var = max(float(model.run_means.mean(axis=1).var(ddof=1)) - run_var / arms, 0.0)
+    return difficulty, float(np.sqrt(run_var)), float(np.sqrt(seed_var))
 
 
 def simulate(
-    difficulty: np.ndarray, spread: float, effects: list[float], seeds: int, rng: np.random.Generator
+    difficulty: np.ndarray,
+    run_sd: float,
+    seed_sd: float,
+    effects: list[float],
+    seeds: int,
+    rng: np.random.Generator,
 ) -> pd.DataFrame:
     """One study: arm k has the given effect; the long items table the evaluation writes."""
+    seed_effects = rng.normal(0, seed_sd, size=seeds)
+    item_sampling = float((difficulty * (1 - difficulty)).mean() / len(difficulty))
+    shift_sd = float(np.sqrt(max(run_sd**2 - item_sampling, 0.0)))
     frames = []
     for k, effect in enumerate(effects):
         for seed in range(seeds):
-            p = np.clip(difficulty + rng.normal(0, spread) + effect, 0, 1)
+            p = np.clip(difficulty + seed_effects[seed] + rng.normal(0, shift_sd) + effect, 0, 1)
             scores = (rng.uniform(size=len(difficulty)) < p).astype(float)
             frames.append(
                 pd.DataFrame(
@@ -54,42 +68,55 @@ def simulate(
     return table
 
 
-def rates(
-    difficulty: np.ndarray, spread: float, effects: list[float], seeds: int, studies: int, seed: int
-) -> tuple[float, float]:
-    """(share of comparisons called better or worse, share of studies with at least one such call)."""
+def calls(
+    difficulty: np.ndarray,
+    run_sd: float,
+    seed_sd: float,
+    effects: list[float],
+    seeds: int,
+    studies: int,
+    seed: int,
+) -> tuple[pd.Series, float]:
+    """(share of studies in which each arm is called better or worse, share with at least one such call)."""
     rng = np.random.default_rng(seed)
-    calls, any_call = 0, 0
+    per_arm = pd.Series(0.0, index=[f"arm{k}" for k in range(1, len(effects))])
+    any_call = 0
     for _ in range(studies):
-        table = compare_to_reference(simulate(difficulty, spread, effects, seeds, rng), "arm0", ["m"])
+        table = compare_to_reference(
+            simulate(difficulty, run_sd, seed_sd, effects, seeds, rng), "arm0", ["m"]
+        ).set_index("arm")
         called = table["verdict"].isin(["better", "worse"])
-        calls += int(called.sum())
+        per_arm += called.reindex(per_arm.index, fill_value=False).astype(float)
         any_call += bool(called.any())
-    return calls / (studies * (len(effects) - 1)), any_call / studies
+    return per_arm / studies, any_call / studies
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("items", type=Path, help="a real study's items.parquet")
     parser.add_argument("--metric", default="0shot/vqa")
-    parser.add_argument("--arm", default=None, help="the arm whose noise to take (default: the first)")
     parser.add_argument("--studies", type=int, default=1000)
     args = parser.parse_args()
-    difficulty, spread = noise_of(pd.read_parquet(args.items), args.metric, args.arm)
-    print(f"{args.items} {args.metric}: {len(difficulty)} items, run-to-run spread {spread:.4f}")
+    difficulty, run_sd, seed_sd = noise_of(pd.read_parquet(args.items), args.metric)
+    print(
+        f"{args.items} {args.metric}: {len(difficulty)} items, run-to-run spread {run_sd:.4f}, "
+        f"seed spread {seed_sd:.4f}"
+    )
     print("null studies (3 identical arms):")
     for seeds in (2, 3, 5):
-        per_comparison, per_study = rates(difficulty, spread, [0.0, 0.0, 0.0], seeds, args.studies, seeds)
+        per_arm, per_study = calls(difficulty, run_sd, seed_sd, [0.0] * 3, seeds, args.studies, seeds)
         print(
-            f"  {seeds} seeds: false-positive rate {per_comparison:.3f} per comparison, {per_study:.3f} per study"
+            f"  {seeds} seeds: false-positive rate {per_arm.mean():.3f} per comparison, {per_study:.3f} per study"
         )
-    print("power (2 arms, the second better by k x the run-to-run spread):")
-    for k in (1, 2, 3, 5):
-        line = []
-        for seeds in (2, 3, 5):
-            power, _ = rates(difficulty, spread, [0.0, k * spread], seeds, args.studies, 100 + seeds)
-            line.append(f"{seeds} seeds {power:.2f}")
-        print(f"  effect {k} x spread ({k * spread:.3f}): " + ", ".join(line))
+    for arms in (2, 3):
+        print(f"power ({arms} arms, the last better by k x the run-to-run spread):")
+        for k in (1, 2, 3, 5):
+            line = []
+            for seeds in (2, 3, 5):
+                effects = [0.0] * (arms - 1) + [k * run_sd]
+                per_arm, _ = calls(difficulty, run_sd, seed_sd, effects, seeds, args.studies, 100 + seeds)
+                line.append(f"{seeds} seeds {per_arm.iloc[-1]:.2f}")
+            print(f"  effect {k} x spread ({k * run_sd:.3f}): " + ", ".join(line))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The paper beside us: each MM1 finding a study can speak to, the paper's claim and ours, with the numbers.
 
 The findings ship as data (paper_findings.yaml). A study speaks to a finding when it varies the finding's axis and has
-the arms the check needs; the comparison pairs the two arms run by run (the same seed and the same values of the
-study's other axes: one difference per pair of runs, dashboards.stats), on each of the finding's per-item metrics,
-Holm-corrected together.
+the arms the check needs; the comparison blocks the runs by seed and the values of the study's other axes, and tests
+the arms' difference (or the trend over ordered arms) against the run-to-run error pooled over the finding's arms
+(dashboards.stats), on each of the finding's per-item metrics, Holm-corrected together.
 A comparison in which both arms sit at chance on the metric (dashboards.floors) cannot speak to the paper: it is
 listed but left out of the verdict, and a finding with nothing else to go on is "cannot speak (at chance)".
 """
@@ -49,7 +49,7 @@ def _ordered(values: list, order: list | None) -> list:
 
 
 def _pairs_table(items: pd.DataFrame, trials: pd.DataFrame, axis: str, others: list[str]) -> pd.DataFrame:
-    """Items labelled by the finding's axis value, paired across arms by seed and the other axes' values."""
+    """Items labelled by the finding's axis value, blocked across arms by seed and the other axes' values."""
     keyed = trials[["trial_id", axis, *others]].rename(columns={axis: "_value"})
     table = items.merge(keyed, on="trial_id")
     table["arm"] = table["_value"].astype(str)

@@ -190,8 +190,8 @@ _COMPARISON_HEAD = (
     "at chance",
 )
 _STATS_TEXT = (
-    "one difference per seed (the mean over the items both arms answered), tested over seeds (paired t-test, n - 1 "
-    "degrees of freedom): the training run is the unit, items only measure it"
+    "each run reduced to its mean over the items every run answered; the runs' means fitted with arm + seed (seed "
+    "as a block), the run-to-run error pooled over every arm: the training run is the unit, items only measure it"
 )
 
 

@@ -1,16 +1,28 @@
-"""The statistics a report states: mean and 95% interval over seeds, and paired comparisons against the reference arm.
+"""The statistics a report states: mean and 95% interval over seeds, and comparisons between arms, run by run.
 
-The unit of replication is the training run. A comparison pairs an arm with the reference under the same seed, on
-the items both answered (every arm answers the same items: the evaluation set depends only on `eval.set_seed`), and
-reduces each seed to one number, the mean of the per-item differences: item difficulty cancels inside a seed, and
-the seeds are the replications. The test is a one-sample t-test over those per-seed differences (n seeds, n - 1
-degrees of freedom), so run-to-run variance is the error term and hundreds of items cannot make a run-level
-difference look certain; that variance is never taken below what the item sample alone puts into a run's mean; with
-one seed there is an estimate and no test. Each comparison also states the run-to-run
-spread of the differences, the smallest difference its number of seeds could detect (80% power at the 5% level),
-and, where the observed difference is below that, about how many seeds would detect one of its size. The p-values of
-all the comparisons a report makes are corrected together with Holm's step-down method. scipy and statsmodels do the
-arithmetic; `bench/stats_calibration.py` measures the false-positive rate and power on simulated studies.
+The unit of replication is the training run, and the items are a sample too. A metric's per-item scores form a
+table arms x seeds x items (every arm answers the same items: the evaluation set depends only on `eval.set_seed`),
+fitted as the linear mixed model the design implies:
+
+    score[a, s, i] = arm[a] + seed[s] + item[i] + run[a, s] + arm:item[a, i] + seed:item[s, i] + noise
+
+with the arm fixed and everything else random. A seed is a block (runs under one seed share their initialisation
+and data order: in the A/A study, three arms' 0-shot CIDEr moved together by seed with correlations of 0.8-0.99), so
+seed effects cancel from every comparison, as item difficulty does. What does not cancel: `run`, the training run's
+own randomness, which only more seeds average away, and `arm:item`, how differently the arms fare on these
+particular items, which more seeds never average away (only more items do). A comparison is a linear contrast of the
+arms' means (arm minus reference, or the slope over ordered arms); its variance is estimated from the balanced
+three-way ANOVA's mean squares, MS(arm:seed) + MS(arm:item) - MS(residual), each pooled over every arm of the study,
+with Satterthwaite's degrees of freedom: the quasi-F test of crossed random effects (Clark 1973), negative variance
+components truncated at zero. So hundreds of items cannot make a run-level difference look certain (the run term
+has (arms - 1)(seeds - 1) degrees of freedom), runs that agree by chance cannot make a difference on a few hundred
+items look certain either, and a study with more arms estimates both better. Seeds that not every arm ran, and items
+that not every run answered, are left out. With one seed there is an estimate and no test.
+
+Each comparison states the run-to-run spread, the smallest difference its seeds can detect (80% power at the 5%
+level), and, where the observed difference is below that, about how many seeds would detect one of its size. The
+p-values of all the comparisons a report makes are corrected together with Holm's step-down method.
+`bench/stats_calibration.py` measures the false-positive rate and power on simulated studies.
 """
 
 from __future__ import annotations
@@ -26,13 +38,14 @@ __all__ = [
     "ALPHA",
     "Comparison",
     "compare_to_reference",
-    "detectable_difference",
     "equivalent",
+    "fit_runs",
     "grouped_ci",
     "holm",
     "mean_ci",
     "paired_comparison",
-    "seeds_needed",
+    "Components",
+    "RunModel",
     "trend_comparison",
 ]
 
@@ -63,111 +76,201 @@ class Comparison:
     arm: str
     reference: str
     metric: str
-    delta: float  # mean over seeds of the per-seed mean difference arm - reference
+    delta: float  # arm mean - reference mean, over the seeds and items both have
     ci_low: float
     ci_high: float
     p_value: float
     pairs: int  # (seed, item) pairs both arms answered
-    seeds: int = 0  # training runs paired: the replications
-    run_sd: float = float("nan")  # standard deviation of the per-seed differences
+    seeds: int = 0  # seeds every arm ran: the replications
+    run_sd: float = float("nan")  # run-to-run standard deviation of a run's mean, seed effects removed
     detectable: float = float("nan")  # smallest |difference| these seeds detect with 80% power
     seeds_needed: float = float(
         "nan"
-    )  # seeds to detect |delta| with 80% power (NaN when delta is 0 or no spread)
+    )  # seeds to detect |delta| with 80% power (NaN when delta is 0, or when no number of seeds would)
     p_holm: float = float("nan")
     verdict: str = ""
+    df: float = 0.0  # degrees of freedom of the contrast's error (Satterthwaite)
 
 
 _POWER = 0.8
 _MAX_SEEDS = 1000
+_ROUNDING = 1e-12
 
 
-def detectable_difference(run_sd: float, seeds: int, *, alpha: float = ALPHA, power: float = _POWER) -> float:
-    """Smallest true difference a paired t-test over `seeds` runs detects with `power` (NaN under two seeds)."""
-    if seeds < 2 or not np.isfinite(run_sd):
-        return float("nan")
-    df = seeds - 1
-    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * run_sd / np.sqrt(seeds))
+def _snap(value: float) -> float:
+    """Zero for what is zero up to rounding: identical arms must compare as exactly equal."""
+    return 0.0 if abs(value) < _ROUNDING else value
 
 
-def seeds_needed(delta: float, run_sd: float, *, alpha: float = ALPHA, power: float = _POWER) -> float:
-    """About how many seeds detect a true difference of |delta| given this run-to-run spread (NaN if none do)."""
-    if not np.isfinite(run_sd) or run_sd <= 0 or not np.isfinite(delta) or delta == 0:
-        return float("nan")
-    n = np.arange(2, _MAX_SEEDS + 1)
-    reach = (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * run_sd / np.sqrt(n)
-    enough = n[reach <= abs(delta)]
-    return float(enough[0]) if len(enough) else float("nan")
+@dataclass(frozen=True)
+class Components:
+    """The variance components that a contrast's variance is made of, per unit of sum(w^2)."""
+
+    run: float  # a training run's own randomness
+    arm_item: float  # arm x item interaction: fixed by the item sample, whatever the seeds
+    noise: float  # what is left of one score
+
+    def contrast_var(self, seeds: int | np.ndarray, items: int) -> float | np.ndarray:
+        return self.run / seeds + self.arm_item / items + self.noise / (seeds * items)
+
+    def mean_squares(self, seeds, items) -> tuple:
+        """The expected mean squares (arm:seed, arm:item, residual) of a study with this many seeds and items."""
+        return (self.noise + items * self.run, self.noise + seeds * self.arm_item, self.noise)
 
 
-def _run_level(arm: str, reference: str, metric: str, contrast: pd.Series) -> Comparison:
-    """The comparison of a per-item contrast (indexed by seed, item_id) whose per-seed mean is the run's value.
-
-    The runs' spread is estimated from n seeds, but it can be no smaller than the spread the item sample alone puts
-    into each run's mean (known well from hundreds of items): the estimate is floored there, as a random-effects
-    model truncates its between-run variance at zero. Without the floor, three runs of a model that answers every
-    question the same way can agree to the third decimal by chance, and a t-test on two degrees of freedom calls that
-    certain (seen in the A/A study).
-    """
-    per_seed = contrast.groupby(level="seed").mean()
-    n, nan = len(per_seed), float("nan")
-    if n == 0:
-        return Comparison(arm, reference, metric, nan, nan, nan, nan, 0)
-    delta = float(per_seed.mean())
-    if n < 2:  # one run: an estimate, no replication to test it against
-        return Comparison(arm, reference, metric, delta, nan, nan, nan, len(contrast), n)
-    item_sampling = contrast.groupby(level="seed").agg(
-        lambda d: d.var(ddof=1) / len(d) if len(d) > 1 else 0.0
+def _satterthwaite(mean_squares: tuple, dfs: tuple, signs: tuple) -> float | np.ndarray:
+    """Degrees of freedom of a linear combination of independent mean squares."""
+    total = sum(sign * ms for sign, ms in zip(signs, mean_squares, strict=True))
+    spread = sum(
+        np.where(df > 0, ms**2 / np.maximum(df, 1), 0.0) for ms, df in zip(mean_squares, dfs, strict=True)
     )
-    run_sd = float(np.sqrt(max(per_seed.var(ddof=1), item_sampling.mean())))
-    spread = {
-        "run_sd": run_sd,
-        "detectable": detectable_difference(run_sd, n),
-        "seeds_needed": seeds_needed(delta, run_sd),
-    }
-    if run_sd == 0:
-        # No spread at all, within runs or between them: an exact zero difference is no evidence, a constant
-        # non-zero one (every item of every run moved by the same amount) is total.
-        p = 1.0 if delta == 0 else 0.0
-        return Comparison(arm, reference, metric, delta, delta, delta, p, len(contrast), n, **spread)
-    se = run_sd / np.sqrt(n)
-    half = float(stats.t.ppf(0.975, n - 1) * se)
-    p = float(2 * stats.t.sf(abs(delta) / se, n - 1))
-    return Comparison(
-        arm, reference, metric, delta, delta - half, delta + half, p, len(contrast), n, **spread
+    return np.where(spread > 0, total**2 / np.where(spread > 0, spread, 1.0), np.inf)
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """The crossed mixed model of one metric: arms x seeds x items, with its variance components."""
+
+    arm_means: pd.Series  # per arm, over the seeds and items every arm has
+    run_means: pd.DataFrame  # seeds x arms
+    components: Components | None  # None with fewer than two seeds or two arms
+    seeds: int  # seeds every arm ran
+    items: int  # items every run answered
+    df_runs: int  # (arms - 1)(seeds - 1)
+    variance: float = float("nan")  # a contrast's estimated variance per unit of sum(w^2)
+    df: float = float("nan")  # its Satterthwaite degrees of freedom
+
+    def contrast(self, label: str, reference: str, metric: str, weights: dict[str, float]) -> Comparison:
+        nan = float("nan")
+        if any(arm not in self.arm_means.index for arm in weights):  # an arm that did not record this metric
+            return Comparison(label, reference, metric, nan, nan, nan, nan, 0)
+        w = np.array(list(weights.values()))
+        delta = _snap(float(sum(weight * self.arm_means[arm] for arm, weight in weights.items())))
+        pairs = self.seeds * self.items
+        if self.components is None or self.seeds < 2:  # no replication to test the estimate against
+            return Comparison(label, reference, metric, delta, nan, nan, nan, pairs, self.seeds)
+        scale = float((w**2).sum())
+        se = _snap(float(np.sqrt(scale * self.variance)))
+        spread = {
+            "run_sd": float(np.sqrt(self.components.run + self.components.noise / self.items)),
+            "detectable": self._reach(scale, self.seeds),
+            "seeds_needed": self._seeds_needed(scale, delta),
+            "df": float(self.df),
+        }
+        if se == 0:
+            # No spread at all, between runs or items: an exact zero difference is no evidence, a constant
+            # non-zero one (every item of every run moved by the same amount) is total.
+            p = 1.0 if delta == 0 else 0.0
+            return Comparison(label, reference, metric, delta, delta, delta, p, pairs, self.seeds, **spread)
+        half = float(stats.t.ppf(0.975, self.df) * se)
+        p = float(2 * stats.t.sf(abs(delta) / se, self.df))
+        return Comparison(
+            label, reference, metric, delta, delta - half, delta + half, p, pairs, self.seeds, **spread
+        )
+
+    def _reach(self, scale: float, seeds, alpha: float = ALPHA, power: float = _POWER):
+        """Smallest true contrast detected with `power` if the study had `seeds` seeds (same arms and items)."""
+        arms = self.run_means.shape[1]
+        c, m = self.components, self.items
+        variance = scale * c.contrast_var(seeds, m)
+        df = _satterthwaite(
+            c.mean_squares(seeds, m),
+            ((arms - 1) * (seeds - 1), (arms - 1) * (m - 1), (arms - 1) * (seeds - 1) * (m - 1)),
+            (1, 1, -1),
+        )
+        reach = (stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * np.sqrt(variance)
+        return float(reach) if np.ndim(reach) == 0 else reach
+
+    def _seeds_needed(self, scale: float, delta: float) -> float:
+        """About how many seeds detect a true difference of |delta| (NaN if none do: the arm x item part of the
+        variance does not shrink with seeds, only with items)."""
+        if not np.isfinite(delta) or delta == 0:
+            return float("nan")
+        n = np.arange(2, _MAX_SEEDS + 1)
+        enough = n[self._reach(scale, n) <= abs(delta)]
+        return float(enough[0]) if len(enough) else float("nan")
+
+
+def fit_runs(items: pd.DataFrame, metric: str) -> RunModel:
+    """Fit the crossed model to `metric` (items: arm, seed, item_id, metric, score)."""
+    rows = items[items["metric"] == metric]
+    cube = rows.groupby(["arm", "seed", "item_id"])["score"].mean().unstack("item_id")
+    cube = cube.dropna(axis=1)  # the items every run answered
+    arms = list(dict.fromkeys(cube.index.get_level_values("arm")))
+    complete = cube.groupby(level="seed").size() == len(arms)
+    cube = cube[cube.index.get_level_values("seed").isin(complete[complete].index)]
+    run_means = cube.mean(axis=1).unstack("arm").reindex(columns=arms)
+    seeds, m = run_means.shape[0], cube.shape[1]
+    if seeds == 0 or m == 0:
+        empty = pd.Series(dtype=float)
+        return RunModel(empty, run_means, None, seeds, m, 0)
+    y = np.stack([cube.xs(arm, level="arm").sort_index().to_numpy() for arm in arms])  # arms x seeds x items
+    arm_means = pd.Series(y.mean(axis=(1, 2)), index=arms)
+    k = len(arms)
+    df_runs = (k - 1) * (seeds - 1)
+    if k < 2 or seeds < 2:
+        return RunModel(arm_means, run_means, None, seeds, m, df_runs)
+    a, s, i = y.mean(axis=(1, 2)), y.mean(axis=(0, 2)), y.mean(axis=(0, 1))
+    grand = y.mean()
+    as_, ai, si = y.mean(axis=2), y.mean(axis=1), y.mean(axis=0)
+    ss_as = m * ((as_ - a[:, None] - s[None, :] + grand) ** 2).sum()
+    ss_ai = seeds * ((ai - a[:, None] - i[None, :] + grand) ** 2).sum()
+    # The arm x seed x item interaction: what the full model leaves of each score.
+    residual = (
+        y - as_[:, :, None] - ai[:, None, :] - si[None] + a[:, None, None] + s[None, :, None] + i - grand
     )
+    ss_e = (residual**2).sum()
+    df_ai, df_e = (k - 1) * (m - 1), (k - 1) * (seeds - 1) * (m - 1)
+    ms_as = ss_as / df_runs
+    ms_ai = ss_ai / df_ai if df_ai else 0.0
+    ms_e = ss_e / df_e if df_e else 0.0
+    components = Components(
+        run=max(ms_as - ms_e, 0.0) / m, arm_item=max(ms_ai - ms_e, 0.0) / seeds, noise=ms_e
+    )
+    # nm/2 x Var(arm - reference) = MS(arm:seed) + MS(arm:item) - MS(residual). Where the arm x item component
+    # estimates at or below zero, that is MS(arm:seed) alone (never taken below MS(arm:item), which the run
+    # component cannot be), on the run term's degrees of freedom. Otherwise the sum is
+    # floored at MS(arm:item) (the run component truncated at zero), and its degrees of freedom are Satterthwaite's
+    # for all three terms: a run term estimated low by chance still costs its uncertainty.
+    if ms_ai <= ms_e:
+        combined, df = max(ms_as, ms_ai), float(df_runs)
+    else:
+        terms = ((ms_as, ms_ai, ms_e), (df_runs, df_ai, df_e))
+        combined = max(ms_as + ms_ai - ms_e, ms_ai)
+        df = float(combined**2 / sum(ms**2 / d for ms, d in zip(*terms, strict=True) if d > 0))
+    variance = combined / (seeds * m)
+    return RunModel(arm_means, run_means, components, seeds, m, df_runs, variance, df)
 
 
 def paired_comparison(items: pd.DataFrame, arm: str, reference: str, metric: str) -> Comparison:
-    """Arm vs reference on one metric, one paired difference per seed. items: arm, seed, metric, item_id, score."""
-    rows = items[items["metric"] == metric]
-    a = rows[rows["arm"] == arm].groupby(["seed", "item_id"])["score"].mean()
-    b = rows[rows["arm"] == reference].groupby(["seed", "item_id"])["score"].mean()
-    return _run_level(arm, reference, metric, (a - b).dropna())  # the (seed, item) pairs both arms have
+    """Arm vs reference on one metric, seed by seed, with the run-level error pooled over every arm in `items`.
+    items: arm, seed, metric, item_id, score."""
+    return _arm_vs_reference(fit_runs(items, metric), arm, reference, metric)
+
+
+def _arm_vs_reference(model: RunModel, arm: str, reference: str, metric: str) -> Comparison:
+    return model.contrast(arm, reference, metric, {arm: 1.0, reference: -1.0})
 
 
 def trend_comparison(items: pd.DataFrame, arms: list[str], metric: str) -> Comparison:
-    """Whether `metric` rises along `arms` (in order), run by run: per seed, the least-squares slope of the per-arm
-    mean scores against the arm's rank; a t-test over seeds. delta is the fitted change from the first arm to the
-    last (slope x (k - 1)), so it reads like a two-arm difference."""
-    rows = items[(items["metric"] == metric) & items["arm"].isin(arms)]
-    scores = (
-        rows.groupby(["seed", "item_id", "arm"])["score"].mean().unstack("arm").reindex(columns=arms).dropna()
-    )
+    """Whether `metric` rises along `arms` (in order): the least-squares slope of the arms' fitted means against their
+    rank, tested against the pooled run-level error. delta is the fitted change from the first arm to the last
+    (slope x (k - 1)), so it reads like a two-arm difference."""
+    model = fit_runs(items[items["arm"].isin(arms)], metric)
     ranks = np.arange(len(arms), dtype=float)
-    # The slope is linear in the scores, so each item's own slope averages to the slope of the per-arm means.
     weights = (ranks - ranks.mean()) / ((ranks - ranks.mean()) ** 2).sum() * (len(arms) - 1)
-    return _run_level(f"trend {arms[0]} .. {arms[-1]}", arms[0], metric, scores @ weights)
+    return model.contrast(
+        f"trend {arms[0]} .. {arms[-1]}", arms[0], metric, dict(zip(arms, weights, strict=True))
+    )
 
 
 def equivalent(c: Comparison, margin: float, *, alpha: float = ALPHA) -> bool:
     """Two one-sided tests (TOST): the difference lies within +-margin at level alpha, i.e. its (1 - 2 alpha)
-    interval does, from the same t-distribution over seeds as the comparison's."""
-    if c.seeds < 2 or not np.isfinite(c.ci_low):
+    interval does, from the same t-distribution as the comparison's."""
+    if c.df < 1 or not np.isfinite(c.ci_low):
         return False
-    df = c.seeds - 1
-    se = (c.ci_high - c.ci_low) / 2 / stats.t.ppf(0.975, df)
-    half = stats.t.ppf(1 - alpha, df) * se
+    se = (c.ci_high - c.ci_low) / 2 / stats.t.ppf(0.975, c.df)
+    half = stats.t.ppf(1 - alpha, c.df) * se
     return bool(abs(c.delta) + half < margin)
 
 
@@ -186,7 +289,8 @@ def compare_to_reference(
 ) -> pd.DataFrame:
     """Every other arm against the reference on every metric, Holm-corrected together, with a verdict each."""
     arms = [a for a in items["arm"].drop_duplicates() if a != reference]
-    found = [paired_comparison(items, arm, reference, metric) for arm in arms for metric in metrics]
+    models = {metric: fit_runs(items, metric) for metric in metrics}
+    found = [_arm_vs_reference(models[metric], arm, reference, metric) for arm in arms for metric in metrics]
     adjusted = holm([c.p_value for c in found])
     rows = []
     for c, p in zip(found, adjusted, strict=True):

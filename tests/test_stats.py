@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboards.stats import compare_to_reference, holm, mean_ci, paired_comparison
+from dashboards.stats import compare_to_reference, fit_runs, holm, mean_ci, paired_comparison
 
 
 def _items(scores: dict[str, np.ndarray], metric: str = "0shot/vqa") -> pd.DataFrame:
@@ -40,9 +40,11 @@ def test_a_known_paired_difference_is_found_over_seeds():
     c = paired_comparison(table, "better", "ref", "0shot/vqa")
     d = 0.05 + run_shift[:, 0] + noise.mean(axis=1)  # one difference per seed: the replications
     assert c.seeds == 5 and c.pairs == seeds * items and c.delta == pytest.approx(d.mean())
+    # Two arms, seed blocks, no arm x item interaction: the paired t-test over seeds, on 4 degrees of freedom.
     half = 2.776445 * d.std(ddof=1) / math.sqrt(5)  # t(0.975, 4)
+    assert c.df == 4
     assert (c.ci_low, c.ci_high) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-6)
-    assert c.run_sd == pytest.approx(d.std(ddof=1))
+    assert c.run_sd == pytest.approx(d.std(ddof=1) / math.sqrt(2))  # a run's spread, not a difference's
     assert c.p_value < 0.01
     assert compare_to_reference(table, "ref", ["0shot/vqa"]).loc[0, "verdict"] == "better"
 
@@ -68,17 +70,24 @@ def test_one_seed_gives_an_estimate_and_no_verdict():
     assert math.isnan(row["p_value"]) and row["verdict"] == "estimate only (one seed)"
 
 
-def test_detectable_difference_and_seeds_needed_by_hand():
-    from dashboards.stats import detectable_difference, seeds_needed
-
-    # (t(0.975, 2) + t(0.8, 2)) * sd / sqrt(3) = (4.302653 + 1.060660) * 0.1 / sqrt(3)
-    assert detectable_difference(0.1, 3) == pytest.approx(
-        (4.302653 + 1.060660) * 0.1 / math.sqrt(3), rel=1e-5
+def test_detectable_difference_and_seeds_needed_agree():
+    """The smallest detectable difference shrinks with seeds, and the seeds it takes to detect a difference are the
+    first count whose detectable difference reaches it."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0, 1, size=(3, 400))
+    table = _items(
+        {
+            "ref": base + rng.normal(0, 0.03, size=(3, 1)) + rng.normal(0, 0.1, size=base.shape),
+            "arm": base + 0.02 + rng.normal(0, 0.03, size=(3, 1)) + rng.normal(0, 0.1, size=base.shape),
+        }
     )
-    assert math.isnan(detectable_difference(0.1, 1))
-    n = seeds_needed(0.1, 0.1)
-    assert detectable_difference(0.1, int(n)) <= 0.1 < detectable_difference(0.1, int(n) - 1)
-    assert math.isnan(seeds_needed(0.0, 0.1))
+    model = fit_runs(table, "0shot/vqa")
+    c = paired_comparison(table, "arm", "ref", "0shot/vqa")
+    assert c.detectable == pytest.approx(model._reach(2.0, 3))
+    reach = model._reach(2.0, np.arange(2, 40))
+    assert (np.diff(reach) < 0).all()
+    n = int(c.seeds_needed)
+    assert model._reach(2.0, n) <= abs(c.delta) < model._reach(2.0, n - 1)
 
 
 def test_the_null_case_finds_nothing():
@@ -97,7 +106,7 @@ def test_pairs_are_matched_by_seed_and_item_not_by_order():
     items = _items({"ref": np.array([[0.0, 1.0], [1.0, 0.0]]), "arm": np.array([[1.0, 1.0], [1.0, 1.0]])})
     shuffled = items.sample(frac=1.0, random_state=3)
     c = paired_comparison(shuffled, "arm", "ref", "0shot/vqa")
-    assert c.pairs == 4 and c.seeds == 2 and c.delta == 0.5
+    assert c.pairs == 4 and c.seeds == 2 and c.delta == pytest.approx(0.5)
 
 
 def test_holm_on_a_known_vector():
@@ -161,5 +170,48 @@ def test_runs_that_agree_by_chance_are_no_more_certain_than_their_items_allow():
         arm[seed, rng.choice(ones, 86, replace=False)] = 0.0  # -86 items: +14 / 700 = +0.02 in every run
     c = paired_comparison(_items({"ref": ref, "arm": arm}), "arm", "ref", "0shot/vqa")
     assert c.delta == pytest.approx(0.02) and c.seeds == 3
-    assert c.run_sd == pytest.approx(np.sqrt(((arm - ref).var(axis=1, ddof=1) / 700).mean()), rel=1e-6)
+    # Nothing beyond the items moves the runs apart: the spread of a run's mean is what its 700 items put into it.
+    item_sampling = np.sqrt(((arm - ref).var(axis=1, ddof=1) / 700).mean() / 2)
+    assert c.run_sd == pytest.approx(item_sampling, rel=0.05)
     assert c.p_value > 0.05
+
+
+def test_the_item_sample_is_a_sample_too():
+    """An arm that wins on the same 100 items and loses on the same 86 in every seed: the runs agree perfectly, so a
+    test over seeds alone calls +0.02 certain, but another 700 items would move it as much as it is; no number of
+    seeds settles it."""
+    rng = np.random.default_rng(10)
+    ref = np.tile((rng.uniform(size=700) < 0.5).astype(float), (5, 1))
+    arm = ref.copy()
+    zeros, ones = np.flatnonzero(ref[0] == 0), np.flatnonzero(ref[0] == 1)
+    arm[:, rng.choice(zeros, 100, replace=False)] = 1.0
+    arm[:, rng.choice(ones, 86, replace=False)] = 0.0
+    c = paired_comparison(_items({"ref": ref, "arm": arm}), "arm", "ref", "0shot/vqa")
+    assert c.delta == pytest.approx(0.02) and c.seeds == 5
+    assert c.p_value > 0.05 and c.ci_low < 0 < c.ci_high
+    assert math.isnan(c.seeds_needed)
+
+
+def test_more_arms_pool_the_run_level_error():
+    """A third arm adds degrees of freedom to the error term of every comparison (the mixed model's run variance),
+    and seed effects shared by all arms cancel."""
+    rng = np.random.default_rng(11)
+    base = rng.uniform(0, 1, size=(3, 400))
+    seed_effect = rng.normal(0, 0.2, size=(3, 1))  # one seed lifts every arm alike
+    arms = {f"a{k}": base + seed_effect + rng.normal(0, 0.01, size=(3, 1)) for k in range(3)}
+    arms["a2"] = arms["a2"] + 0.05
+    two = paired_comparison(_items({k: arms[k] for k in ("a0", "a2")}), "a2", "a0", "0shot/vqa")
+    three = paired_comparison(_items(arms), "a2", "a0", "0shot/vqa")
+    assert (two.df, three.df) == (2, 4)
+    assert two.delta == pytest.approx(three.delta, abs=0.02) and three.delta == pytest.approx(0.05, abs=0.02)
+    assert three.run_sd < 0.05  # the seed effect (SD 0.2) is not run-to-run error
+    assert three.p_value < 0.05
+
+
+def test_a_seed_that_not_every_arm_ran_is_left_out():
+    rng = np.random.default_rng(12)
+    base = rng.uniform(0, 1, size=(4, 300))
+    table = _items({"ref": base, "arm": base + 0.1 + rng.normal(0, 0.01, size=(4, 1))})
+    lost = table[~((table["arm"] == "arm") & (table["seed"] == 3))]
+    c = paired_comparison(lost, "arm", "ref", "0shot/vqa")
+    assert c.seeds == 3 and c.df == 2 and c.delta == pytest.approx(0.1, abs=0.02) and c.p_value < 0.01
