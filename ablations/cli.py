@@ -55,6 +55,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ]
         for t in trials
     ]
+    if study.spec.search is not None:
+        print(_search_summary(study))
+        if args.estimate:
+            _print_estimate(study, todo, _results_root(args))
+        return 0
     print(_table(rows, ["arm", *axis_names, "seed", "trial_id", "status", "encoder"]))
     arms = len({t.arm for t in trials})
     counts = {what: sum(v == what for v in encoders.values()) for what in ("build", "cached", "reuse")}
@@ -67,9 +72,71 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"pre-trained encoders: {counts['build']} to build, {counts['cached']} trials use a cached one, "
         f"{counts['reuse']} reuse one built in this run"
     )
-    precisions = sorted({t.config["train"]["precision"] for t in trials})
+    precisions = sorted({t.config["train"]["precision"] for t in trials} or {"(sampled per configuration)"})
     print(f"precision: {', '.join(precisions)}" + _precision_reason(study))
+    if args.estimate:
+        _print_estimate(study, todo, _results_root(args))
     return 0
+
+
+def _search_summary(study) -> str:
+    search, scheduler = study.spec.search, study.scheduler
+    lines = [
+        f"search: {search.trials} configurations x {search.seeds} seed(s), sampler {search.sampler}, "
+        f"{search.mode}imising {search.metric} (the mean over a configuration's seeds)"
+    ]
+    for axis in study.spec.axes:
+        kind, bounds = axis.distribution or ("values", axis.values)
+        lines.append(f"  {axis.name}: {kind} {list(bounds)}")
+    if scheduler is not None:
+        lines.append(
+            f"early stopping: ASHA on {scheduler.metric} ({scheduler.mode}), grace period {scheduler.grace_period} "
+            f"steps, reduction factor {scheduler.reduction_factor:g}, evaluated every "
+            f"{study.reference['train']['eval_every']} steps"
+        )
+    return "\n".join(lines)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _print_estimate(study, todo, results_root: Path) -> None:
+    from ablations.cost import estimate_search, estimate_study
+
+    cpu = study.spec.resources.cpu
+    if study.spec.search is not None:
+        search = estimate_search(study, results_root=results_root, out=sys.stdout)
+        print(
+            f"estimate: a configuration's run {_minutes(search.per_run_s)} to the end; the search "
+            f"({study.spec.search.trials} x {study.spec.search.seeds} runs on {search.slots} slots) at most "
+            f"{_minutes(search.wall_s)} without early stopping ({'; '.join(search.sources)})"
+        )
+        return
+    if not todo:
+        print("estimate: nothing to run")
+        return
+    estimate = estimate_study(todo, results_root=results_root, cpu_per_trial=cpu, out=sys.stdout)
+    rows = [
+        [
+            t.arm,
+            t.seed,
+            _minutes(e.encoder_s),
+            _minutes(e.train_s),
+            _minutes(e.eval_s),
+            _minutes(e.total_s),
+        ]
+        for t in todo
+        for e in [estimate.trials[t.trial_id]]
+    ]
+    print()
+    print(_table(rows, ["arm", "seed", "encoder", "training", "evaluation", "trial"]))
+    trial_s = sum(e.total_s for e in estimate.trials.values())
+    print(
+        f"estimate: {len(todo)} trials, {_minutes(trial_s)} of trial time; the study about "
+        f"{_minutes(estimate.wall_s)} of wall time on {estimate.slots} slots "
+        f"(rates: {'; '.join(sorted(set(estimate.sources)))})"
+    )
 
 
 def _precision_reason(study) -> str:
@@ -94,7 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(
         f"[{study.name}] done in {summary.wall_time_s:.0f}s: {len(summary.finished)} finished, "
-        f"{len(summary.failed)} failed, {summary.skipped} skipped (already finished)"
+        + (f"{len(summary.stopped)} stopped early, " if summary.stopped else "")
+        + f"{len(summary.failed)} failed, {summary.skipped} skipped (already done)"
     )
     for trial_id, error in summary.failed.items():
         print(f"  failed {trial_id}: {last_line(error)}")
@@ -103,17 +171,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _consolidate(study_dir: Path) -> None:
+    """The study tables as of the last trial that ended, even one a running or killed driver has not yet folded in."""
+    if (study_dir / "parts").is_dir():
+        from ablations.results import ResultsStore
+
+        ResultsStore(study_dir).consolidate()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import pandas as pd
 
     study_dir = _results_root(args) / args.study
+    _consolidate(study_dir)
     path = study_dir / "trials.parquet"
     if not path.exists():
         print(f"no results for study {args.study!r} in {study_dir}", file=sys.stderr)
         return 2
     trials = pd.read_parquet(path)
     print(trials.groupby("status").size().to_string())
-    cols = [c for c in ("arm", "seed", "trial_id", "status", "wall_time_s", *HEADLINE_METRICS) if c in trials]
+    cols = [
+        c
+        for c in ("arm", "seed", "trial_id", "status", "stopped_at_step", "wall_time_s", *HEADLINE_METRICS)
+        if c in trials
+    ]
     print(trials[cols].to_string(index=False))
     return 0
 
@@ -124,6 +205,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from dashboards.report import write_report
 
     study_dir = _results_root(args) / args.study
+    _consolidate(study_dir)
     if not (study_dir / "trials.parquet").exists():
         print(
             f"no results for study {args.study!r} in {study_dir}; run it first (mm1ablate run STUDY.yaml)",
@@ -161,8 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where studies write (default: ./results, or MM1ABLATE_RESULTS)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plan", help="validate a study and list its trials")
+    p = sub.add_parser("plan", help="validate a study, list its trials and estimate what they will cost")
     p.add_argument("study", help="study YAML file")
+    p.add_argument(
+        "--no-estimate",
+        dest="estimate",
+        action="store_false",
+        help="skip the time estimate (which may calibrate the trial shapes on this machine first)",
+    )
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("run", help="run a study on Ray Tune, tracked in MLflow")
     p.add_argument("study", help="study YAML file")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ablations.spec import Study, axis_overrides
+from ablations.spec import Axis, Study, axis_overrides
 from mm1core.config import ConfigError, apply_overrides, config_from_dict, config_problems
 from mm1core.hardware import resolve_precision
 from mm1core.stage_cache import encoder_stage_key, is_cached
@@ -26,6 +26,8 @@ __all__ = [
     "encoder_plan",
     "expand_arms",
     "plan",
+    "resolve_trial",
+    "run_order",
     "stage_cache_dir",
     "trial_id",
 ]
@@ -55,13 +57,14 @@ class Trial:
 def _arm(study: Study, picks: list[tuple[int, int]]) -> Arm:
     """An arm from (axis index, value index) picks."""
     axes = study.spec.axes
-    axis_values = {axes[a].name: axes[a].values[v] for a, v in picks}
+    axis_values = {axes[a].name: _candidates(axes[a])[v] for a, v in picks}
     overrides: dict[str, Any] = {}
     origins: dict[str, tuple] = {}
     for a, v in picks:
-        for path, value in axis_overrides(axes[a].name, axes[a].values[v]).items():
+        where = ("axes", a, "values", v) if axes[a].values else ("axes", a, axes[a].distribution[0])
+        for path, value in axis_overrides(axes[a].name, _candidates(axes[a])[v]).items():
             overrides[path] = value
-            origins[path] = ("axes", a, "values", v)
+            origins[path] = where
     name = ",".join(f"{k}={_show(v)}" for k, v in axis_values.items()) or REFERENCE_ARM
     return Arm(name, axis_values, overrides, origins)
 
@@ -77,7 +80,17 @@ def _reference_value(study: Study, path: str) -> Any:
     return node
 
 
+def _candidates(axis: Axis) -> list[Any]:
+    """An axis's values; for a search's distribution, its two ends (what validation builds before a search runs)."""
+    if axis.values is not None:
+        return axis.values
+    _, (low, high) = axis.distribution
+    return [low, high]
+
+
 def expand_arms(study: Study) -> list[Arm]:
+    """The arms of the design; for a search, the reference and each axis's values or ends one at a time: the
+    configurations that validation builds, since a search's own are sampled as it runs."""
     axes = study.spec.axes
     if not axes:
         return [_arm(study, [])]
@@ -88,12 +101,12 @@ def expand_arms(study: Study) -> list[Arm]:
         ]
     if study.spec.design == "zip":
         return [_arm(study, [(a, i) for a in range(len(axes))]) for i in range(len(axes[0].values))]
-    # one_at_a_time: the reference, then each axis value that differs from the reference, alone.
+    # one_at_a_time and search: the reference, then each axis value that differs from the reference, alone.
     arms = [_arm(study, [])]
     for a, axis in enumerate(axes):
         arms += [
             _arm(study, [(a, v)])
-            for v, value in enumerate(axis.values)
+            for v, value in enumerate(_candidates(axis))
             if any(_reference_value(study, path) != x for path, x in axis_overrides(axis.name, value).items())
         ]
     return arms
@@ -147,18 +160,43 @@ def arm_problems(study: Study) -> list[str]:
     return problems
 
 
+def resolve_trial(
+    study: Study, arm: str, axis_values: dict[str, Any], overrides: dict[str, Any], seed: int, *, gpu: bool
+) -> Trial:
+    """One training run: the reference with an arm's overrides, its seed, and `auto` resolved for where it runs."""
+    config = apply_overrides(study.reference, overrides)
+    train = config["train"]
+    # Resolved here so the precision is part of the trial's identity (mm1core.hardware says why).
+    config["train"] = dict(train, precision=resolve_precision(train["precision"], gpu=gpu))
+    config = dict(config, seed=seed)
+    return Trial(trial_id(config), arm, axis_values, seed, config)
+
+
 def plan(study: Study) -> list[Trial]:
-    trials = []
+    """Every trial of a study that enumerates its arms; a search's configurations are sampled as it runs."""
+    if study.spec.design == "search":
+        return []
     gpu = study.spec.resources.gpu > 0
-    for arm in expand_arms(study):
-        arm_config = apply_overrides(study.reference, arm.overrides)
-        train = arm_config["train"]
-        # Resolved here so the precision is part of the trial's identity (mm1core.hardware says why).
-        arm_config["train"] = dict(train, precision=resolve_precision(train["precision"], gpu=gpu))
-        for seed in study.spec.seeds:
-            config = dict(arm_config, seed=seed)
-            trials.append(Trial(trial_id(config), arm.name, arm.axis_values, seed, config))
-    return trials
+    return [
+        resolve_trial(study, arm.name, arm.axis_values, arm.overrides, seed, gpu=gpu)
+        for arm in expand_arms(study)
+        for seed in study.seeds
+    ]
+
+
+def run_order(trials: list[Trial]) -> list[Trial]:
+    """The first trial of each shared encoder, then the rest, each group in plan order.
+
+    Trials that need an encoder another trial is building wait for it; started first, the builders work in parallel
+    instead of queueing behind one another.
+    """
+    uses: dict[str | None, int] = {}
+    order = []
+    for trial in trials:
+        key = encoder_stage_key(trial.config)
+        order.append(uses.get(key, 0) if key else 0)
+        uses[key] = uses.get(key, 0) + 1
+    return [trial for _, trial in sorted(zip(order, trials, strict=True), key=lambda pair: pair[0])]
 
 
 def stage_cache_dir(results_root: Path) -> Path:

@@ -1,33 +1,43 @@
 """results/<study>/: trials.parquet (one row per trial), curves.parquet (per step), items.parquet (per eval item).
 
-Each finished trial is written at once as its own part files under parts/, then the study tables are rebuilt from
-the parts; every write goes to a temporary file and is renamed into place, so a killed driver never leaves a torn
-table and never loses a trial that had finished.
+Each ended trial (finished, stopped early or failed) is written at once as its own part files under parts/; the
+study tables are rebuilt from the parts at most every CONSOLIDATE_EVERY_S seconds while a study runs (a study of many
+short trials must not rewrite its tables after each) and whenever a run starts or ends. Every write goes to a
+temporary file and is renamed into place, so a killed driver never leaves a torn table and never loses a trial that
+had ended: the next run, `status` or `report` consolidates what it left.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["ResultsStore", "config_json", "finished_trial_ids"]
+__all__ = ["CONSOLIDATE_EVERY_S", "ResultsStore", "config_json", "finished_trial_ids"]
+
+CONSOLIDATE_EVERY_S = 20.0
 
 
 def finished_trial_ids(study_dir: Path) -> set[str]:
-    path = study_dir / "trials.parquet"
+    return _ids_with_status(study_dir / "trials.parquet", "finished")
+
+
+def _ids_with_status(path: Path, status: str) -> set[str]:
     if not path.exists():
         return set()
     table = pq.read_table(path, columns=["trial_id", "status"]).to_pydict()
-    return {t for t, s in zip(table["trial_id"], table["status"], strict=True) if s == "finished"}
+    return {t for t, s in zip(table["trial_id"], table["status"], strict=True) if s == status}
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(
+        f".{path.name}.{os.getpid()}.tmp"
+    )  # a `status` may consolidate beside a running driver
     pq.write_table(table, tmp)
     os.replace(tmp, path)
 
@@ -37,6 +47,7 @@ class ResultsStore:
         self.dir = study_dir
         self.parts = study_dir / "parts"
         self.parts.mkdir(parents=True, exist_ok=True)
+        self._consolidated_at = float("-inf")
 
     @property
     def trials_path(self) -> Path:
@@ -53,19 +64,35 @@ class ResultsStore:
     def finished_ids(self) -> set[str]:
         return finished_trial_ids(self.dir)
 
+    def ids_with_status(self, status: str) -> set[str]:
+        return _ids_with_status(self.trials_path, status)
+
+    def trials_of_search(self, name: str) -> list[dict[str, Any]]:
+        """{trial_id, arm, seed} of every run recorded for the Optuna study `name`."""
+        if not self.trials_path.exists():
+            return []
+        rows = pq.read_table(self.trials_path).to_pylist()
+        return [
+            {"trial_id": r["trial_id"], "arm": r["arm"], "seed": r["seed"]}
+            for r in rows
+            if r.get("search") == name
+        ]
+
     def save_trial(
         self, row: dict[str, Any], curves: list[dict[str, Any]], items: list[dict[str, Any]]
     ) -> None:
-        """Record one trial (finished or failed) and rebuild the study tables."""
+        """Record one trial (finished, stopped or failed); the study tables follow within CONSOLIDATE_EVERY_S."""
         trial_id = row["trial_id"]
         _write_atomic(pa.Table.from_pylist([row]), self.parts / f"{trial_id}.trial.parquet")
         if curves:
             _write_atomic(pa.Table.from_pylist(curves), self.parts / f"{trial_id}.curves.parquet")
         if items:
             _write_atomic(pa.Table.from_pylist(items), self.parts / f"{trial_id}.items.parquet")
-        self.consolidate()
+        if time.monotonic() - self._consolidated_at >= CONSOLIDATE_EVERY_S:
+            self.consolidate()
 
     def consolidate(self) -> None:
+        self._consolidated_at = time.monotonic()
         for kind, path in (
             ("trial", self.trials_path),
             ("curves", self.curves_path),

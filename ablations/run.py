@@ -18,26 +18,40 @@ from typing import Any, TextIO
 # Tune's CSV and TensorBoard loggers would duplicate what MLflow and Parquet hold; its JSON log is kept (below)
 # because Tune reads its own results back from it.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Only a trial's evaluation rounds carry the objective that a scheduler or searcher reads; its training-loss reports
+# between them do not, and Tune's scheduler and our searcher pass over those (ablations.search).
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 import pandas as pd
 import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler
 
-from ablations.plan import Trial, plan, stage_cache_dir
+from ablations.cost import estimate_search, estimate_study
+from ablations.plan import Trial, plan, run_order, stage_cache_dir
 from ablations.results import ResultsStore, config_json
-from ablations.spec import Study, reference_axis_values
+from ablations.search import (
+    configuration_runs,
+    make_searcher,
+    open_storage,
+    remaining_configurations,
+    search_name,
+    storage_url,
+)
+from ablations.spec import Study, axis_field, reference_axis_values
 from ablations.tracking import Tracker, resolve_tracking_uri
-from ablations.trial import FINAL_KEY, train_trial
+from ablations.trial import FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY, train_trial
 from dashboards.index import write_index
 from dashboards.report import last_line, write_report
 from mm1core.eval import HEADLINE_METRICS
 from mm1core.eval.protocol import protocol_fingerprints
-from mm1core.stage_cache import code_version, encoder_stage_key
+from mm1core.stage_cache import code_version
 
 __all__ = ["RunSummary", "run_study"]
 
 _BOOKKEEPING = {
+    RUN_KEY,
     "step",
     "total_steps",
     "stage",
@@ -57,6 +71,7 @@ class RunSummary:
     planned: int
     skipped: int
     finished: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     wall_time_s: float = 0.0
     tracking_uri: str = ""
@@ -65,7 +80,13 @@ class RunSummary:
 
 
 class _StudyCallback(tune.Callback):
-    """Turns Tune events into MLflow runs, Parquet rows and progress lines."""
+    """Turns Tune events into MLflow runs, Parquet rows and progress lines, run by run.
+
+    A Tune trial holds one training run (a planned trial) or, in a search, one configuration's runs; every report
+    names its run (RUN_KEY), and the objective reports the searcher and scheduler read name none. A run is recorded
+    the moment its final report arrives; runs of a Tune trial that ends without theirs were stopped early (by the
+    scheduler) or failed.
+    """
 
     def __init__(
         self,
@@ -75,6 +96,8 @@ class _StudyCallback(tune.Callback):
         store: ResultsStore,
         summary: RunSummary,
         out: TextIO,
+        *,
+        gpu: bool,
     ) -> None:
         self.study = study
         self.by_id = {t.trial_id: t for t in trials}
@@ -82,23 +105,39 @@ class _StudyCallback(tune.Callback):
         self.store = store
         self.summary = summary
         self.out = out
+        self.gpu = gpu
+        self.search = search_name(study) if study.spec.search else None
+        self.runs_of: dict[str, list[Trial]] = {}
         self.curves: dict[str, list[dict[str, Any]]] = {}
-        self.final: dict[str, dict[str, Any]] = {}
+        self.last_step: dict[str, int] = {}
+        self.recorded: set[str] = set()
         self.running: dict[str, int] = {}
 
-    def _planned(self, tune_trial: Any) -> Trial:
-        return self.by_id[tune_trial.config["trial"]["trial_id"]]
+    def _runs(self, tune_trial: Any) -> list[Trial]:
+        if tune_trial.trial_id not in self.runs_of:
+            payload = tune_trial.config["trial"]
+            if "runs" in payload:
+                runs = [self.by_id[run["trial_id"]] for run in payload["runs"]]
+            else:
+                params = {k: v for k, v in tune_trial.config.items() if k != "trial"}
+                runs = configuration_runs(self.study, params, gpu=self.gpu)
+                self.by_id |= {run.trial_id: run for run in runs}
+            self.runs_of[tune_trial.trial_id] = runs
+        return self.runs_of[tune_trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        planned = self._planned(trial)
-        if planned.trial_id not in self.tracker.child_ids:
-            self.tracker.start_trial(planned, config_hash=planned.trial_id)
-        self.curves.setdefault(planned.trial_id, [])
-        self.running[planned.trial_id] = 0
-        self._progress(f"started {planned.arm} seed={planned.seed} ({planned.trial_id})")
+        for planned in self._runs(trial):
+            if planned.trial_id not in self.tracker.child_ids:
+                self.tracker.start_trial(planned, config_hash=planned.trial_id)
+            self.curves.setdefault(planned.trial_id, [])
+            self.running[planned.trial_id] = 0
+            self._progress(f"started {planned.arm} seed={planned.seed} ({planned.trial_id})")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        planned = self._planned(trial)
+        self._runs(trial)
+        if RUN_KEY not in result:  # the objective over a configuration's runs, for the searcher and scheduler
+            return
+        planned = self.by_id[result[RUN_KEY]]
         step = int(result["step"])
         metrics = {
             k: v
@@ -118,8 +157,10 @@ class _StudyCallback(tune.Callback):
             for k, v in metrics.items()
         ]
         self.running[planned.trial_id] = step
+        if result.get("stage") == "multimodal":
+            self.last_step[planned.trial_id] = step
         if result.get(FINAL_KEY):
-            self.final[planned.trial_id] = dict(result)
+            self._record_finished(planned, result, metrics)
         elif "train/loss" in metrics or "encoder/loss" in metrics:
             stage = result["stage"]
             loss = metrics.get("train/loss", metrics.get("encoder/loss"))
@@ -128,12 +169,23 @@ class _StudyCallback(tune.Callback):
             )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        planned = self._planned(trial)
-        final = self.final.get(planned.trial_id)
-        if final is None:
-            self._record_failure(planned, "the trial ended without reporting its final evaluation")
-            return
-        metrics = {k: float(v) for k, v in final.items() if "/" in k and k not in _BOOKKEEPING}
+        last = trial.last_result or {}
+        stopped = self.study.scheduler is not None and not last.get(OBJECTIVE_FINAL)
+        for planned in self._runs(trial):
+            if planned.trial_id in self.recorded:
+                continue
+            if stopped:
+                self._record_stopped(planned)
+            else:
+                self._record_failure(planned, "the trial ended without reporting its final evaluation")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = _error_text(trial)
+        for planned in self._runs(trial):
+            if planned.trial_id not in self.recorded:
+                self._record_failure(planned, error)
+
+    def _record_finished(self, planned: Trial, final: dict, metrics: dict[str, Any]) -> None:
         items = [
             {"trial_id": planned.trial_id, "arm": planned.arm, "seed": planned.seed, **item}
             for item in json.loads(final["eval_items_json"])
@@ -148,57 +200,79 @@ class _StudyCallback(tune.Callback):
                 "built_encoder": bool(final["built_encoder"]),
             }
             | protocol_fingerprints(json.loads(final["eval_protocol_json"]))
-            | metrics
+            | {k: float(v) for k, v in metrics.items()}
         )
         self.store.save_trial(row, self.curves.pop(planned.trial_id, []), items)
-        self.tracker.end_trial(planned.trial_id, failed=False)
+        self.tracker.end_trial(planned.trial_id, status="finished")
+        self._ended(planned)
         self.summary.finished.append(planned.trial_id)
-        self.running.pop(planned.trial_id, None)
         self._progress(
             f"finished {planned.arm} seed={planned.seed}: "
             + ", ".join(f"{k}={metrics[k]:.3f}" for k in HEADLINE_METRICS if k in metrics)
         )
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        planned = self._planned(trial)
-        error = _error_text(trial)
-        self._record_failure(planned, error)
+    def _record_stopped(self, planned: Trial) -> None:
+        """A run the scheduler cut: the step it reached and the last value of each metric, kept apart from finished
+        runs; its checkpoint lets a later run of the study without the scheduler finish it."""
+        curves = self.curves.pop(planned.trial_id, [])
+        last: dict[str, float] = {}
+        for point in curves:  # in step order: the last value of each metric wins
+            last[point["metric"]] = point["value"]
+        step = self.last_step.get(planned.trial_id, 0)
+        row = self._row(planned, "stopped", None) | {"stopped_at_step": step} | last
+        self.store.save_trial(row, curves, [])
+        self.tracker.end_trial(planned.trial_id, status="stopped")
+        self._ended(planned)
+        self.summary.stopped.append(planned.trial_id)
+        self._progress(f"stopped early {planned.arm} seed={planned.seed} at step {step} (scheduler)")
 
     def _record_failure(self, planned: Trial, error: str) -> None:
         self.store.save_trial(self._row(planned, "failed", error), self.curves.pop(planned.trial_id, []), [])
-        self.tracker.end_trial(planned.trial_id, failed=True, error=error)
+        self.tracker.end_trial(planned.trial_id, status="failed", error=error)
+        self._ended(planned)
         self.summary.failed[planned.trial_id] = error
-        self.running.pop(planned.trial_id, None)
         self._progress(f"FAILED {planned.arm} seed={planned.seed} ({planned.trial_id}): {last_line(error)}")
 
+    def _ended(self, planned: Trial) -> None:
+        self.recorded.add(planned.trial_id)
+        self.running.pop(planned.trial_id, None)
+
     def _row(self, planned: Trial, status: str, error: str | None) -> dict[str, Any]:
-        return {
-            "study": self.study.name,
-            "trial_id": planned.trial_id,
-            "arm": planned.arm,
-            "seed": planned.seed,
-            "status": status,
-            "error": error,
-            "wall_time_s": None,
-            "num_params": None,
-            "device": None,
-            "mlflow_run_id": self.tracker.child_ids.get(planned.trial_id),
-            "finished_at": time.time(),
-            "config_json": config_json(planned.config),
-            # What produced the row: the repository's commit (where there is one) and the core's own source hash.
-            "git_commit": self.tracker.commit,
-            "code_version": code_version(),
-        } | {name: _cell(value) for name, value in planned.axis_values.items()}
+        return (
+            {
+                "study": self.study.name,
+                "trial_id": planned.trial_id,
+                "arm": planned.arm,
+                "seed": planned.seed,
+                "status": status,
+                "error": error,
+                "wall_time_s": None,
+                "num_params": None,
+                "device": None,
+                "mlflow_run_id": self.tracker.child_ids.get(planned.trial_id),
+                "finished_at": time.time(),
+                "config_json": config_json(planned.config),
+                # What produced the row: the repository's commit (where there is one) and the core's own source hash.
+                "git_commit": self.tracker.commit,
+                "code_version": code_version(),
+            }
+            | {name: _cell(value) for name, value in planned.axis_values.items()}
+            | ({"search": self.search} if self.search else {})
+        )
 
     def _progress(self, event: str) -> None:
         s = self.summary
         todo = s.planned - s.skipped
-        counts = f"{len(s.finished)}/{todo} done, {len(self.running)} running, {len(s.failed)} failed"
+        stopped = f", {len(s.stopped)} stopped" if s.stopped else ""
+        counts = (
+            f"{len(s.finished)}/{todo} done{stopped}, {len(self.running)} running, {len(s.failed)} failed"
+        )
         print(f"[{self.study.name}] {counts} | {event}", file=self.out, flush=True)
 
 
 def _trial_name(tune_trial: Any) -> str:
-    return tune_trial.config["trial"]["trial_id"]
+    runs = tune_trial.config["trial"].get("runs")
+    return runs[0]["trial_id"] if runs else f"configuration_{tune_trial.trial_id}"
 
 
 def _cell(value: Any) -> Any:
@@ -226,19 +300,28 @@ def _gpus_per_trial(requested: float, out: TextIO, study_name: str) -> float:
     return requested
 
 
-def _builders_first(trials: list[Trial]) -> list[Trial]:
-    """The first trial of each shared encoder, then the rest, each group in plan order.
+def _skipped(study: Study, store: ResultsStore, trials: list[Trial]) -> set[str]:
+    """Trials a run leaves alone: finished ones, and, while the study still has its scheduler, those it stopped (its
+    decision stands; without the scheduler they resume from their checkpoints and run to the end)."""
+    done = store.finished_ids()
+    if study.scheduler is not None:
+        done |= store.ids_with_status("stopped")
+    return {t.trial_id for t in trials} & done
 
-    Trials that need an encoder another trial is building wait for it; started first, the builders work in parallel
-    instead of queueing behind one another.
-    """
-    uses: dict[str | None, int] = {}
-    order = []
-    for trial in trials:
-        key = encoder_stage_key(trial.config)
-        order.append(uses.get(key, 0) if key else 0)
-        uses[key] = uses.get(key, 0) + 1
-    return [trial for _, trial in sorted(zip(order, trials, strict=True), key=lambda pair: pair[0])]
+
+def _scheduler(study: Study) -> ASHAScheduler | None:
+    declared = study.scheduler
+    if declared is None:
+        return None
+    return ASHAScheduler(
+        time_attr="step",
+        metric=OBJECTIVE,
+        mode=declared.mode,
+        max_t=int(study.reference["train"]["steps"]),
+        grace_period=declared.grace_period,
+        reduction_factor=declared.reduction_factor,
+        stop_last_trials=False,  # a trial that reaches the end finishes with its final evaluation, not cut at it
+    )
 
 
 def run_study(
@@ -250,30 +333,33 @@ def run_study(
     out: TextIO = sys.stdout,
 ) -> RunSummary:
     started = time.time()
+    search = study.spec.search
     trials = plan(study)
     study_dir = results_root / study.name
     store = ResultsStore(study_dir)
-    finished = store.finished_ids()
-    todo = _builders_first([t for t in trials if t.trial_id not in finished])
+    store.consolidate()  # parts a killed driver wrote after its last consolidation
+    if search is None:
+        skipped = _skipped(study, store, trials)
+        todo = run_order([t for t in trials if t.trial_id not in skipped])
+        planned, to_run = len(trials), len(todo)
+        done = "already finished or stopped" if study.scheduler else "already finished"
+        what = f"{len(trials)} trials planned, {len(skipped)} {done}, {len(todo)} to run"
+    else:
+        storage = open_storage(study_dir)
+        configurations = remaining_configurations(study, storage)
+        planned, to_run = search.trials * search.seeds, configurations * search.seeds
+        what = (
+            f"search of {search.trials} configurations x {search.seeds} seed(s) ({search.sampler}), "
+            f"{search.trials - configurations} already tried, {configurations} to try; Optuna: {storage_url(study_dir)}"
+        )
     uri = resolve_tracking_uri(tracking_uri, results_root)
-    summary = RunSummary(
-        study.name, len(trials), len(trials) - len(todo), tracking_uri=uri, results_dir=study_dir
-    )
-    print(
-        f"[{study.name}] {len(trials)} trials planned, {summary.skipped} already finished, {len(todo)} to run; "
-        f"MLflow: {uri}; results: {study_dir}",
-        file=out,
-        flush=True,
-    )
-    spec_json = study.spec.model_dump(mode="json") | {
-        "reference_values": reference_axis_values(study),
-        # The current plan: what a running study's report lists as still to come, and which recorded rows are
-        # stale (a trial no longer planned is kept on disk but never averaged in).
-        "planned": [{"trial_id": t.trial_id, "arm": t.arm, "seed": t.seed} for t in trials],
-    }
-    (study_dir / "study.json").write_text(json.dumps(spec_json, indent=2))
-    if not todo:
+    summary = RunSummary(study.name, planned, planned - to_run, tracking_uri=uri, results_dir=study_dir)
+    print(f"[{study.name}] {what}; MLflow: {uri}; results: {study_dir}", file=out, flush=True)
+    if not to_run:
+        _write_study_json(study, study_dir, trials)
         return summary
+    estimate = _estimate(study, todo if search is None else [], results_root, out)
+    _write_study_json(study, study_dir, trials, estimate=estimate)
     tracker = Tracker(uri, study.name, study.spec.description, results_root)
     resources = study.spec.resources
     address = address or os.environ.get("RAY_ADDRESS")
@@ -294,23 +380,35 @@ def run_study(
         flush=True,
     )
     gpus_per_trial = _gpus_per_trial(resources.gpu, out, study.name)
-    payloads = [
-        {
-            "trial_id": t.trial_id,
-            "config": t.config,
-            "num_cpus": resources.cpu,
-            "checkpoint_dir": str((study_dir / "checkpoints").resolve()),
-            "cache_dir": str(stage_cache_dir(results_root).resolve()),
-        }
-        for t in todo
-    ]
-    callback = _StudyCallback(study, todo, tracker, store, summary, out)
+    scheduler = study.scheduler
+    common = {
+        "num_cpus": resources.cpu,
+        "num_gpus": gpus_per_trial,
+        "checkpoint_dir": str((study_dir / "checkpoints").resolve()),
+        "cache_dir": str(stage_cache_dir(results_root).resolve()),
+        "objective": search.metric if search else scheduler.metric if scheduler else None,
+    }
+    if search is None:
+        payloads = [common | {"runs": [{"trial_id": t.trial_id, "config": t.config}]} for t in todo]
+        param_space = {"trial": tune.grid_search(payloads)}
+        search_alg, num_samples = None, 1
+    else:
+        spec_json = study.spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        param_space = {"trial": common | {"study": spec_json}}
+        search_alg, num_samples = make_searcher(study, storage), configurations
+    callback = _StudyCallback(
+        study, todo if search is None else [], tracker, store, summary, out, gpu=gpus_per_trial > 0
+    )
     tuner = tune.Tuner(
         tune.with_resources(train_trial, {"cpu": resources.cpu, "gpu": gpus_per_trial}),
-        param_space={"trial": tune.grid_search(payloads)},
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            num_samples=1,
-            reuse_actors=False,
+            num_samples=num_samples,
+            search_alg=search_alg,
+            scheduler=_scheduler(study),
+            # One worker process trains trial after trial: short trials no longer pay a process start and the
+            # imports each (the trainable holds no state between trials).
+            reuse_actors=True,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
@@ -325,6 +423,19 @@ def run_study(
         tuner.fit()
     finally:
         summary.wall_time_s = time.time() - started
+        store.consolidate()
+        _write_study_json(
+            study,
+            study_dir,
+            store.trials_of_search(search_name(study)) if search is not None else trials,
+            estimate=estimate,
+            ran={
+                "started_at": started,
+                "wall_s": time.time() - started,
+                "trials_run": to_run,
+                "estimated_wall_s": estimate.get("wall_s"),
+            },
+        )
         if store.trials_path.exists():
             summary.report = write_report(study_dir, tracking_uri=uri)
             write_index(results_root)
@@ -333,14 +444,71 @@ def run_study(
                     tracker.log_artifact(study_dir / name)
             if (study_dir / "arms.csv").exists():
                 tracker.log_arm_aggregates(pd.read_csv(study_dir / "arms.csv").to_dict("records"))
+        ended = len(summary.finished) + len(summary.stopped) + len(summary.failed)
         tracker.end_study(
-            failed=bool(summary.failed) or len(summary.finished) + len(summary.failed) < len(todo),
+            failed=bool(summary.failed) or ended < to_run,
             summary={
-                "planned": len(trials),
+                "planned": planned,
                 "finished": len(summary.finished) + summary.skipped,
+                "stopped": len(summary.stopped),
                 "failed": len(summary.failed),
             },
         )
         if started_ray:
             ray.shutdown()
     return summary
+
+
+def _estimate(study: Study, todo: list[Trial], results_root: Path, out: TextIO) -> dict[str, Any]:
+    """What the plan says this run will cost (ablations.cost), as recorded beside what it did cost."""
+    try:
+        if study.spec.search is not None:
+            search = estimate_search(study, results_root=results_root, out=out)
+            return {"wall_s": search.wall_s, "per_run_s": search.per_run_s, "sources": search.sources}
+        estimate = estimate_study(
+            todo, results_root=results_root, cpu_per_trial=study.spec.resources.cpu, out=out
+        )
+    except RuntimeError as err:  # a calibration that fails costs the estimate, never the study
+        print(f"[{study.name}] no estimate: {err}", file=out, flush=True)
+        return {}
+    print(
+        f"[{study.name}] estimate: about {estimate.wall_s / 60:.1f} min on {estimate.slots} slots",
+        file=out,
+        flush=True,
+    )
+    return {
+        "wall_s": estimate.wall_s,
+        "slots": estimate.slots,
+        "sources": sorted(set(estimate.sources)),
+        "trials": {trial_id: e.total_s for trial_id, e in estimate.trials.items()},
+    }
+
+
+def _write_study_json(
+    study: Study,
+    study_dir: Path,
+    trials: list[Trial] | list[dict],
+    *,
+    estimate: dict[str, Any] | None = None,
+    ran: dict[str, Any] | None = None,
+) -> None:
+    """The spec and the current plan: what a running study's report lists as still to come, and which recorded
+    rows are stale (a trial no longer planned is kept on disk but never averaged in). A search's plan is the runs
+    its current Optuna study has made. Each run of the study adds its estimate and its actual wall time."""
+    path = study_dir / "study.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    planned = [
+        t if isinstance(t, dict) else {"trial_id": t.trial_id, "arm": t.arm, "seed": t.seed} for t in trials
+    ]
+    spec_json = study.spec.model_dump(mode="json", by_alias=True, exclude_none=True) | {
+        "reference_values": reference_axis_values(study),
+        "axis_fields": {a.name: axis_field(a.name) for a in study.spec.axes},
+        "planned": planned,
+        "estimate": estimate if estimate is not None else previous.get("estimate", {}),
+        "runs": previous.get("runs", []) + ([ran] if ran else []),
+    }
+    if study.spec.search is not None:
+        spec_json["search_name"] = search_name(study)
+        spec_json["optuna_storage"] = storage_url(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec_json, indent=2))

@@ -21,11 +21,13 @@ from mm1core.presets import ENCODER_SIZES, PRESETS, get_preset
 __all__ = [
     "ALIASES",
     "BUDGET_STAGES",
+    "DISTRIBUTIONS",
     "Study",
     "StudyError",
     "StudySpec",
     "load_study",
     "resolve_axis",
+    "axis_field",
     "axis_overrides",
     "SIZED_AXES",
     "study_from_dict",
@@ -55,12 +57,58 @@ class Reference(_Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="dotted config path -> value")
 
 
+# A search axis may be a distribution instead of a list of values: the key names Optuna's distribution.
+DISTRIBUTIONS = ("loguniform", "uniform", "int")
+
+
 class Axis(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: str = Field(
         description="a dotted config path or one of the paper's names: "
         + ", ".join([*ALIASES, "encoder_size"])
     )
-    values: list[Any] = Field(min_length=1)
+    values: list[Any] | None = Field(
+        None, min_length=1, description="the values to try (categorical in a search)"
+    )
+    loguniform: tuple[float, float] | None = Field(None, description="design search: [low, high], log scale")
+    uniform: tuple[float, float] | None = Field(None, description="design search: [low, high]")
+    integer: tuple[int, int] | None = Field(
+        None, alias="int", description="design search: [low, high], integers, both ends included"
+    )
+
+    @property
+    def distribution(self) -> tuple[str, tuple] | None:
+        """(kind, bounds) of a distribution axis, None for a list of values."""
+        for kind, bounds in (
+            ("loguniform", self.loguniform),
+            ("uniform", self.uniform),
+            ("int", self.integer),
+        ):
+            if bounds is not None:
+                return kind, bounds
+        return None
+
+
+SCHEDULERS = ("asha",)
+SAMPLERS = ("tpe", "random", "cmaes", "qmc")
+
+
+class Scheduler(_Strict):
+    name: Literal["asha"] = Field("asha", description="Ray Tune's ASHAScheduler")
+    grace_period: int = Field(gt=0, description="training steps every trial gets before the first cut")
+    reduction_factor: float = Field(3.0, gt=1, description="1 / the share of trials each rung keeps")
+    metric: str | None = Field(None, description="the metric to cut on (a search's own metric by default)")
+    mode: Literal["max", "min"] | None = None
+
+
+class Search(_Strict):
+    sampler: Literal["tpe", "random", "cmaes", "qmc"] = Field("tpe", description="the Optuna sampler")
+    trials: int = Field(gt=0, description="configurations to try")
+    metric: str = Field(description="any metric the evaluation records, e.g. 0shot/avg")
+    mode: Literal["max", "min"] = "max"
+    seeds: int = Field(1, ge=1, description="training runs per configuration; the searcher sees their mean")
+    scheduler: Scheduler | None = None
 
 
 class Resources(_Strict):
@@ -89,7 +137,9 @@ class StudySpec(_Strict):
     description: str = ""
     reference: Reference
     axes: list[Axis] = Field(default_factory=list)
-    design: Literal["grid", "one_at_a_time", "zip"] = "grid"
+    design: Literal["grid", "one_at_a_time", "zip", "search"] = "grid"
+    search: Search | None = Field(None, description="design search: the sampler, budget and objective")
+    scheduler: Scheduler | None = Field(None, description="early stopping (ASHA), in any design")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     resources: Resources = Resources()
     budget: dict[str, StageBudget] = Field(
@@ -119,6 +169,28 @@ class Study:
 
     def where(self, path: tuple) -> str:
         return _where(self.source, path)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds each configuration runs with: the study's, or a search's first `search.seeds`."""
+        return list(range(self.spec.search.seeds)) if self.spec.search else list(self.spec.seeds)
+
+    @property
+    def scheduler(self) -> Scheduler | None:
+        """The early-stopping scheduler, wherever the study declares it, with a search's metric and mode filled in."""
+        declared = self.spec.scheduler or (self.spec.search.scheduler if self.spec.search else None)
+        if declared is None:
+            return None
+        search = self.spec.search
+        return declared.model_copy(
+            update={
+                "metric": declared.metric or (search.metric if search else None),
+                "mode": declared.mode or (search.mode if search else "max"),
+            }
+        )
+
+    def scheduler_path(self) -> tuple:
+        return ("scheduler",) if self.spec.scheduler else ("search", "scheduler")
 
 
 def _where(source: LoadedYaml | None, path: tuple) -> str:
@@ -159,6 +231,11 @@ def resolve_axis(name: str) -> str:
             "config path such as connector.num_image_tokens)",
         )
     raise ConfigError(name, unknown_path_message(name))
+
+
+def axis_field(name: str) -> str | None:
+    """The config field an axis sets (None for a sized axis, which sets several)."""
+    return None if name in SIZED_AXES else resolve_axis(name)
 
 
 def axis_overrides(name: str, value: Any) -> dict[str, Any]:
@@ -252,11 +329,15 @@ def study_from_dict(data: Any, source: LoadedYaml | None = None, *, base_dir: Pa
         except ConfigError as err:
             problems.append(f"{study.where(('axes', i, 'name'))}: {err.message}")
             continue
-        for j, value in enumerate(axis.values):
+        problems += _axis_shape_problems(study, i, axis)
+        for j, value in enumerate(axis.values or []):
             try:
                 axis_overrides(axis.name, value)
             except ConfigError as err:
                 problems.append(f"{study.where(('axes', i, 'values', j))}: {err.message}")
+    problems += _search_problems(study)
+    if problems:
+        raise StudyError(problems)
     if spec.design == "zip" and len({len(a.values) for a in spec.axes}) > 1:
         lengths = ", ".join(f"{a.name}: {len(a.values)}" for a in spec.axes)
         problems.append(f"{study.where(('axes',))}: design zip needs axes of equal length ({lengths})")
@@ -271,6 +352,115 @@ def study_from_dict(data: Any, source: LoadedYaml | None = None, *, base_dir: Pa
     if problems:
         raise StudyError(problems)
     return study
+
+
+def _axis_shape_problems(study: Study, i: int, axis: Axis) -> list[str]:
+    """An axis gives values or one distribution; a distribution only in a search, with bounds that make sense, on a
+    numeric config field."""
+    given = [
+        key
+        for key in ("values", *DISTRIBUTIONS)
+        if getattr(axis, "integer" if key == "int" else key) is not None
+    ]
+    here = ("axes", i)
+    if len(given) != 1:
+        kinds = ", ".join(("values", *DISTRIBUTIONS))
+        found = f"got {' and '.join(given)}" if given else "got none"
+        return [f"{study.where(here)}: an axis gives exactly one of {kinds} ({found})"]
+    distribution = axis.distribution
+    if distribution is None:
+        return []
+    kind, (low, high) = distribution
+    at = study.where((*here, kind))
+    if study.spec.design != "search":
+        return [f"{at}: a distribution needs design: search ({study.spec.design} enumerates values)"]
+    problems = []
+    if not low < high:
+        problems.append(f"{at}: the low bound must be below the high bound (got [{low}, {high}])")
+    if kind == "loguniform" and low <= 0:
+        problems.append(f"{at}: a log-uniform range must be positive (got [{low}, {high}])")
+    if axis.name in SIZED_AXES:
+        return [*problems, f"{at}: {axis.name} takes named sizes; give them as values"]
+    # The field's annotation, or its members (`train.lr` is float | str: it also takes auto).
+    field_type = field_paths().get(resolve_axis(axis.name))
+    admitted = {field_type, *getattr(field_type, "__args__", ())}
+    if not admitted & ({int} if kind == "int" else {int, float}):
+        wanted = "an integer" if kind == "int" else "a numeric"
+        problems.append(f"{at}: {axis.name} is not {wanted} field; give its choices as values")
+    return problems
+
+
+def _search_problems(study: Study) -> list[str]:
+    """A search needs its `search:` block, a sampler that can handle its axes and a metric trials record; a scheduler
+    needs a metric and evaluation rounds to cut at."""
+    from mm1core.eval import scored_metrics  # torch-free
+
+    spec, problems = study.spec, []
+    if spec.design == "search" and spec.search is None:
+        problems.append(
+            f"{study.where(('design',))}: design search needs a search: block (sampler, trials, metric)"
+        )
+    if spec.search is not None and spec.design != "search":
+        problems.append(
+            f"{study.where(('search',))}: a search: block needs design: search (got {spec.design})"
+        )
+    if spec.search is not None and spec.search.scheduler is not None and spec.scheduler is not None:
+        problems.append(
+            f"{study.where(('scheduler',))}: the scheduler is declared twice (here and in search:)"
+        )
+    if problems:
+        return problems
+    recorded = scored_metrics(study.reference["eval"]["shots"])
+
+    def metric_problem(metric: str, path: tuple) -> list[str]:
+        if metric in recorded:
+            return []
+        close = difflib.get_close_matches(metric, recorded, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return [
+            f"{study.where(path)}: no trial records the metric {metric!r}{hint} (recorded at every evaluation: "
+            f"{', '.join(recorded[:6])}, ... textcore/avg, heldout/loss)"
+        ]
+
+    if spec.search is not None:
+        problems += metric_problem(spec.search.metric, ("search", "metric"))
+        if spec.search.sampler == "cmaes":
+            listed = [f"axes[{i}] ({a.name})" for i, a in enumerate(spec.axes) if a.distribution is None]
+            if listed:
+                problems.append(
+                    f"{study.where(('search', 'sampler'))}: cmaes samples numeric distributions only; "
+                    f"{', '.join(listed)} gives values (use tpe or random, or give a distribution)"
+                )
+        if len(spec.seeds) > 1 or spec.seeds != [0]:
+            problems.append(
+                f"{study.where(('seeds',))}: a search runs each configuration with search.seeds seeds (0, 1, ...); "
+                "drop seeds:"
+            )
+    scheduler = study.scheduler
+    if scheduler is not None:
+        path = study.scheduler_path()
+        if scheduler.metric is None:
+            problems.append(f"{study.where(path)}: a scheduler outside a search needs its metric (and mode)")
+        elif spec.search is None or scheduler.metric != spec.search.metric:  # a search's own is checked above
+            problems += metric_problem(scheduler.metric, (*path, "metric"))
+        eval_every = study.reference["train"]["eval_every"]
+        steps = study.reference["train"]["steps"]
+        if not eval_every:
+            problems.append(
+                f"{study.where(path)}: ASHA cuts trials at evaluation rounds, and this study evaluates only at the "
+                f"end: set train.eval_every in reference.overrides (at most grace_period, {scheduler.grace_period})"
+            )
+        elif eval_every > scheduler.grace_period:
+            problems.append(
+                f"{study.where((*path, 'grace_period'))}: {scheduler.grace_period} steps is before the first "
+                f"evaluation round (train.eval_every {eval_every})"
+            )
+        if scheduler.grace_period >= steps:
+            problems.append(
+                f"{study.where((*path, 'grace_period'))}: {scheduler.grace_period} steps is the whole run "
+                f"(train.steps {steps}): nothing would be stopped early"
+            )
+    return problems
 
 
 def _pydantic_problem(error: dict, where: Any) -> str:

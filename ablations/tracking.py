@@ -107,12 +107,15 @@ class Tracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.child_ids[trial_id], metrics=batch)
 
-    def end_trial(self, trial_id: str, *, failed: bool, error: str | None = None) -> None:
+    def end_trial(self, trial_id: str, *, status: str, error: str | None = None) -> None:
+        """status: the results row's (finished, failed, stopped); MLflow calls a stopped run KILLED."""
         run_id = self.child_ids[trial_id]
         if error:
             self.client.log_batch(run_id, tags=[RunTag("error", error[:5000])])
             self.client.log_text(run_id, error, "error.txt")
-        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+        self.client.set_terminated(
+            run_id, status={"failed": "FAILED", "stopped": "KILLED"}.get(status, "FINISHED")
+        )
 
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.parent_id, str(path))

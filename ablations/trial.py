@@ -1,12 +1,18 @@
-"""The Ray Tune trainable: one planned trial -> mm1core -> metrics reported back to the driver.
+"""The Ray Tune trainable: one Tune trial -> its training runs in mm1core -> metrics reported back to the driver.
 
-It runs in a Ray worker with the CPUs (and GPUs) the study asked for, uses exactly that many threads, and trains on
-CUDA when Ray gave it a GPU. Everything it learns goes back through `tune.report`; the driver does the bookkeeping.
+A Tune trial is one planned trial of an enumerated design, or one sampled configuration of a search with its
+`search.seeds` runs, trained side by side in threads and kept in step, so that the searcher and the scheduler see
+the runs' mean (`OBJECTIVE`) at every evaluation round. It runs in a Ray worker with the CPUs (and GPUs) the study
+asked for, uses exactly that many threads, and trains on CUDA when Ray gave it a GPU. Everything it learns goes
+back through `tune.report`, each report naming its run; the driver does the bookkeeping.
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import resource
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +24,12 @@ from ray import tune
 from mm1core.config import config_from_dict
 from mm1core.pipeline import run_trial
 
-__all__ = ["FINAL_KEY", "train_trial"]
+__all__ = ["FINAL_KEY", "OBJECTIVE", "OBJECTIVE_FINAL", "RUN_KEY", "train_trial"]
 
-FINAL_KEY = "final"  # set on the last report of a trial, which also carries its per-item scores
+FINAL_KEY = "final"  # set on the last report of a run, which also carries its per-item scores
+RUN_KEY = "run"  # the trial id of the training run a report is about
+OBJECTIVE = "objective"  # the searcher's and the scheduler's metric: the mean over a Tune trial's runs
+OBJECTIVE_FINAL = "objective_final"  # set on the report of the objective from the runs' final evaluations
 
 
 def _device() -> torch.device:
@@ -29,44 +38,112 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this worker process, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def train_trial(tune_config: dict[str, Any]) -> None:
     payload = tune_config["trial"]
+    runs = payload["runs"] if "runs" in payload else _sampled_runs(payload, tune_config)
     num_threads = max(1, int(payload["num_cpus"]))
     torch.set_num_threads(num_threads)
     device = _device()
-    cfg = config_from_dict(payload["config"])
-    started = time.time()
+    objective = payload.get("objective")  # the metric the scheduler or searcher reads, None without either
+    events: queue.Queue = queue.Queue()
 
-    def report(step: int, metrics: dict[str, float]) -> None:
-        stage = next(
-            (s for s in ("encoder", "sft") if any(k.startswith(f"{s}/") for k in metrics)), "multimodal"
+    def train_one(index: int, run: dict[str, Any]) -> None:
+        cfg = config_from_dict(run["config"])
+        started, cpu_started = time.time(), _cpu_seconds()
+
+        def report(step: int, metrics: dict[str, float]) -> None:
+            stage = next(
+                (s for s in ("encoder", "sft") if any(k.startswith(f"{s}/") for k in metrics)), "multimodal"
+            )
+            total = {"encoder": cfg.encoder_pretrain.steps, "sft": cfg.sft.steps}.get(stage, cfg.train.steps)
+            events.put((index, {"step": step, "total_steps": total, "stage": stage, **metrics}))
+
+        try:
+            outcome = run_trial(
+                cfg,
+                device=device,
+                on_metrics=report,
+                checkpoint_path=Path(payload["checkpoint_dir"]) / f"{run['trial_id']}.pt",
+                cache_dir=Path(payload["cache_dir"]),
+            )
+        except BaseException as err:  # handed to the reporting thread, which raises it in the trial
+            events.put((index, err))
+            return
+        wall = time.time() - started
+        # Runs that share the process share its CPU clock: each is charged its share of the process's CPU time.
+        cpu = (_cpu_seconds() - cpu_started) / len(runs)
+        events.put(
+            (
+                index,
+                {
+                    "step": cfg.train.steps,
+                    "total_steps": cfg.train.steps,
+                    "stage": "multimodal",
+                    **outcome.metrics,
+                    "cost/wall_s": wall,
+                    "cost/cpu_s": cpu,
+                    "cost/gpu_s": wall * float(payload.get("num_gpus", 0)) / len(runs)
+                    if device.type == "cuda"
+                    else 0.0,
+                    FINAL_KEY: True,
+                    "num_params": outcome.num_params,
+                    "built_encoder": outcome.built_encoder,
+                    "wall_time_s": wall,
+                    "device": f"{device.type} x{num_threads} threads"
+                    if device.type == "cpu"
+                    else torch.cuda.get_device_name(),
+                    "eval_items_json": json.dumps(outcome.eval.items),
+                    "eval_protocol_json": json.dumps(outcome.eval.protocol),
+                },
+            )
         )
-        total = {"encoder": cfg.encoder_pretrain.steps, "sft": cfg.sft.steps}.get(stage, cfg.train.steps)
-        tune.report({"step": step, "total_steps": total, "stage": stage, **metrics})
 
-    checkpoint = Path(payload["checkpoint_dir"]) / f"{payload['trial_id']}.pt"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    outcome = run_trial(
-        cfg,
-        device=device,
-        on_metrics=report,
-        checkpoint_path=checkpoint,
-        cache_dir=Path(payload["cache_dir"]),
-    )
-    tune.report(
-        {
-            "step": cfg.train.steps,
-            "total_steps": cfg.train.steps,
-            "stage": "multimodal",
-            **outcome.metrics,
-            FINAL_KEY: True,
-            "num_params": outcome.num_params,
-            "built_encoder": outcome.built_encoder,
-            "wall_time_s": time.time() - started,
-            "device": f"{device.type} x{num_threads} threads"
-            if device.type == "cpu"
-            else torch.cuda.get_device_name(),
-            "eval_items_json": json.dumps(outcome.eval.items),
-            "eval_protocol_json": json.dumps(outcome.eval.protocol),
-        }
-    )
+    Path(payload["checkpoint_dir"]).mkdir(parents=True, exist_ok=True)
+    threads = [threading.Thread(target=train_one, args=(i, run), daemon=True) for i, run in enumerate(runs)]
+    for thread in threads:
+        thread.start()
+    # Each run's value of the objective at each evaluation round, reported as their mean once all runs have it.
+    rounds: dict[int, dict[int, float]] = {}
+    finals: dict[int, float] = {}
+    ended = 0
+    while ended < len(runs):
+        index, event = events.get()
+        if isinstance(event, BaseException):
+            raise event
+        tune.report({RUN_KEY: runs[index]["trial_id"], **event})
+        if event.get(FINAL_KEY):
+            ended += 1
+            if objective:
+                finals[index] = float(event[objective])
+        elif (
+            objective
+            and objective in event
+            and int(event["step"]) < int(runs[index]["config"]["train"]["steps"])
+        ):
+            # An intermediate round (the final metrics also pass through once before the final report: not a round).
+            step_values = rounds.setdefault(int(event["step"]), {})
+            step_values[index] = float(event[objective])
+            if len(step_values) == len(runs):
+                tune.report({"step": int(event["step"]), OBJECTIVE: sum(step_values.values()) / len(runs)})
+    if objective:
+        steps = max(int(run["config"]["train"]["steps"]) for run in runs)
+        tune.report({"step": steps, OBJECTIVE: sum(finals.values()) / len(runs), OBJECTIVE_FINAL: True})
+
+
+def _sampled_runs(payload: dict[str, Any], tune_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """A search configuration's runs, from the parameters the searcher put beside the payload."""
+    from ablations.search import configuration_runs  # the study machinery, only where a search needs it
+    from ablations.spec import study_from_dict
+
+    study = study_from_dict(payload["study"])
+    params = {k: v for k, v in tune_config.items() if k != "trial"}
+    return [
+        {"trial_id": t.trial_id, "config": t.config}
+        for t in configuration_runs(study, params, gpu=payload.get("num_gpus", 0) > 0)
+    ]

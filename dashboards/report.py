@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from dashboards.cost import cost_html
 from dashboards.findings import assess_all
 from dashboards.floors import (
     RELIANCE,
@@ -29,6 +30,7 @@ from dashboards.floors import (
     rule_text,
 )
 from dashboards.provenance import comparable_items, shared_encoder_note, split_stale, stale_html
+from dashboards.search_view import load_search, search_html
 from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
 from mm1core.eval import HEADLINE_METRICS
@@ -51,6 +53,8 @@ _META = {
     "finished_at",
     "config_json",
     "eval_protocol_json",
+    "stopped_at_step",
+    "search",
 }
 
 
@@ -395,12 +399,14 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     has_items = {"trial_id", "metric", "item_id", "score"} <= set(items.columns)
     if has_items:
         items = items[items["trial_id"].isin(set(trials["trial_id"]))]
-    reference = reference_arm(trials, spec.get("reference_values", {}))
+    # A search samples configurations to find a good one: no reference arm to test them against, no finding.
+    searching = spec.get("design") == "search"
+    reference = None if searching else reference_arm(trials, spec.get("reference_values", {}))
     protocol_notes: list[str] = []
     if has_items and reference is not None:
         items, protocol_notes = comparable_items(items, trials, reference)
     compared = comparisons(items, reference) if has_items and reference is not None else pd.DataFrame()
-    assessed = assess_all(trials, items, spec_axes) if has_items else []
+    assessed = assess_all(trials, items, spec_axes) if has_items and not searching else []
     comparisons_html = (
         "<h2>Against the reference arm</h2>"
         + _comparisons_html(compared, reference, table)
@@ -421,15 +427,17 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     note = shared_encoder_note(trials)
     _write_summary(study_dir, study, table, arm_columns, compared, reference, assessed, note)
 
-    failed = trials[trials["status"] != "finished"]
-    failed_html = ""
+    failed = trials[~trials["status"].isin(["finished", "stopped"])]
+    failed_html = stopped_html(trials)
     if len(failed):
         items = "".join(
             f"<li><b>{html.escape(str(r.arm))}</b> seed {r.seed} ({html.escape(str(r.trial_id))}): "
             f"{html.escape(last_line(str(r.error)))}</li>"
             for r in failed.itertuples()
         )
-        failed_html = f"<h2 class='missing'>Missing: {len(failed)} trials did not finish</h2><ul>{items}</ul>"
+        failed_html += (
+            f"<h2 class='missing'>Missing: {len(failed)} trials did not finish</h2><ul>{items}</ul>"
+        )
     recorded = set(trials["trial_id"])
     pending = [t for t in spec.get("planned", []) if t["trial_id"] not in recorded]
     if pending:
@@ -460,6 +468,8 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         else "<p class='missing'>No trial has finished yet.</p>",
         failed_html,
         stale_html(stale),
+        _search_section(study_dir, spec),
+        cost_html(trials, spec),
         categories_html,
         comparisons_html,
         findings_html,
@@ -475,6 +485,34 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     tmp.write_text("\n".join(parts), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def stopped_html(trials: pd.DataFrame) -> str:
+    """Trials the scheduler stopped early: listed apart with the step they reached; never in a table or a
+    comparison, where they would stand for an arm that had finished."""
+    stopped = trials[trials["status"] == "stopped"]
+    if stopped.empty:
+        return ""
+    steps = stopped["stopped_at_step"] if "stopped_at_step" in stopped else pd.Series(index=stopped.index)
+    rows = "".join(
+        f"<li><b>{html.escape(str(r.arm))}</b> seed {r.seed} ({html.escape(str(r.trial_id))}) at step "
+        f"{_num(step, '.0f')}</li>"
+        for r, step in zip(stopped.itertuples(), steps, strict=True)
+    )
+    return (
+        f"<h2>Stopped early: {len(stopped)} trials</h2><p class='muted'>Cut by the scheduler at an evaluation round "
+        "(their last, intermediate metrics are in trials.parquet); left out of every table and comparison. A run of "
+        f"the study without its scheduler resumes them from their checkpoints.</p><ul>{rows}</ul>"
+    )
+
+
+def _search_section(study_dir: Path, spec: dict) -> str:
+    if spec.get("design") != "search":
+        return ""
+    search = load_search(study_dir, spec)
+    if search is None:
+        return "<h2>Search</h2><p class='missing'>No Optuna study recorded for this search yet.</p>"
+    return search_html(search, spec, _figure_html)
 
 
 def _write_summary(

@@ -59,9 +59,12 @@ def run_trial(
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg.data, cache_dir)
     model = build_mm1(cfg, tokenizer).to(device)
+    encoder_started = time.perf_counter()
     encoder_state, built_encoder = pretrain_encoder(
         cfg, device=device, cache_dir=cache_dir, on_log=on_metrics
     )
+    # Building the encoder, loading it from the cache, or waiting for another trial to build it.
+    encoder_s = time.perf_counter() - encoder_started
     if encoder_state is not None:
         model.image_encoder.load_pretrained(encoder_state)
     # With encoder loss "none" this probes the random-init encoder: the baseline a pre-training stage must beat.
@@ -96,12 +99,7 @@ def run_trial(
             seconds[kind] += time.perf_counter() - start
 
     def run_eval(intermediate: bool = False) -> EvalResult:
-        subset = cfg.eval.intermediate_items
-        eval_cfg = (
-            dataclasses.replace(cfg.eval, num_items=min(subset, cfg.eval.num_items))
-            if intermediate and subset
-            else cfg.eval
-        )
+        eval_cfg = dataclasses.replace(cfg.eval, num_items=_round_items(cfg, intermediate=intermediate))
         return timed(
             "eval",
             lambda: evaluate(
@@ -124,7 +122,10 @@ def run_trial(
         schedule,
         device=device,
         on_log=on_metrics,
-        on_eval=lambda step: on_metrics(step, run_eval(intermediate=True).metrics),
+        # Each round says how many items it scored: an intermediate round's subset is not the final round's set.
+        on_eval=lambda step: on_metrics(
+            step, run_eval(intermediate=True).metrics | {"eval/items": _round_items(cfg, intermediate=True)}
+        ),
         checkpoint_path=checkpoint_path,
         checkpoint_config=config_to_dict(cfg),
         lr_scales={"image_encoder": cfg.train.encoder_lr_scale},
@@ -160,13 +161,14 @@ def run_trial(
         "eval", lambda: probe_encoder(model.image_encoder, cfg.data.world, when="final", device=device)
     )
     timing = {
+        "time/encoder_s": encoder_s,
         "time/data_s": seconds["data"],
         "time/train_s": training_s,
         "time/eval_s": seconds["eval"],
         "time/final_eval_s": seconds["eval"] - eval_before_final,
     }
     # The pre-trained probes ride along so that the trial's results row holds both ends of the encoder's story.
-    metrics = result.metrics | final_probes | pretrained_probes | timing
+    metrics = result.metrics | final_probes | pretrained_probes | timing | {"eval/items": _round_items(cfg)}
     on_metrics(last_step, metrics)
     return TrialOutcome(
         metrics=metrics,
@@ -174,3 +176,10 @@ def run_trial(
         num_params=num_params,
         built_encoder=built_encoder,
     )
+
+
+def _round_items(cfg: MM1Config, *, intermediate: bool = False) -> int:
+    """Items per task an evaluation round scores: the first `eval.intermediate_items` in intermediate rounds (all of
+    them where that is 0), every item in the final round."""
+    subset = cfg.eval.intermediate_items
+    return min(subset, cfg.eval.num_items) if intermediate and subset else cfg.eval.num_items

@@ -102,9 +102,14 @@ def train(
             metrics["train/steps_per_s"] = cfg.log_every / elapsed if elapsed > 0 else 0.0
             on_log(done, metrics)
             tick = time.perf_counter()
-        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+        evaluating = bool(cfg.eval_every) and done % cfg.eval_every == 0 and done != cfg.steps
+        # Saved before an evaluation round too: a scheduler may stop the trial on its result, and a later run that
+        # finishes the trial resumes from that step.
+        if checkpoint_path is not None and (
+            done % cfg.checkpoint_every == 0 or done == cfg.steps or evaluating
+        ):
+            _save(checkpoint_path, model, optimizer, done, checkpoint_config or {})
+        if evaluating:
             on_eval(done)
             model.train()
-        if checkpoint_path is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            _save(checkpoint_path, model, optimizer, done, checkpoint_config or {})
     return cfg.steps

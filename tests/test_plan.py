@@ -128,14 +128,14 @@ def test_plan_says_which_encoders_are_built_and_reused(write_study, tmp_path):
 
 
 def test_trials_that_build_an_encoder_are_scheduled_first(write_study):
-    from ablations.run import _builders_first
+    from ablations.plan import run_order
     from mm1core.stage_cache import encoder_stage_key
 
     text = STUDY.format(design="grid").replace(
         "preset: tiny", "preset: tiny\n  overrides:\n    encoder_pretrain.loss: clip"
     )
     trials = plan(load_study(write_study(text)))
-    ordered = _builders_first(trials)
+    ordered = run_order(trials)
     assert sorted(t.trial_id for t in ordered) == sorted(t.trial_id for t in trials)
     keys = [encoder_stage_key(t.config) for t in ordered]
     distinct = len(set(keys))

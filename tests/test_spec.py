@@ -112,7 +112,7 @@ CASES = {
     ),
     "bad design": (
         VALID.replace("design: grid", "design: random"),
-        ["study.yaml:12: design:", "'grid', 'one_at_a_time' or 'zip'"],
+        ["study.yaml:12: design:", "'grid', 'one_at_a_time', 'zip' or 'search'"],
     ),
     "zip of unequal axes": (
         VALID.replace("design: grid", "design: zip").replace("[16, 32]", "[16, 32, 64]"),
@@ -143,7 +143,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_mistake_is_located(case, write_study):
-    text, expected = CASES[case]
+    text, expected = {**CASES, **SEARCH_CASES}[case]
     path = write_study(text)
     with pytest.raises(StudyError) as raised:
         load_study(path)
@@ -181,3 +181,101 @@ def test_schema_is_json_schema(tmp_path: Path):
         schema["properties"]
     )
     assert schema["additionalProperties"] is False
+
+
+SEARCH = """
+name: s
+reference:
+  preset: tiny
+  overrides:
+    train.steps: 60
+    train.eval_every: 10
+design: search
+search:
+  sampler: tpe
+  trials: 4
+  metric: 0shot/avg
+  scheduler: {grace_period: 20}
+axes:
+  - name: train.lr
+    loguniform: [1.0e-4, 1.0e-2]
+  - name: lm.width
+    values: [32, 48]
+"""
+
+SEARCH_CASES = {
+    "distribution in a grid": (
+        SEARCH.replace("design: search", "design: grid").replace(
+            "search:\n  sampler: tpe\n  trials: 4\n  metric: 0shot/avg\n  scheduler: {grace_period: 20}\n", ""
+        ),
+        ["study.yaml:10: axes[0].loguniform: a distribution needs design: search (grid enumerates values)"],
+    ),
+    "bounds": (
+        SEARCH.replace("[1.0e-4, 1.0e-2]", "[1.0e-2, 1.0e-4]"),
+        [
+            "study.yaml:15: axes[0].loguniform: the low bound must be below the high bound (got [0.01, 0.0001])"
+        ],
+    ),
+    "log of zero": (
+        SEARCH.replace("[1.0e-4, 1.0e-2]", "[0.0, 1.0e-2]"),
+        ["study.yaml:15: axes[0].loguniform: a log-uniform range must be positive"],
+    ),
+    "not numeric": (
+        SEARCH.replace("name: train.lr", "name: connector.name"),
+        [
+            "study.yaml:15: axes[0].loguniform: connector.name is not a numeric field; give its choices as values"
+        ],
+    ),
+    "two kinds": (
+        SEARCH.replace("values: [32, 48]", "values: [32, 48]\n    int: [32, 64]"),
+        [
+            "study.yaml:16: axes[1]: an axis gives exactly one of values, loguniform, uniform, int (got values and int)"
+        ],
+    ),
+    "cmaes and a categorical axis": (
+        SEARCH.replace("sampler: tpe", "sampler: cmaes"),
+        [
+            "study.yaml:9: search.sampler: cmaes samples numeric distributions only; axes[1] (lm.width) gives values"
+        ],
+    ),
+    "unknown sampler": (
+        SEARCH.replace("sampler: tpe", "sampler: hyperband"),
+        ["study.yaml:9: search.sampler: Input should be 'tpe', 'random', 'cmaes' or 'qmc'"],
+    ),
+    "a metric no trial records": (
+        SEARCH.replace("metric: 0shot/avg", "metric: 0shot/accuracy"),
+        ["study.yaml:11: search.metric: no trial records the metric '0shot/accuracy'"],
+    ),
+    "no evaluation rounds to cut at": (
+        SEARCH.replace("    train.eval_every: 10\n", ""),
+        ["study.yaml:11: search.scheduler: ASHA cuts trials at evaluation rounds", "set train.eval_every"],
+    ),
+    "a search without its block": (
+        SEARCH.replace(
+            "search:\n  sampler: tpe\n  trials: 4\n  metric: 0shot/avg\n  scheduler: {grace_period: 20}\n", ""
+        ),
+        ["study.yaml:7: design: design search needs a search: block"],
+    ),
+    "seeds beside a search": (
+        SEARCH + "seeds: [0, 1]\n",
+        ["study.yaml:18: seeds: a search runs each configuration with search.seeds seeds"],
+    ),
+    "a grid scheduler without a metric": (
+        VALID.replace("design: grid", "design: grid\nscheduler: {grace_period: 10}").replace(
+            "train.lr: 0.002", "train.lr: 0.002\n    train.eval_every: 10"
+        ),
+        ["scheduler: a scheduler outside a search needs its metric (and mode)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SEARCH_CASES))
+def test_each_search_mistake_is_located(case, write_study):
+    test_each_mistake_is_located(case, write_study)
+
+
+def test_a_valid_search_loads(write_study):
+    study = load_study(write_study(SEARCH))
+    assert study.spec.axes[0].distribution == ("loguniform", (1.0e-4, 1.0e-2))
+    assert study.scheduler.metric == "0shot/avg" and study.scheduler.mode == "max"
+    assert study.seeds == [0]

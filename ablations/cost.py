@@ -1,0 +1,278 @@
+"""What a study will cost before it runs: each trial's time by stage, and the study's wall time on its slots.
+
+A trial's time is its steps and items multiplied by the rates of its shape (the config with seeds, learning rates
+and step counts left out) on this machine: seconds per encoder step, per training step, per evaluation item, and a
+fixed part (model, tokenizer, probes). The rates come, in this order, from finished trials of the same shape under
+the results folder (their recorded stage times), from a cached calibration, or from a calibration run now
+(`mm1core.calibrate`: a few steps of each stage, one process per slot at once, so the rates include what trials
+running side by side cost each other), cached per CPU model, threads and slots in `cache/calibration.json`.
+
+The wall time replays the run's own schedule: trials in run order on `slots` slots, a trial that reuses an
+encoder another one is building waiting for it, plus the start of Ray and the report.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from ablations.plan import Trial, encoder_plan, run_order
+from mm1core.config import flatten
+from mm1core.hardware import cpu_model_name
+from mm1core.stage_cache import encoder_stage_key, stage_key
+
+__all__ = [
+    "Estimate",
+    "RATE_KEYS",
+    "SearchEstimate",
+    "StudyEstimate",
+    "estimate_search",
+    "estimate_study",
+    "eval_items",
+    "shape_key",
+    "slots_for",
+]
+
+RATE_KEYS = ("encoder_step_s", "train_step_s", "eval_item_s", "fixed_s")
+# Measured with bench/run_overhead.py (bench/README.md): Ray's start, MLflow's set-up and the report, per study;
+# the hand-over between trials on a reused worker, per trial.
+STUDY_OVERHEAD_S = 12.0
+TRIAL_OVERHEAD_S = 2.0
+# Fields that change what a trial computes but not how long a step or an item takes.
+_NOT_SHAPE = {
+    "seed",
+    "encoder_pretrain.seed",
+    "encoder_pretrain.seed_from",
+    "eval.set_seed",
+    "train.lr",
+    "encoder_pretrain.lr",
+    "sft.lr",
+    "train.steps",
+    "train.warmup_steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "encoder_pretrain.steps",
+    "encoder_pretrain.warmup_steps",
+    "eval.num_items",
+    "eval.intermediate_items",
+}
+
+
+def shape_key(config: dict) -> str:
+    return stage_key("shape", {k: v for k, v in flatten(config).items() if k not in _NOT_SHAPE})
+
+
+def eval_items(config: dict) -> int:
+    """Items per task scored over the whole trial: the intermediate rounds' and the final round's."""
+    train, ev = config["train"], config["eval"]
+    every = train["eval_every"]
+    rounds = len(range(every, train["steps"], every)) if every else 0
+    return rounds * (ev["intermediate_items"] or ev["num_items"]) + ev["num_items"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    encoder_s: float  # building the encoder, or waiting for another trial to (0 when cached)
+    train_s: float
+    eval_s: float
+    fixed_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.encoder_s + self.train_s + self.eval_s + self.fixed_s + TRIAL_OVERHEAD_S
+
+
+@dataclass(frozen=True)
+class StudyEstimate:
+    trials: dict[
+        str, Estimate
+    ]  # trial_id -> its estimate (encoder time as if it built or loaded, no waiting)
+    wall_s: float  # the study on its slots, waits included
+    slots: int
+    sources: list[str]  # where the rates came from, per shape
+
+
+def slots_for(cpu_per_trial: float, cpus: float | None = None) -> int:
+    return max(1, int((cpus or os.cpu_count() or 1) // max(cpu_per_trial, 1e-9)))
+
+
+def _finished_rates(results_root: Path, shapes: set[str]) -> dict[str, tuple[dict[str, float], int]]:
+    """Rates of each shape from finished trials that recorded their stage times: medians, and how many trials."""
+    import pandas as pd
+
+    found: dict[str, list[dict[str, float]]] = {}
+    for path in results_root.glob("*/trials.parquet"):
+        rows = pd.read_parquet(path)
+        if "time/encoder_s" not in rows or "config_json" not in rows:
+            continue
+        done = rows[(rows["status"] == "finished") & rows["time/encoder_s"].notna()]
+        for row in done.to_dict("records"):
+            config = json.loads(row["config_json"])
+            shape = shape_key(config)
+            if shape not in shapes:
+                continue
+            train_s = row["time/train_s"] + row["time/data_s"]
+            rate = {
+                "train_step_s": train_s / config["train"]["steps"],
+                "eval_item_s": row["time/eval_s"] / eval_items(config),
+                "fixed_s": max(
+                    row["wall_time_s"] - train_s - row["time/eval_s"] - row["time/encoder_s"], 0.0
+                ),
+            }
+            if row["built_encoder"] and config["encoder_pretrain"]["loss"] != "none":
+                rate["encoder_step_s"] = row["time/encoder_s"] / config["encoder_pretrain"]["steps"]
+            found.setdefault(shape, []).append(rate)
+    out = {}
+    for shape, rates in found.items():
+        merged = {}
+        for key in RATE_KEYS:
+            values = sorted(r[key] for r in rates if key in r)
+            if values:
+                merged[key] = values[len(values) // 2]
+        out[shape] = (merged, len(rates))
+    return out
+
+
+def _calibrated(
+    configs: dict[str, dict], cache_dir: Path, threads: int, slots: int, out: TextIO | None
+) -> dict[str, dict[str, float]]:
+    """Cached calibrations of these shapes, running the missing ones now (`slots` processes at once per shape)."""
+    path = cache_dir / "calibration.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    prefix = f"{cpu_model_name()}|{threads} threads|{slots} side by side|"
+    for shape, config in configs.items():
+        if prefix + shape in cache:
+            continue
+        if out is not None:
+            print(
+                f"calibrating a trial shape on this machine ({slots} side by side, once)...",
+                file=out,
+                flush=True,
+            )
+        with tempfile.TemporaryDirectory() as work:
+            config_path = Path(work) / "config.json"
+            config_path.write_text(json.dumps(config))
+            outputs = [Path(work) / f"rates{i}.json" for i in range(slots)]
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "mm1core.calibrate", str(config_path), str(o), str(threads)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for o in outputs
+            ]
+            errors = [p.communicate()[1] for p in procs]
+            if any(p.returncode for p in procs):
+                raise RuntimeError(
+                    f"calibration failed: {next(e for e in errors if e).strip().splitlines()[-1]}"
+                )
+            runs = [json.loads(o.read_text()) for o in outputs]
+        cache[prefix + shape] = {k: max(r[k] for r in runs) for k in RATE_KEYS} | {
+            "measured": time.strftime("%F")
+        }
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, path)
+    return {shape: cache[prefix + shape] for shape in configs}
+
+
+def estimate_study(
+    trials: list[Trial],
+    *,
+    results_root: Path,
+    cpu_per_trial: float,
+    out: TextIO | None = None,
+) -> StudyEstimate:
+    """Every trial's estimate and the study's wall time; calibrates shapes that nothing else covers."""
+    threads = max(1, int(cpu_per_trial))
+    slots = slots_for(cpu_per_trial)
+    configs = {shape_key(t.config): t.config for t in trials}
+    known = _finished_rates(results_root, set(configs))
+    rates: dict[str, dict[str, float]] = {}
+    sources = []
+    missing = {}
+    for shape, config in configs.items():
+        measured, count = known.get(shape, ({}, 0))
+        needs_encoder = config["encoder_pretrain"]["loss"] != "none"
+        if all(k in measured for k in RATE_KEYS if k != "encoder_step_s" or needs_encoder) and count:
+            rates[shape] = measured | ({} if needs_encoder else {"encoder_step_s": 0.0})
+            sources.append(f"{count} finished trials of the shape")
+        else:
+            missing[shape] = config
+    if missing:
+        calibrated = _calibrated(missing, results_root / "cache", threads, slots, out)
+        for shape, measured in calibrated.items():
+            rates[shape] = measured
+            sources.append(f"calibration on {cpu_model_name()} ({measured.get('measured', '?')})")
+    estimates = {
+        t.trial_id: Estimate(
+            encoder_s=rates[shape_key(t.config)]["encoder_step_s"] * t.config["encoder_pretrain"]["steps"],
+            train_s=rates[shape_key(t.config)]["train_step_s"] * t.config["train"]["steps"],
+            eval_s=rates[shape_key(t.config)]["eval_item_s"] * eval_items(t.config),
+            fixed_s=rates[shape_key(t.config)]["fixed_s"],
+        )
+        for t in trials
+    }
+    wall = _replay(run_order(trials), estimates, encoder_plan(trials, results_root / "cache"), slots)
+    return StudyEstimate(estimates, wall + STUDY_OVERHEAD_S, slots, sources)
+
+
+def _replay(
+    trials: list[Trial], estimates: dict[str, Estimate], encoders: dict[str, str], slots: int
+) -> float:
+    """The study's wall time: each trial on the first free slot; one that reuses an encoder being built waits for
+    it; a cached encoder costs nothing."""
+    free = [0.0] * slots
+    heapq.heapify(free)
+    built_at: dict[str | None, float] = {}
+    end = 0.0
+    for trial in trials:
+        start = heapq.heappop(free)
+        e = estimates[trial.trial_id]
+        status = encoders.get(trial.trial_id, "-")
+        key = encoder_stage_key(trial.config)
+        if status == "build":
+            ready = start + e.encoder_s
+            built_at[key] = ready
+        elif status == "reuse":
+            ready = max(start, built_at.get(key, start))
+        else:
+            ready = start
+        finish = ready + e.train_s + e.eval_s + e.fixed_s + TRIAL_OVERHEAD_S
+        end = max(end, finish)
+        heapq.heappush(free, finish)
+    return end
+
+
+@dataclass(frozen=True)
+class SearchEstimate:
+    per_run_s: float  # one run of the reference configuration, to the end
+    wall_s: float  # every configuration's runs to the end on the slots: what early stopping saves from
+    slots: int
+    sources: list[str]
+
+
+def estimate_search(study, *, results_root: Path, out: TextIO | None = None) -> SearchEstimate:
+    """A search's configurations are sampled as it runs: each is costed as the reference configuration."""
+    from ablations.plan import resolve_trial
+
+    search = study.spec.search
+    gpu = study.spec.resources.gpu > 0
+    reference = resolve_trial(study, "reference", {}, {}, 0, gpu=gpu)
+    one = estimate_study(
+        [reference], results_root=results_root, cpu_per_trial=study.spec.resources.cpu, out=out
+    )
+    per_run = one.trials[reference.trial_id].total_s
+    rounds = -(-search.trials * search.seeds // one.slots)
+    return SearchEstimate(per_run, rounds * per_run + STUDY_OVERHEAD_S, one.slots, one.sources)
