@@ -15,8 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ablations.yamlio import LoadedYaml, YamlError, load_yaml
-from mm1core.config import ConfigError, apply_overrides, config_to_dict, field_paths, unknown_path_message
-from mm1core.presets import ENCODER_SIZES, PRESETS, get_preset
+from mm1core.axes import ALIASES, SIZED_AXES, resolve_axis
+from mm1core.config import ConfigError, apply_overrides, config_to_dict, field_paths
+from mm1core.presets import PRESETS, get_preset
 
 __all__ = [
     "ALIASES",
@@ -34,16 +35,6 @@ __all__ = [
     "study_json_schema",
 ]
 
-# The paper's names for the axes it ablates, and the config field each one sets.
-ALIASES: dict[str, str] = {
-    "resolution": "encoder.resolution",
-    "encoder_loss": "encoder_pretrain.loss",
-    "image_tokens": "connector.num_image_tokens",
-    "connector": "connector.name",
-    "data_ratio": "data.ratio",
-}
-# Axes whose values are named sizes that set several fields of one config section at once.
-SIZED_AXES: dict[str, tuple[str, dict[str, dict[str, int]]]] = {"encoder_size": ("encoder", ENCODER_SIZES)}
 # Budget stages and the config field that holds each one's step count.
 BUDGET_STAGES: dict[str, str] = {"encoder": "encoder_pretrain.steps", "multimodal": "train.steps"}
 
@@ -208,29 +199,6 @@ def _format_path(path: tuple) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
-
-
-def resolve_axis(name: str) -> str:
-    """The dotted config path an axis name sets; raises ConfigError with the nearest names.
-
-    A sized axis (SIZED_AXES) names its config section rather than one field.
-    """
-    if name in ALIASES:
-        return ALIASES[name]
-    if name in SIZED_AXES:
-        return SIZED_AXES[name][0]
-    if name in field_paths():
-        return name
-    if "." not in name:
-        known = [*ALIASES, *SIZED_AXES]
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            name,
-            f"unknown axis {name!r}{hint} (known names: {', '.join(known)}, or a dotted "
-            "config path such as connector.num_image_tokens)",
-        )
-    raise ConfigError(name, unknown_path_message(name))
 
 
 def axis_field(name: str) -> str | None:

@@ -17,9 +17,9 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from ablations.spec import resolve_axis
 from dashboards.floors import at_chance
 from dashboards.stats import ALPHA, equivalent, holm, paired_comparison, trend_comparison
+from mm1core.axes import resolve_axis
 
 __all__ = ["assess", "assess_all", "load_findings"]
 

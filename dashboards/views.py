@@ -20,9 +20,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ablations.spec import resolve_axis
 from dashboards.findings import load_findings
 from dashboards.stats import mean_ci
+from mm1core.axes import resolve_axis
 
 __all__ = ["connector_figure", "data_figure", "encoder_table", "lr_law"]
 

@@ -162,3 +162,25 @@ def test_encoder_size_sets_width_and_depth_together(write_study):
         encoder = by_arm[f"encoder_size={size}"]
         assert {k: encoder[k] for k in ("width", "depth", "num_heads")} == ENCODER_SIZES[size]
         assert encoder["resolution"] == by_arm[REFERENCE_ARM]["resolution"]
+
+
+def test_imports_run_one_way():
+    """ablations -> dashboards and mm1core, dashboards -> mm1core; never back (CONVENTIONS.md)."""
+    import ast
+
+    from conftest import REPO
+
+    forbidden = {"mm1core": ("ablations", "dashboards"), "dashboards": ("ablations",)}
+    wrong = []
+    for package, banned in forbidden.items():
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                wrong += [f"{path.relative_to(REPO)} imports {n}" for n in names if n.split(".")[0] in banned]
+    assert not wrong, wrong
