@@ -194,8 +194,9 @@ _COMPARISON_HEAD = (
     "at chance",
 )
 _STATS_TEXT = (
-    "each run reduced to its mean over the items every run answered; the runs' means fitted with arm + seed (seed "
-    "as a block), the run-to-run error pooled over every arm: the training run is the unit, items only measure it"
+    "a mixed model of every score, arms x seeds x items: seeds are blocks, the training run and the arm x item "
+    "interaction are random, their variance pooled over every arm (Satterthwaite's degrees of freedom): the "
+    "training run is the unit of replication, and the items are a sample too"
 )
 
 
