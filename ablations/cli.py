@@ -153,12 +153,17 @@ def _precision_reason(study) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study)  # validated completely before Ray or MLflow start
+    from ablations.results import StudyBusy
     from ablations.run import run_study
     from dashboards.report import last_line
 
-    summary = run_study(
-        study, results_root=_results_root(args), address=args.address, tracking_uri=args.tracking_uri
-    )
+    try:
+        summary = run_study(
+            study, results_root=_results_root(args), address=args.address, tracking_uri=args.tracking_uri
+        )
+    except StudyBusy as busy:
+        print(f"error: {busy}", file=sys.stderr)
+        return 2
     print(
         f"[{study.name}] done in {summary.wall_time_s:.0f}s: {len(summary.finished)} finished, "
         + (f"{len(summary.stopped)} stopped early, " if summary.stopped else "")

@@ -9,16 +9,20 @@ had ended: the next run, `status` or `report` consolidates what it left.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["CONSOLIDATE_EVERY_S", "ResultsStore", "config_json", "finished_trial_ids"]
+__all__ = ["CONSOLIDATE_EVERY_S", "ResultsStore", "StudyBusy", "config_json", "finished_trial_ids"]
 
 CONSOLIDATE_EVERY_S = 20.0
 
@@ -42,6 +46,10 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class StudyBusy(RuntimeError):
+    """Another `mm1ablate run` of the same study holds its results folder."""
+
+
 class ResultsStore:
     def __init__(self, study_dir: Path) -> None:
         self.dir = study_dir
@@ -60,6 +68,30 @@ class ResultsStore:
     @property
     def items_path(self) -> Path:
         return self.dir / "items.parquet"
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """One runner per study: held for the whole run by a lock on `.run.lock`, which the kernel releases when the
+        process ends, however it ends (POSIX locks: also on shared storage). A second runner is refused at once,
+        told who holds the study, instead of training every trial twice."""
+        path = self.dir / ".run.lock"
+        with open(path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise StudyBusy(
+                    f"study {self.dir.name!r} is already running ({holder}); wait for it, or stop that run first. "
+                    f"`mm1ablate status {self.dir.name}` shows its progress"
+                ) from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(
+                f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+            )
+            lock.flush()
+            yield
 
     def finished_ids(self) -> set[str]:
         return finished_trial_ids(self.dir)

@@ -332,11 +332,24 @@ def run_study(
     tracking_uri: str | None = None,
     out: TextIO = sys.stdout,
 ) -> RunSummary:
+    """Run what is left of a study; raises StudyBusy while another runner holds it."""
+    store = ResultsStore(results_root / study.name)
+    with store.exclusive():
+        return _run_study(study, store, results_root, address, tracking_uri, out)
+
+
+def _run_study(
+    study: Study,
+    store: ResultsStore,
+    results_root: Path,
+    address: str | None,
+    tracking_uri: str | None,
+    out: TextIO,
+) -> RunSummary:
     started = time.time()
     search = study.spec.search
     trials = plan(study)
-    study_dir = results_root / study.name
-    store = ResultsStore(study_dir)
+    study_dir = store.dir
     store.consolidate()  # parts a killed driver wrote after its last consolidation
     if search is None:
         skipped = _skipped(study, store, trials)

@@ -221,3 +221,26 @@ def test_ui_serves_the_study(finished_study):
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
+
+
+def test_a_second_runner_of_a_running_study_is_refused(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(STUDY.replace("name: tiny-e2e", "name: busy").lstrip())
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    first = subprocess.Popen(
+        [MM1ABLATE, "run", "tiny.yaml"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        lock = tmp_path / "results" / "busy" / ".run.lock"
+        deadline = time.time() + 60
+        while not (lock.exists() and lock.read_text()) and time.time() < deadline:
+            time.sleep(0.2)
+        second = run_cli("run", "tiny.yaml", cwd=tmp_path, timeout=60)
+        assert second.returncode == 2
+        assert (
+            "study 'busy' is already running (pid" in second.stderr
+            and "mm1ablate status busy" in second.stderr
+        )
+    finally:
+        first.communicate(timeout=600)
+    # Once the first has ended, the study is free again.
+    assert "4 trials planned" in run_cli("run", "tiny.yaml", cwd=tmp_path).stdout
