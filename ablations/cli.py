@@ -205,7 +205,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ablations.tracking import resolve_tracking_uri
+    from ablations.tracking import redacted, resolve_tracking_uri
     from dashboards.index import write_index
     from dashboards.report import write_report
 
@@ -218,20 +218,20 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
         return 2
     uri = resolve_tracking_uri(args.tracking_uri, _results_root(args))
-    print(write_report(study_dir, tracking_uri=uri))
+    print(write_report(study_dir, tracking_uri=redacted(uri)))
     print(write_index(_results_root(args)))
     return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from ablations.tracking import resolve_tracking_uri
+    from ablations.tracking import redacted, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri, _results_root(args))
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     command = [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
     if uri.startswith("sqlite:"):
         command += ["--default-artifact-root", (_results_root(args) / "mlartifacts").resolve().as_uri()]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} for {uri}", flush=True)
+    print(f"MLflow UI on http://127.0.0.1:{args.port} for {redacted(uri)}", flush=True)
     return subprocess.call(command)
 
 

@@ -40,7 +40,7 @@ from ablations.search import (
     storage_url,
 )
 from ablations.spec import Study, axis_field, reference_axis_values
-from ablations.tracking import Tracker, resolve_tracking_uri
+from ablations.tracking import Tracker, redacted, resolve_tracking_uri
 from ablations.trial import FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY, train_trial
 from dashboards.index import write_index
 from dashboards.report import last_line, write_report
@@ -367,7 +367,7 @@ def _run_study(
         )
     uri = resolve_tracking_uri(tracking_uri, results_root)
     summary = RunSummary(study.name, planned, planned - to_run, tracking_uri=uri, results_dir=study_dir)
-    print(f"[{study.name}] {what}; MLflow: {uri}; results: {study_dir}", file=out, flush=True)
+    print(f"[{study.name}] {what}; MLflow: {redacted(uri)}; results: {study_dir}", file=out, flush=True)
     if not to_run:
         _write_study_json(study, study_dir, trials)
         return summary
@@ -450,7 +450,7 @@ def _run_study(
             },
         )
         if store.trials_path.exists():
-            summary.report = write_report(study_dir, tracking_uri=uri)
+            summary.report = write_report(study_dir, tracking_uri=redacted(uri))
             write_index(results_root)
             for name in ("report.html", "summary.md", "arms.csv", "comparisons.csv", "findings.csv"):
                 if (study_dir / name).exists():

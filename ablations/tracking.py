@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -20,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from ablations.plan import Trial
 from mm1core.config import flatten
 
-__all__ = ["Tracker", "git_commit", "resolve_tracking_uri"]
+__all__ = ["Tracker", "git_commit", "redacted", "resolve_tracking_uri"]
 
 _BATCH = 100  # MLflow's log_batch limit on params per call
 
@@ -32,6 +33,21 @@ def resolve_tracking_uri(cli_uri: str | None, results_root: Path) -> str:
         return uri
     results_root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(results_root / 'mlflow.db').resolve()}"
+
+
+def redacted(uri: str) -> str:
+    """The URI as it may be shown: a password (user:password@host) or a token in the query replaced by ***."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = "&".join(
+        f"{k}=***" if k.lower() in ("token", "password", "secret", "key", "access_token") else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    if netloc == parts.netloc and query == parts.query:
+        return uri  # nothing to hide: as given (urlunsplit would drop sqlite:////'s empty authority)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def git_commit() -> str:

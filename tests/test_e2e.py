@@ -244,3 +244,11 @@ def test_a_second_runner_of_a_running_study_is_refused(tmp_path):
         first.communicate(timeout=600)
     # Once the first has ended, the study is free again.
     assert "4 trials planned" in run_cli("run", "tiny.yaml", cwd=tmp_path).stdout
+
+
+def test_credentials_in_a_tracking_uri_are_never_shown():
+    from ablations.tracking import redacted
+
+    assert redacted("http://bob:s3cret@127.0.0.1:5000") == "http://bob:***@127.0.0.1:5000"
+    assert redacted("https://h/x?token=abc&run=1") == "https://h/x?token=***&run=1"
+    assert redacted("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
