@@ -47,7 +47,7 @@ from mm1core.eval.scoring import cider, vqa_accuracy
 from mm1core.generate import generate
 from mm1core.mm1 import MM1, eval_mode
 
-__all__ = ["EvalResult", "Prompt", "evaluate", "fewshot_prompt", "textcore_prompt"]
+__all__ = ["EvalResult", "Prompt", "answer_prompts", "evaluate", "fewshot_prompt", "textcore_prompt"]
 
 _DEMO_POOL = 64  # demonstration scenes per eval set
 _DEMO_SEED_OFFSET = 5 * 10**8  # demonstrations come from seeds disjoint from the query scenes
@@ -120,7 +120,7 @@ def _render(scene: Scene, world: WorldConfig, resolution: int) -> np.ndarray:
     return render_scene(scene, world, resolution)
 
 
-def _answers(
+def answer_prompts(
     model: MM1,
     tokenizer: Tokenizer,
     prompts: list[Prompt],
@@ -174,7 +174,7 @@ def evaluate(
 ) -> EvalResult:
     """Every column of the suite, in eval mode (the model's own modes are restored after)."""
     with eval_mode(model), torch.no_grad():
-        answer: Callable[[list[Prompt], int], list[str]] = lambda prompts, max_words: _answers(  # noqa: E731
+        answer: Callable[[list[Prompt], int], list[str]] = lambda prompts, max_words: answer_prompts(  # noqa: E731
             model,
             tokenizer,
             prompts,
