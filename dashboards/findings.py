@@ -53,7 +53,8 @@ def _pairs_table(items: pd.DataFrame, trials: pd.DataFrame, axis: str, others: l
     keyed = trials[["trial_id", axis, *others]].rename(columns={axis: "_value"})
     table = items.merge(keyed, on="trial_id")
     table["arm"] = table["_value"].astype(str)
-    table["seed"] = table[["seed", *others]].astype(str).agg("|".join, axis=1)
+    # In a one-at-a-time study an arm leaves the other axes at the reference: no value recorded (NaN), one block.
+    table["seed"] = table[["seed", *others]].astype(object).fillna("reference").astype(str).agg("|".join, axis=1)
     return table
 
 

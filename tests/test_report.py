@@ -322,3 +322,16 @@ def test_highest_impact_compares_resolution_with_the_other_encoder_axes():
         f1, *_two_axis_tables(lambda res, loss: 0.2 + 0.15 * (res == 64) + 0.4 * (loss == "clip")), axes
     )
     assert outranked["ours"] == "disagrees"
+
+
+def test_a_one_at_a_time_study_blocks_arms_that_leave_other_axes_at_the_reference(tmp_path):
+    """Arms of a one-at-a-time study record no value for the axes they leave alone: the finding still compares
+    them (a report once crashed on the missing values)."""
+    from dashboards.findings import assess, load_findings
+
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    items = pd.read_parquet(study_dir / "items.parquet")
+    trials["train.lr"] = float("nan")  # a second axis, not set by these arms
+    f1 = next(f for f in load_findings() if f["id"] == "F1")
+    assert assess(f1, trials, items, ["resolution", "train.lr"])["ours"] == "agrees"
