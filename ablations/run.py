@@ -450,13 +450,17 @@ def _run_study(
             },
         )
         if store.trials_path.exists():
-            summary.report = write_report(study_dir, tracking_uri=redacted(uri))
-            write_index(results_root)
-            for name in ("report.html", "summary.md", "arms.csv", "comparisons.csv", "findings.csv"):
-                if (study_dir / name).exists():
-                    tracker.log_artifact(study_dir / name)
-            if (study_dir / "arms.csv").exists():
-                tracker.log_arm_aggregates(pd.read_csv(study_dir / "arms.csv").to_dict("records"))
+            try:
+                _publish(study_dir, results_root, redacted(uri), tracker, summary)
+            except (
+                Exception
+            ) as err:  # the results are on disk: a report that fails costs the report, not the run
+                print(
+                    f"[{study.name}] the report failed ({type(err).__name__}: {err}); the results are in "
+                    f"{study_dir}, `mm1ablate report {study.name}` writes it again",
+                    file=out,
+                    flush=True,
+                )
         ended = len(summary.finished) + len(summary.stopped) + len(summary.failed)
         tracker.end_study(
             failed=bool(summary.failed) or ended < to_run,
@@ -495,6 +499,17 @@ def _estimate(study: Study, todo: list[Trial], results_root: Path, out: TextIO) 
         "sources": sorted(set(estimate.sources)),
         "trials": {trial_id: e.total_s for trial_id, e in estimate.trials.items()},
     }
+
+
+def _publish(study_dir: Path, results_root: Path, uri: str, tracker: Tracker, summary: RunSummary) -> None:
+    """The report, the index, and both as artifacts of the study's MLflow run."""
+    summary.report = write_report(study_dir, tracking_uri=uri)
+    write_index(results_root)
+    for name in ("report.html", "summary.md", "arms.csv", "comparisons.csv", "findings.csv"):
+        if (study_dir / name).exists():
+            tracker.log_artifact(study_dir / name)
+    if (study_dir / "arms.csv").exists():
+        tracker.log_arm_aggregates(pd.read_csv(study_dir / "arms.csv").to_dict("records"))
 
 
 def _write_study_json(
