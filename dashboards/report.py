@@ -227,7 +227,8 @@ def _comparisons_html(table: pd.DataFrame, reference: str, arms: pd.DataFrame) -
     return (
         f"<p class='muted'>Each arm against <b>{html.escape(reference)}</b>: {_STATS_TEXT}; p-values corrected "
         f"together for {len(table)} comparisons (Holm). Smallest detectable: the difference these seeds would detect "
-        "with 80% power, given the run-to-run spread. A verdict where the arm "
+        "with 80% power, given the run-to-run spread, and the seeds that would detect a difference of the observed "
+        "size, both for one comparison at the 5% level (Holm over many asks for more). A verdict where the arm "
         "or the reference sits at chance (last column) compares models that cannot do the task.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
