@@ -54,7 +54,9 @@ def _pairs_table(items: pd.DataFrame, trials: pd.DataFrame, axis: str, others: l
     table = items.merge(keyed, on="trial_id")
     table["arm"] = table["_value"].astype(str)
     # In a one-at-a-time study an arm leaves the other axes at the reference: no value recorded (NaN), one block.
-    table["seed"] = table[["seed", *others]].astype(object).fillna("reference").astype(str).agg("|".join, axis=1)
+    table["seed"] = (
+        table[["seed", *others]].astype(object).fillna("reference").astype(str).agg("|".join, axis=1)
+    )
     return table
 
 

@@ -70,11 +70,7 @@ STEMS = ("patchify", "conv")
 LM_POSITIONS = ("learned", "rope")
 # How the LM tells an image's tokens apart: "learned" adds a learned embedding of each token's place in the image's
 # token grid (as Honeybee's C-Abstractor and Qwen-VL's resampler do), "none" leaves it to the encoder's features.
-# "cell-words" adds to each image token the LM's own embedding of the name of the world cell under the token's centre
-# ("r1c2"): the image tokens carry the location words the text uses, as Kosmos-2's location tokens do, so a question
-# that names a place can find it without first learning which learned embedding goes with which word. It needs the
-# generated world's cell names and a spatial connector (a square token grid).
-IMAGE_TOKEN_POSITIONS = ("learned", "none", "cell-words")
+IMAGE_TOKEN_POSITIONS = ("learned", "none")
 # What stays trainable in each named stage.
 FREEZE_STAGES: dict[str, tuple[str, ...]] = {
     "all": ("image_encoder", "connector", "lm"),
@@ -495,17 +491,6 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
         f"unknown image-token positions {cfg.connector.token_positions!r}; "
         f"known: {', '.join(IMAGE_TOKEN_POSITIONS)}",
     )
-    if cfg.connector.token_positions == "cell-words":
-        check(
-            cfg.connector.name in ("avg-pool", "c-abstractor"),
-            "connector.token_positions",
-            f"cell-words needs a spatial connector (avg-pool, c-abstractor); {cfg.connector.name} tokens have no place",
-        )
-        check(
-            not (cfg.data.caption_files or cfg.data.interleaved_files),
-            "connector.token_positions",
-            "cell-words names the generated world's cells; your own data has none",
-        )
     check(
         cfg.lm.positions in LM_POSITIONS,
         "lm.positions",

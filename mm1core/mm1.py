@@ -9,7 +9,6 @@ Shape suffixes: B sequences, T sequence length, M images, K image tokens per ima
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch
@@ -18,7 +17,6 @@ from torch import nn
 from mm1core.config import FREEZE_STAGES, IMAGE_TOKEN_POSITIONS, MM1Config
 from mm1core.connectors import build_connector
 from mm1core.data.tokenizer import Tokenizer
-from mm1core.data.world import positions
 from mm1core.lm import DecoderLM
 from mm1core.vit import ViT
 
@@ -34,7 +32,6 @@ class MM1(nn.Module):
         *,
         image_token_id: int,
         token_positions: str = "learned",
-        cell_word_ids: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -53,12 +50,6 @@ class MM1(nn.Module):
         # connector outputs of norm ~2, a 2-layer LM never learned the lookup (docs/reference-recipe.md).
         K, D = connector.num_image_tokens, lm.embed_dim
         self.image_token_pos = nn.Parameter(torch.randn(1, K, D)) if token_positions == "learned" else None
-        if token_positions == "cell-words":
-            if cell_word_ids is None or cell_word_ids.shape != (K,):
-                raise ValueError(f"cell-words needs one cell word per image token ({K})")
-            self.register_buffer("cell_word_ids", cell_word_ids, persistent=False)
-        else:
-            self.cell_word_ids = None
 
     def freeze(self, stage: str) -> tuple[str, ...]:
         """Make only the parts named by `stage` trainable; returns their names."""
@@ -78,13 +69,7 @@ class MM1(nn.Module):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """images (M, 3, R, R) -> the connector's image tokens (M, K, D)."""
         tokens = self.connector(self.image_encoder(images))  # (M, K, D)
-        if self.image_token_pos is not None:
-            return tokens + self.image_token_pos
-        if (
-            self.cell_word_ids is not None
-        ):  # the LM's word embeddings: trained with the text that names the cells
-            return tokens + self.lm.embed(self.cell_word_ids).unsqueeze(0)
-        return tokens
+        return tokens if self.image_token_pos is None else tokens + self.image_token_pos
 
     def embed_inputs(
         self, tokens: torch.Tensor, images: torch.Tensor, *, encoded: bool = False
@@ -140,25 +125,4 @@ def build_mm1(cfg: MM1Config, tokenizer: Tokenizer) -> MM1:
         language_model,
         image_token_id=tokenizer.image_id,
         token_positions=cfg.connector.token_positions,
-        cell_word_ids=_cell_word_ids(cfg, tokenizer, bridge.num_image_tokens)
-        if cfg.connector.token_positions == "cell-words"
-        else None,
     )
-
-
-def _cell_word_ids(cfg: MM1Config, tokenizer: Tokenizer, num_tokens: int) -> torch.Tensor:
-    """The word id of the world cell under each image token's centre, tokens in row-major order."""
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise ValueError(f"cell-words needs a square grid of image tokens, got {num_tokens}")
-    grid = cfg.data.world.grid_size
-    names = positions(grid)
-    ids = []
-    for i in range(side):
-        for j in range(side):
-            row, col = int((i + 0.5) * grid / side), int((j + 0.5) * grid / side)
-            (word,) = tokenizer.encode(
-                names[row * grid + col]
-            )  # a cell name is one word of the world's vocabulary
-            ids.append(word)
-    return torch.tensor(ids, dtype=torch.long)

@@ -347,26 +347,3 @@ def test_image_token_places_train_with_the_connector_and_can_be_left_out():
     assert torch.allclose(placed - bare, model.image_token_pos.expand_as(placed))
     plain = dataclasses.replace(cfg, connector=dataclasses.replace(cfg.connector, token_positions="none"))
     assert tiny_model(plain)[0].image_token_pos is None
-
-
-def test_cell_words_put_the_name_of_the_cell_under_each_image_token_on_it():
-    cfg = get_preset("tiny")
-    cfg = dataclasses.replace(
-        cfg,
-        connector=dataclasses.replace(cfg.connector, token_positions="cell-words", num_image_tokens=4),
-        data=dataclasses.replace(cfg.data, world=dataclasses.replace(cfg.data.world, grid_size=4)),
-    )
-    model, tokenizer = tiny_model(cfg)
-    # A 2x2 token grid over a 4x4 world: each token's centre lies in cell (1 or 3, 1 or 3).
-    assert [tokenizer.decode([i]) for i in model.cell_word_ids.tolist()] == ["r1c1", "r1c3", "r3c1", "r3c3"]
-    images = torch.rand(2, 3, cfg.encoder.resolution, cfg.encoder.resolution)
-    with torch.no_grad():
-        placed = model.encode_images(images)
-        bare = model.connector(model.image_encoder(images))
-    words = model.lm.embed(model.cell_word_ids)
-    assert torch.allclose(placed - bare, words.unsqueeze(0).expand_as(placed), atol=1e-6)
-    # A connector whose tokens have no place cannot carry cell words.
-    from mm1core.config import config_problems
-
-    pooled = dataclasses.replace(cfg, connector=dataclasses.replace(cfg.connector, name="attn-pool"))
-    assert any(p.path == "connector.token_positions" for p in config_problems(pooled))
