@@ -5,7 +5,9 @@ and step counts left out) on this machine: seconds per encoder step, per trainin
 fixed part (model, tokenizer, probes). The rates come, in this order, from finished trials of the same shape under
 the results folder (their recorded stage times), from a cached calibration, or from a calibration run now
 (`mm1core.calibrate`: a few steps of each stage, one process per slot at once, so the rates include what trials
-running side by side cost each other), cached per CPU model, threads and slots in `cache/calibration.json`.
+running side by side cost each other), cached per CPU model, threads and slots for the machine (calibration_path():
+`~/.cache/mm1ablate/calibration.json`, or MM1ABLATE_CALIBRATION), since rates belong to the machine, not to a results
+folder.
 
 The wall time replays the run's own schedule: trials in run order on `slots` slots, a trial that reuses an
 encoder another one is building waiting for it, plus the start of Ray and the report.
@@ -35,6 +37,7 @@ __all__ = [
     "SearchEstimate",
     "StudyEstimate",
     "estimate_search",
+    "calibration_path",
     "estimate_study",
     "eval_items",
     "shape_key",
@@ -101,6 +104,11 @@ class StudyEstimate:
     sources: list[str]  # where the rates came from, per shape
 
 
+def calibration_path() -> Path:
+    override = os.environ.get("MM1ABLATE_CALIBRATION")
+    return Path(override) if override else Path.home() / ".cache" / "mm1ablate" / "calibration.json"
+
+
 def slots_for(cpu_per_trial: float, cpus: float | None = None) -> int:
     return max(1, int((cpus or os.cpu_count() or 1) // max(cpu_per_trial, 1e-9)))
 
@@ -143,10 +151,9 @@ def _finished_rates(results_root: Path, shapes: set[str]) -> dict[str, tuple[dic
 
 
 def _calibrated(
-    configs: dict[str, dict], cache_dir: Path, threads: int, slots: int, out: TextIO | None
+    configs: dict[str, dict], path: Path, threads: int, slots: int, out: TextIO | None
 ) -> dict[str, dict[str, float]]:
     """Cached calibrations of these shapes, running the missing ones now (`slots` processes at once per shape)."""
-    path = cache_dir / "calibration.json"
     cache = json.loads(path.read_text()) if path.exists() else {}
     prefix = f"{cpu_model_name()}|{threads} threads|{slots} side by side|"
     for shape, config in configs.items():
@@ -180,7 +187,7 @@ def _calibrated(
         cache[prefix + shape] = {k: max(r[k] for r in runs) for k in RATE_KEYS} | {
             "measured": time.strftime("%F")
         }
-        cache_dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cache, indent=1))
         os.replace(tmp, path)
@@ -211,7 +218,7 @@ def estimate_study(
         else:
             missing[shape] = config
     if missing:
-        calibrated = _calibrated(missing, results_root / "cache", threads, slots, out)
+        calibrated = _calibrated(missing, calibration_path(), threads, slots, out)
         for shape, measured in calibrated.items():
             rates[shape] = measured
             sources.append(f"calibration on {cpu_model_name()} ({measured.get('measured', '?')})")

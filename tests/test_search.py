@@ -184,13 +184,17 @@ def test_early_stopping_in_a_grid_and_resuming_what_it_stopped(tmp_path):
 
 def test_plan_estimates_a_study_and_a_search(tmp_path):
     (tmp_path / "grid.yaml").write_text(GRID.format(scheduler="").lstrip())
-    out = run_cli("plan", "grid.yaml", cwd=tmp_path).stdout
-    assert "estimate: 4 trials" in out and "of wall time on" in out and "calibration on" in out
-    # The calibration is cached: a second plan does not run it again.
-    again = run_cli("plan", "grid.yaml", cwd=tmp_path).stdout
+    machine = {"MM1ABLATE_CALIBRATION": str(tmp_path / "calibration.json")}
+    out = run_cli("plan", "grid.yaml", cwd=tmp_path, env=machine).stdout
+    assert "calibrating" in out and "estimate: 4 trials" in out and "of wall time on" in out
+    assert "calibration on" in out and (tmp_path / "calibration.json").exists()
+    # The calibration is cached for the machine: a second plan, from another results folder, does not run it again.
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "grid.yaml").write_text(GRID.format(scheduler="").lstrip())
+    again = run_cli("plan", "grid.yaml", cwd=tmp_path / "elsewhere", env=machine).stdout
     assert "calibrating" not in again and "estimate: 4 trials" in again
     (tmp_path / "search.yaml").write_text(SEARCH.format(trials=8, seeds=1).lstrip())
-    out = run_cli("plan", "search.yaml", cwd=tmp_path).stdout
+    out = run_cli("plan", "search.yaml", cwd=tmp_path, env=machine).stdout
     assert "search: 8 configurations x 1 seed(s), sampler tpe" in out
     assert "train.lr: loguniform [1e-05, 0.01]" in out and "early stopping: ASHA on heldout/loss" in out
     assert "without early stopping" in out
