@@ -133,6 +133,7 @@ def assess(finding: dict, trials: pd.DataFrame, items: pd.DataFrame, study_axes:
     detail = "; ".join(
         f"{c.arm} vs {c.reference} {c.metric} {c.delta:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] "
         + (f"p(Holm) {adjusted[id(c)]:.2g}" if id(c) in adjusted else "both at chance: left out")
+        + _what_would_settle(c, adjusted.get(id(c)))
         for c in found
     )
     rivals = [a for a in others if any(_same_axis(a, r) for r in finding.get("outranks", []))]
@@ -168,6 +169,17 @@ def _outranks(
     gaps = effect - (by_rival.max(axis=1) - by_rival.min(axis=1))
     test = stats.ttest_1samp(gaps, 0.0)
     return rival, metric, float(gaps.mean()), float(test.pvalue)
+
+
+def _what_would_settle(c, p_holm: float | None) -> str:
+    """For a comparison that said nothing: about how many seeds would detect a difference of its size."""
+    if p_holm is None or not p_holm >= ALPHA:
+        return ""
+    if c.seeds_needed == c.seeds_needed and c.seeds_needed <= c.seeds:
+        return " (these seeds would detect it alone, not after the correction for the other comparisons)"
+    if c.seeds_needed == c.seeds_needed:  # not NaN
+        return f" (~{int(c.seeds_needed)} seeds would detect it)"
+    return " (no number of seeds would: more items would)" if c.delta else ""
 
 
 def _at_chance(trials: pd.DataFrame, axis: str, value: str, metric: str) -> bool:

@@ -207,7 +207,9 @@ def _num(value: float, spec: str) -> str:
 def _what_it_would_take(r) -> str:
     """The verdict, and for an inconclusive one, roughly how many seeds would settle a difference of its size."""
     text = html.escape(r.verdict)
-    if r.verdict == "no detectable difference" and pd.notna(r.seeds_needed):
+    if r.verdict == "no detectable difference" and pd.notna(r.seeds_needed) and r.seeds_needed <= r.seeds:
+        text += " (these seeds would detect it alone, not after Holm)"
+    elif r.verdict == "no detectable difference" and pd.notna(r.seeds_needed):
         text += f" (~{int(r.seeds_needed)} seeds would detect {r.delta:+.3f})"
     return text
 
