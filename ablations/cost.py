@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ablations.plan import Trial, encoder_plan, run_order
+from ablations.plan import Trial, encoder_plan, run_order, stage_cache_dir
 from mm1core.config import flatten
 from mm1core.hardware import cpu_model_name
 from mm1core.stage_cache import encoder_stage_key, stage_key
@@ -222,17 +222,19 @@ def estimate_study(
         for shape, measured in calibrated.items():
             rates[shape] = measured
             sources.append(f"calibration on {cpu_model_name()} ({measured.get('measured', '?')})")
-    estimates = {
-        t.trial_id: Estimate(
-            encoder_s=rates[shape_key(t.config)]["encoder_step_s"] * t.config["encoder_pretrain"]["steps"],
-            train_s=rates[shape_key(t.config)]["train_step_s"] * t.config["train"]["steps"],
-            eval_s=rates[shape_key(t.config)]["eval_item_s"] * eval_items(t.config),
-            fixed_s=rates[shape_key(t.config)]["fixed_s"],
-        )
-        for t in trials
-    }
-    wall = _replay(run_order(trials), estimates, encoder_plan(trials, results_root / "cache"), slots)
+    estimates = {t.trial_id: _priced(t.config, rates[shape_key(t.config)]) for t in trials}
+    wall = _replay(run_order(trials), estimates, encoder_plan(trials, stage_cache_dir(results_root)), slots)
     return StudyEstimate(estimates, wall + STUDY_OVERHEAD_S, slots, sources)
+
+
+def _priced(config: dict, rate: dict[str, float]) -> Estimate:
+    """A trial's steps and items at its shape's rates."""
+    return Estimate(
+        encoder_s=rate["encoder_step_s"] * config["encoder_pretrain"]["steps"],
+        train_s=rate["train_step_s"] * config["train"]["steps"],
+        eval_s=rate["eval_item_s"] * eval_items(config),
+        fixed_s=rate["fixed_s"],
+    )
 
 
 def _replay(

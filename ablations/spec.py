@@ -399,7 +399,7 @@ def _search_problems(study: Study) -> list[str]:
                     f"{study.where(('search', 'sampler'))}: cmaes samples numeric distributions only; "
                     f"{', '.join(listed)} gives values (use tpe or random, or give a distribution)"
                 )
-        if len(spec.seeds) > 1 or spec.seeds != [0]:
+        if spec.seeds != [0]:
             problems.append(
                 f"{study.where(('seeds',))}: a search runs each configuration with search.seeds seeds (0, 1, ...); "
                 "drop seeds:"
