@@ -36,11 +36,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     trials = plan(study)
     study_dir = _results_root(args) / study.name
-    finished: set[str] = set()
+    recorded: dict[str, str] = {}
     if (study_dir / "trials.parquet").exists():  # pyarrow.parquet alone costs half a second to import
-        from ablations.results import finished_trial_ids
+        from ablations.results import trial_statuses
 
-        finished = finished_trial_ids(study_dir)
+        recorded = trial_statuses(study_dir)
+    # What a plain `run` leaves alone: finished trials and diverged ones (their outcome stands).
+    finished = {t for t, status in recorded.items() if status in ("finished", "diverged")}
     todo = [t for t in trials if t.trial_id not in finished]
     encoders = encoder_plan(todo, stage_cache_dir(_results_root(args)))
     axis_names = [a.name for a in study.spec.axes]
@@ -50,7 +52,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             *(str(t.axis_values.get(a, "(ref)")) for a in axis_names),
             t.seed,
             t.trial_id,
-            "finished" if t.trial_id in finished else "to run",
+            recorded[t.trial_id] if t.trial_id in finished else "to run",
             encoders.get(t.trial_id, "-"),
         ]
         for t in trials
@@ -62,7 +64,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     print(_table(rows, ["arm", *axis_names, "seed", "trial_id", "status", "encoder"]))
     arms = len({t.arm for t in trials})
-    counts = {what: sum(v == what for v in encoders.values()) for what in ("build", "cached", "reuse")}
+    counts = {
+        what: sum(v == what for v in encoders.values()) for what in ("build", "rebuild", "cached", "reuse")
+    }
     print(
         f"\n{len(trials)} trials ({arms} arms x {len(study.spec.seeds)} seeds, design {study.spec.design}); "
         f"{len(trials) - len(todo)} finished, {len(todo)} to run; {study.spec.resources.cpu:g} CPU"
@@ -71,6 +75,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(
         f"pre-trained encoders: {counts['build']} to build, {counts['cached']} trials use a cached one, "
         f"{counts['reuse']} reuse one built in this run"
+        + (f", {counts['rebuild']} to rebuild (the cached one is damaged)" if counts["rebuild"] else "")
     )
     precisions = sorted({t.config["train"]["precision"] for t in trials} or {"(sampled per configuration)"})
     print(f"precision: {', '.join(precisions)}" + _precision_reason(study))
@@ -154,21 +159,31 @@ def _precision_reason(study) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study)  # validated completely before Ray or MLflow start
     from ablations.results import StudyBusy
-    from ablations.run import run_study
+    from ablations.run import ClusterTooSmall, run_study
+    from ablations.tracking import TrackingUnreachable
     from dashboards.report import last_line
 
     try:
         summary = run_study(
-            study, results_root=_results_root(args), address=args.address, tracking_uri=args.tracking_uri
+            study,
+            results_root=_results_root(args),
+            address=args.address,
+            tracking_uri=args.tracking_uri,
+            rerun_diverged=args.rerun_diverged,
+            max_failures=args.max_failures,
         )
-    except StudyBusy as busy:
-        print(f"error: {busy}", file=sys.stderr)
+    except (StudyBusy, ClusterTooSmall, TrackingUnreachable) as refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     print(
         f"[{study.name}] done in {summary.wall_time_s:.0f}s: {len(summary.finished)} finished, "
         + (f"{len(summary.stopped)} stopped early, " if summary.stopped else "")
-        + f"{len(summary.failed)} failed, {summary.skipped} skipped (already done)"
+        + f"{len(summary.failed)} failed, "
+        + (f"{len(summary.diverged)} diverged, " if summary.diverged else "")
+        + f"{summary.skipped} skipped (already done)"
     )
+    for trial_id, why in summary.diverged.items():
+        print(f"  diverged {trial_id}: {why}")
     for trial_id, error in summary.failed.items():
         print(f"  failed {trial_id}: {last_line(error)}")
     if summary.report:
@@ -231,8 +246,46 @@ def cmd_ui(args: argparse.Namespace) -> int:
     command = [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
     if uri.startswith("sqlite:"):
         command += ["--default-artifact-root", (_results_root(args) / "mlartifacts").resolve().as_uri()]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} for {redacted(uri)}", flush=True)
+    base = f"http://127.0.0.1:{args.port}/"
+    # MLflow 3 opens an experiment on its GenAI overview; a study's runs table (parent run, trials nested under it)
+    # is at #/experiments/<id>/runs: that is the address to open.
+    studies = _experiment_ids(_results_root(args), [args.study] if args.study else None)
+    if args.study and args.study not in studies:
+        print(f"error: no study {args.study!r} has run in {_results_root(args)}", file=sys.stderr)
+        return 2
+    print(f"MLflow UI on {base} for {redacted(uri)}", flush=True)
+    for name, experiment_id in studies.items():
+        print(f"  {name}: {base}#/experiments/{experiment_id}/runs", flush=True)
     return subprocess.call(command)
+
+
+def _experiment_ids(results_root: Path, names: list[str] | None) -> dict[str, str]:
+    """study -> its MLflow experiment id, as its last run recorded it in study.json."""
+    found = {}
+    for path in sorted(results_root.glob("*/study.json")):
+        if names is not None and path.parent.name not in names:
+            continue
+        runs = json.loads(path.read_text()).get("runs") or []
+        ids = [r["mlflow_experiment_id"] for r in runs if r.get("mlflow_experiment_id")]
+        if ids:
+            found[path.parent.name] = ids[-1]
+    return found
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from ablations.tracking import TrackingUnreachable, redacted, resolve_tracking_uri, sync
+
+    uri = resolve_tracking_uri(args.tracking_uri, _results_root(args))
+    try:
+        sent, left = sync(_results_root(args) / args.study, uri)
+    except TrackingUnreachable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not sent and not left:
+        print(f"nothing queued for {args.study!r}: MLflow has everything")
+        return 0
+    print(f"sent {sent} queued MLflow calls of {args.study!r} to {redacted(uri)}; {left} still queued")
+    return 0 if not left else 1
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -267,6 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under the results dir)",
     )
+    p.add_argument(
+        "--rerun-diverged",
+        action="store_true",
+        help="run again the trials whose loss became non-finite (by default their outcome stands)",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="retries of a trial whose process died, each from its last checkpoint (default 2)",
+    )
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="trials of a study and their status")
     p.add_argument("study", help="study name")
@@ -275,7 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study name")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser(
+        "sync", help="send to MLflow what a study could not while the tracking server was down"
+    )
+    p.add_argument("study", help="study name")
+    p.add_argument("--tracking-uri", default=None)
+    p.set_defaults(func=cmd_sync)
     p = sub.add_parser("ui", help="the MLflow UI on the studies' store, on 127.0.0.1")
+    p.add_argument("study", nargs="?", default=None, help="print the address of this study's runs only")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_ui)

@@ -251,7 +251,7 @@ def _replay(
         e = estimates[trial.trial_id]
         status = encoders.get(trial.trial_id, "-")
         key = encoder_stage_key(trial.config)
-        if status == "build":
+        if status in ("build", "rebuild"):
             ready = start + e.encoder_s
             built_at[key] = ready
         elif status == "reuse":

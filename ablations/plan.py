@@ -16,7 +16,7 @@ from typing import Any
 from ablations.spec import Axis, Study, axis_overrides
 from mm1core.config import ConfigError, apply_overrides, config_from_dict, config_problems
 from mm1core.hardware import resolve_precision
-from mm1core.stage_cache import encoder_stage_key, is_cached
+from mm1core.stage_cache import cache_state, encoder_stage_key
 
 __all__ = [
     "REFERENCE_ARM",
@@ -205,16 +205,22 @@ def stage_cache_dir(results_root: Path) -> Path:
 
 
 def encoder_plan(trials: list[Trial], cache_dir: Path) -> dict[str, str]:
-    """trial_id -> what its encoder stage will do: "cached", "build", "reuse" (built by an earlier trial) or "-"."""
+    """trial_id -> what its encoder stage will do: "cached", "build", "rebuild" (a damaged entry), "reuse" (built by
+    an earlier trial) or "-"."""
     status: dict[str, str] = {}
+    states: dict[str, str] = {}
     seen: set[str] = set()
     for trial in trials:
         key = encoder_stage_key(trial.config)
         if key is None:
             status[trial.trial_id] = "-"
-        elif is_cached(cache_dir, key):
+            continue
+        state = states.setdefault(key, cache_state(cache_dir, key))
+        if state == "cached":
             status[trial.trial_id] = "cached"
+        elif key in seen:
+            status[trial.trial_id] = "reuse"
         else:
-            status[trial.trial_id] = "reuse" if key in seen else "build"
+            status[trial.trial_id] = "rebuild" if state == "damaged" else "build"
             seen.add(key)
     return status

@@ -22,13 +22,29 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["CONSOLIDATE_EVERY_S", "ResultsStore", "StudyBusy", "config_json", "finished_trial_ids"]
+__all__ = [
+    "CONSOLIDATE_EVERY_S",
+    "ResultsStore",
+    "StudyBusy",
+    "config_json",
+    "finished_trial_ids",
+    "trial_statuses",
+]
 
 CONSOLIDATE_EVERY_S = 20.0
 
 
 def finished_trial_ids(study_dir: Path) -> set[str]:
     return _ids_with_status(study_dir / "trials.parquet", "finished")
+
+
+def trial_statuses(study_dir: Path) -> dict[str, str]:
+    """trial_id -> the status recorded for it (finished, stopped, failed, diverged)."""
+    path = study_dir / "trials.parquet"
+    if not path.exists():
+        return {}
+    table = pq.read_table(path, columns=["trial_id", "status"]).to_pydict()
+    return dict(zip(table["trial_id"], table["status"], strict=True))
 
 
 def _ids_with_status(path: Path, status: str) -> set[str]:
@@ -55,6 +71,7 @@ class ResultsStore:
         self.dir = study_dir
         self.parts = study_dir / "parts"
         self.parts.mkdir(parents=True, exist_ok=True)
+        self.journal = study_dir / "journal"
         self._consolidated_at = float("-inf")
 
     @property
@@ -96,6 +113,9 @@ class ResultsStore:
     def finished_ids(self) -> set[str]:
         return finished_trial_ids(self.dir)
 
+    def statuses(self) -> dict[str, str]:
+        return trial_statuses(self.dir)
+
     def ids_with_status(self, status: str) -> set[str]:
         return _ids_with_status(self.trials_path, status)
 
@@ -110,6 +130,28 @@ class ResultsStore:
             if r.get("search") == name
         ]
 
+    def journal_append(self, trial_id: str, step: int, metrics: dict[str, float]) -> None:
+        """A running trial's metrics as they arrive, one line per report: what a killed driver had received is on
+        disk, so the trial's resumed run keeps its whole learning curve."""
+        self.journal.mkdir(exist_ok=True)
+        with open(self.journal / f"{trial_id}.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+
+    def journal_read(self, trial_id: str) -> list[tuple[int, dict[str, float]]]:
+        path = self.journal / f"{trial_id}.jsonl"
+        if not path.exists():
+            return []
+        entries = []
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except (
+                json.JSONDecodeError
+            ):  # the line a kill cut short: its report comes again when the trial resumes
+                continue
+            entries.append((int(entry["step"]), entry["metrics"]))
+        return entries
+
     def save_trial(
         self, row: dict[str, Any], curves: list[dict[str, Any]], items: list[dict[str, Any]]
     ) -> None:
@@ -120,6 +162,7 @@ class ResultsStore:
             _write_atomic(pa.Table.from_pylist(curves), self.parts / f"{trial_id}.curves.parquet")
         if items:
             _write_atomic(pa.Table.from_pylist(items), self.parts / f"{trial_id}.items.parquet")
+        (self.journal / f"{trial_id}.jsonl").unlink(missing_ok=True)  # its curve is in the parts now
         if time.monotonic() - self._consolidated_at >= CONSOLIDATE_EVERY_S:
             self.consolidate()
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,6 +31,7 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from ablations.cost import estimate_search, estimate_study
+from ablations.leftovers import end_leftovers, forget_processes, record_processes
 from ablations.plan import Trial, plan, run_order, stage_cache_dir
 from ablations.results import ResultsStore, config_json
 from ablations.search import (
@@ -40,15 +43,15 @@ from ablations.search import (
     storage_url,
 )
 from ablations.spec import Study, axis_field, reference_axis_values
-from ablations.tracking import Tracker, redacted, resolve_tracking_uri
-from ablations.trial import FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY, train_trial
+from ablations.tracking import Tracker, check_reachable, redacted, resolve_tracking_uri
+from ablations.trial import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY, train_trial
 from dashboards.index import write_index
 from dashboards.report import last_line, write_report
 from mm1core.eval import HEADLINE_METRICS
 from mm1core.eval.protocol import protocol_fingerprints
 from mm1core.stage_cache import code_version
 
-__all__ = ["RunSummary", "run_study"]
+__all__ = ["ClusterTooSmall", "RunSummary", "run_study"]
 
 _BOOKKEEPING = {
     RUN_KEY,
@@ -60,8 +63,10 @@ _BOOKKEEPING = {
     "built_encoder",
     "wall_time_s",
     "device",
+    "node",
     "eval_items_json",
     "eval_protocol_json",
+    DIVERGED_KEY,
 }
 
 
@@ -73,6 +78,7 @@ class RunSummary:
     finished: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    diverged: dict[str, str] = field(default_factory=dict)
     wall_time_s: float = 0.0
     tracking_uri: str = ""
     results_dir: Path = Path()
@@ -109,6 +115,7 @@ class _StudyCallback(tune.Callback):
         self.search = search_name(study) if study.spec.search else None
         self.runs_of: dict[str, list[Trial]] = {}
         self.curves: dict[str, list[dict[str, Any]]] = {}
+        self.received: dict[str, set[tuple[int, str]]] = {}
         self.last_step: dict[str, int] = {}
         self.recorded: set[str] = set()
         self.running: dict[str, int] = {}
@@ -129,7 +136,13 @@ class _StudyCallback(tune.Callback):
         for planned in self._runs(trial):
             if planned.trial_id not in self.tracker.child_ids:
                 self.tracker.start_trial(planned, config_hash=planned.trial_id)
-            self.curves.setdefault(planned.trial_id, [])
+            if planned.trial_id not in self.curves:
+                self.curves[planned.trial_id] = []
+                self.received[planned.trial_id] = set()
+                for step, metrics in self.store.journal_read(
+                    planned.trial_id
+                ):  # what a killed driver received
+                    self._add_points(planned, step, metrics)
             self.running[planned.trial_id] = 0
             self._progress(f"started {planned.arm} seed={planned.seed} ({planned.trial_id})")
 
@@ -144,7 +157,28 @@ class _StudyCallback(tune.Callback):
             for k, v in result.items()
             if "/" in k and isinstance(v, (int, float)) and k not in _BOOKKEEPING
         }
-        self.tracker.log_metrics(planned.trial_id, step, metrics)
+        # A resumed trial replays the steps since its checkpoint; what was received before is not logged twice.
+        fresh = {k: v for k, v in metrics.items() if (step, k) not in self.received[planned.trial_id]}
+        if fresh:
+            self.store.journal_append(planned.trial_id, step, fresh)
+            self.tracker.log_metrics(planned.trial_id, step, fresh)
+            self._add_points(planned, step, fresh)
+        self.running[planned.trial_id] = step
+        if result.get("stage") == "multimodal":
+            self.last_step[planned.trial_id] = step
+        if DIVERGED_KEY in result:
+            self._record_diverged(planned, result[DIVERGED_KEY], step)
+        elif result.get(FINAL_KEY):
+            self._record_finished(planned, result, metrics)
+        elif "train/loss" in metrics or "encoder/loss" in metrics:
+            stage = result["stage"]
+            loss = metrics.get("train/loss", metrics.get("encoder/loss"))
+            self._progress(
+                f"{planned.arm} seed={planned.seed}: {stage} step {step}/{result['total_steps']} loss {loss:.3f}"
+            )
+
+    def _add_points(self, planned: Trial, step: int, metrics: dict[str, float]) -> None:
+        self.received[planned.trial_id] |= {(step, k) for k in metrics}
         self.curves[planned.trial_id] += [
             {
                 "trial_id": planned.trial_id,
@@ -156,17 +190,6 @@ class _StudyCallback(tune.Callback):
             }
             for k, v in metrics.items()
         ]
-        self.running[planned.trial_id] = step
-        if result.get("stage") == "multimodal":
-            self.last_step[planned.trial_id] = step
-        if result.get(FINAL_KEY):
-            self._record_finished(planned, result, metrics)
-        elif "train/loss" in metrics or "encoder/loss" in metrics:
-            stage = result["stage"]
-            loss = metrics.get("train/loss", metrics.get("encoder/loss"))
-            self._progress(
-                f"{planned.arm} seed={planned.seed}: {stage} step {step}/{result['total_steps']} loss {loss:.3f}"
-            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
@@ -196,6 +219,7 @@ class _StudyCallback(tune.Callback):
                 "wall_time_s": float(final["wall_time_s"]),
                 "num_params": int(final["num_params"]),
                 "device": final["device"],
+                "node": final.get("node"),
                 "eval_protocol_json": final["eval_protocol_json"],
                 "built_encoder": bool(final["built_encoder"]),
             }
@@ -225,6 +249,16 @@ class _StudyCallback(tune.Callback):
         self._ended(planned)
         self.summary.stopped.append(planned.trial_id)
         self._progress(f"stopped early {planned.arm} seed={planned.seed} at step {step} (scheduler)")
+
+    def _record_diverged(self, planned: Trial, why: str, step: int) -> None:
+        """A run whose loss or gradient became non-finite: an outcome of its recipe, kept with the step it reached
+        and its curve, shown in the report, and not run again unless asked (`mm1ablate run --rerun-diverged`)."""
+        row = self._row(planned, "diverged", why) | {"stopped_at_step": step}
+        self.store.save_trial(row, self.curves.pop(planned.trial_id, []), [])
+        self.tracker.end_trial(planned.trial_id, status="diverged", error=why)
+        self._ended(planned)
+        self.summary.diverged[planned.trial_id] = why
+        self._progress(f"DIVERGED {planned.arm} seed={planned.seed} at step {step}: {why}")
 
     def _record_failure(self, planned: Trial, error: str) -> None:
         self.store.save_trial(self._row(planned, "failed", error), self.curves.pop(planned.trial_id, []), [])
@@ -286,6 +320,21 @@ def _error_text(trial: Any) -> str:
     return str(trial.get_error() or "unknown error")
 
 
+class ClusterTooSmall(RuntimeError):
+    """A trial asks for more than any node of the cluster has: Tune would wait for it forever."""
+
+
+def _larger_than_any_node(cpu_per_trial: float, cluster: str) -> str | None:
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    largest = max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0)
+    if cpu_per_trial <= largest:
+        return None
+    return (
+        f"resources.cpu is {cpu_per_trial:g} per trial, but the largest node of the Ray cluster ({cluster}) has "
+        f"{largest:g} CPUs: no trial could ever start. Lower resources.cpu, or run on a cluster with larger nodes"
+    )
+
+
 def _gpus_per_trial(requested: float, out: TextIO, study_name: str) -> float:
     """The study's GPUs per trial, or 0 when the cluster has none: Tune would otherwise wait forever for them."""
     available = ray.cluster_resources().get("GPU", 0.0)
@@ -300,12 +349,15 @@ def _gpus_per_trial(requested: float, out: TextIO, study_name: str) -> float:
     return requested
 
 
-def _skipped(study: Study, store: ResultsStore, trials: list[Trial]) -> set[str]:
-    """Trials a run leaves alone: finished ones, and, while the study still has its scheduler, those it stopped (its
-    decision stands; without the scheduler they resume from their checkpoints and run to the end)."""
+def _skipped(study: Study, store: ResultsStore, trials: list[Trial], rerun_diverged: bool) -> set[str]:
+    """Trials a run leaves alone: finished ones; while the study still has its scheduler, those it stopped (its
+    decision stands; without the scheduler they resume from their checkpoints and run to the end); and diverged
+    ones, which would diverge again, unless asked to run them again (after a change that is not in their config)."""
     done = store.finished_ids()
     if study.scheduler is not None:
         done |= store.ids_with_status("stopped")
+    if not rerun_diverged:
+        done |= store.ids_with_status("diverged")
     return {t.trial_id for t in trials} & done
 
 
@@ -331,11 +383,19 @@ def run_study(
     address: str | None = None,
     tracking_uri: str | None = None,
     out: TextIO = sys.stdout,
+    rerun_diverged: bool = False,
+    max_failures: int = 2,
 ) -> RunSummary:
-    """Run what is left of a study; raises StudyBusy while another runner holds it."""
+    """Run what is left of a study; raises StudyBusy while another runner holds it.
+
+    max_failures: how often Tune retries a trial whose process died (the OOM killer, a lost node), each time from
+    its last checkpoint, before it is recorded as failed.
+    """
     store = ResultsStore(results_root / study.name)
     with store.exclusive():
-        return _run_study(study, store, results_root, address, tracking_uri, out)
+        return _run_study(
+            study, store, results_root, address, tracking_uri, out, rerun_diverged, max_failures
+        )
 
 
 def _run_study(
@@ -345,6 +405,8 @@ def _run_study(
     address: str | None,
     tracking_uri: str | None,
     out: TextIO,
+    rerun_diverged: bool,
+    max_failures: int,
 ) -> RunSummary:
     started = time.time()
     search = study.spec.search
@@ -352,11 +414,17 @@ def _run_study(
     study_dir = store.dir
     store.consolidate()  # parts a killed driver wrote after its last consolidation
     if search is None:
-        skipped = _skipped(study, store, trials)
+        skipped = _skipped(study, store, trials, rerun_diverged)
         todo = run_order([t for t in trials if t.trial_id not in skipped])
         planned, to_run = len(trials), len(todo)
-        done = "already finished or stopped" if study.scheduler else "already finished"
-        what = f"{len(trials)} trials planned, {len(skipped)} {done}, {len(todo)} to run"
+        statuses = store.statuses()
+        left = {status: sum(statuses.get(t) == status for t in skipped) for status in ("stopped", "diverged")}
+        finished = len(skipped) - sum(left.values())
+        what = (
+            f"{len(trials)} trials planned, {finished} already finished, "
+            + "".join(f"{n} {status} (left as they are), " for status, n in left.items() if n)
+            + f"{len(todo)} to run"
+        )
     else:
         storage = open_storage(study_dir)
         configurations = remaining_configurations(study, storage)
@@ -366,24 +434,44 @@ def _run_study(
             f"{search.trials - configurations} already tried, {configurations} to try; Optuna: {storage_url(study_dir)}"
         )
     uri = resolve_tracking_uri(tracking_uri, results_root)
+    check_reachable(uri)  # before anything starts: a server that is down is one line, at once
     summary = RunSummary(study.name, planned, planned - to_run, tracking_uri=uri, results_dir=study_dir)
     print(f"[{study.name}] {what}; MLflow: {redacted(uri)}; results: {study_dir}", file=out, flush=True)
     if not to_run:
         _write_study_json(study, study_dir, trials)
         return summary
-    estimate = _estimate(study, todo if search is None else [], results_root, out)
-    _write_study_json(study, study_dir, trials, estimate=estimate)
-    tracker = Tracker(uri, study.name, study.spec.description, results_root)
     resources = study.spec.resources
     address = address or os.environ.get("RAY_ADDRESS")
     started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(
-            address=address or "local",  # "local": never attach to a cluster some earlier process left behind
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
+    # Ray's start takes seconds, and so do the estimate and MLflow's store: side by side, a study of short trials
+    # does not pay for both (bench/README.md, run overhead).
+    with ThreadPoolExecutor(max_workers=1) as setup:
+        prepared = setup.submit(
+            _prepare, study, todo if search is None else [], trials, uri, results_root, out
         )
+        if started_ray:
+            left = end_leftovers(study_dir)
+            if left:
+                print(
+                    f"[{study.name}] ended {left} Ray processes a killed run had left behind",
+                    file=out,
+                    flush=True,
+                )
+            # "local": never attach to a cluster some earlier process left behind
+            ray.init(
+                address=address or "local",
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            if not address:
+                record_processes(study_dir)
+        try:
+            estimate, tracker = prepared.result()
+        except BaseException:
+            if started_ray:
+                ray.shutdown()
+            raise
     cluster = ray.cluster_resources()
     where = f"joined the Ray cluster at {address}" if address else "started an embedded Ray"
     print(
@@ -392,6 +480,12 @@ def _run_study(
         file=out,
         flush=True,
     )
+    too_large = _larger_than_any_node(resources.cpu, address or "embedded on this machine")
+    if too_large:
+        tracker.end_study(failed=True, summary={"planned": planned, "refused": too_large})
+        if started_ray:
+            ray.shutdown()
+        raise ClusterTooSmall(f"study {study.name!r}: {too_large}")
     gpus_per_trial = _gpus_per_trial(resources.gpu, out, study.name)
     scheduler = study.scheduler
     common = {
@@ -429,12 +523,17 @@ def _run_study(
             name=study.name,
             storage_path=str((study_dir / "ray").resolve()),
             callbacks=[callback, JsonLoggerCallback()],
+            failure_config=tune.FailureConfig(max_failures=max_failures),
             verbose=0,
         ),
     )
     try:
         tuner.fit()
     finally:
+        # Ray's shutdown takes a second or more and the report does not need it: both at once.
+        stopping = threading.Thread(target=ray.shutdown, daemon=True) if started_ray else None
+        if stopping is not None:
+            stopping.start()
         summary.wall_time_s = time.time() - started
         store.consolidate()
         _write_study_json(
@@ -447,6 +546,8 @@ def _run_study(
                 "wall_s": time.time() - started,
                 "trials_run": to_run,
                 "estimated_wall_s": estimate.get("wall_s"),
+                "mlflow_experiment_id": tracker.experiment_id,
+                "mlflow_run_id": tracker.parent_id,
             },
         )
         if store.trials_path.exists():
@@ -461,7 +562,7 @@ def _run_study(
                     file=out,
                     flush=True,
                 )
-        ended = len(summary.finished) + len(summary.stopped) + len(summary.failed)
+        ended = len(summary.finished) + len(summary.stopped) + len(summary.failed) + len(summary.diverged)
         tracker.end_study(
             failed=bool(summary.failed) or ended < to_run,
             summary={
@@ -469,11 +570,22 @@ def _run_study(
                 "finished": len(summary.finished) + summary.skipped,
                 "stopped": len(summary.stopped),
                 "failed": len(summary.failed),
+                "diverged": len(summary.diverged),
             },
         )
-        if started_ray:
-            ray.shutdown()
+        if stopping is not None:
+            stopping.join()
+            forget_processes(study_dir)
     return summary
+
+
+def _prepare(
+    study: Study, todo: list[Trial], trials: list[Trial], uri: str, results_root: Path, out: TextIO
+) -> tuple[dict[str, Any], Tracker]:
+    """The estimate, the study's record of it, and its MLflow parent run."""
+    estimate = _estimate(study, todo, results_root, out)
+    _write_study_json(study, results_root / study.name, trials, estimate=estimate)
+    return estimate, Tracker(uri, study.name, study.spec.description, results_root)
 
 
 def _estimate(study: Study, todo: list[Trial], results_root: Path, out: TextIO) -> dict[str, Any]:

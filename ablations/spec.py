@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -18,6 +18,10 @@ from ablations.yamlio import LoadedYaml, YamlError, load_yaml
 from mm1core.axes import ALIASES, SIZED_AXES, resolve_axis
 from mm1core.config import ConfigError, apply_overrides, config_to_dict, field_paths
 from mm1core.presets import PRESETS, get_preset
+
+# Far beyond any study someone means to run on this project: a typo caught at the door.
+MAX_SEEDS = 1_000
+MAX_TRIALS = 10_000
 
 __all__ = [
     "ALIASES",
@@ -95,7 +99,7 @@ class Scheduler(_Strict):
 
 class Search(_Strict):
     sampler: Literal["tpe", "random", "cmaes", "qmc"] = Field("tpe", description="the Optuna sampler")
-    trials: int = Field(gt=0, description="configurations to try")
+    trials: int = Field(gt=0, le=10_000, description="configurations to try")
     metric: str = Field(description="any metric the evaluation records, e.g. 0shot/avg")
     mode: Literal["max", "min"] = "max"
     seeds: int = Field(1, ge=1, description="training runs per configuration; the searcher sees their mean")
@@ -131,7 +135,9 @@ class StudySpec(_Strict):
     design: Literal["grid", "one_at_a_time", "zip", "search"] = "grid"
     search: Search | None = Field(None, description="design search: the sampler, budget and objective")
     scheduler: Scheduler | None = Field(None, description="early stopping (ASHA), in any design")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS
+    )
     resources: Resources = Resources()
     budget: dict[str, StageBudget] = Field(
         default_factory=dict, description="per stage: " + ", ".join(BUDGET_STAGES)
@@ -252,7 +258,7 @@ def _budget_overrides(spec: StudySpec, reference_tree: dict) -> dict[str, int]:
 
 def study_from_dict(data: Any, source: LoadedYaml | None = None, *, base_dir: Path = Path(".")) -> Study:
     """Validate a parsed study completely; raises StudyError listing every problem with its location."""
-    from ablations.plan import arm_problems  # plan imports this module
+    from ablations.plan import arm_problems, expand_arms  # plan imports this module
 
     _resolve_data_paths(data, base_dir)
 
@@ -313,6 +319,15 @@ def study_from_dict(data: Any, source: LoadedYaml | None = None, *, base_dir: Pa
         problems.append(f"{study.where(('seeds',))}: seeds repeat: {spec.seeds}")
     if problems:
         raise StudyError(problems)
+    if spec.search is None:
+        arms = len(expand_arms(study))
+        if arms * len(spec.seeds) > MAX_TRIALS:
+            problems.append(
+                f"{study.where(('axes',))}: {arms} arms x {len(spec.seeds)} seeds = {arms * len(spec.seeds):,} "
+                f"trials, more than the {MAX_TRIALS:,} a study may plan; split it into studies, or search the space "
+                "(design: search)"
+            )
+            raise StudyError(problems)
     problems += arm_problems(study)
     if problems:
         raise StudyError(problems)

@@ -10,9 +10,11 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from mlflow.entities import Metric, Param, RunTag
@@ -21,9 +23,21 @@ from mlflow.tracking import MlflowClient
 from ablations.plan import Trial
 from mm1core.config import flatten
 
-__all__ = ["Tracker", "git_commit", "redacted", "resolve_tracking_uri"]
+__all__ = [
+    "Tracker",
+    "TrackingUnreachable",
+    "check_reachable",
+    "git_commit",
+    "redacted",
+    "resolve_tracking_uri",
+    "sync",
+]
 
 _BATCH = 100  # MLflow's log_batch limit on params per call
+# A server that is down must cost seconds, not MLflow's default of minutes of retries per call: the call is queued on
+# disk instead (Tracker), and sent when the server is back.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def resolve_tracking_uri(cli_uri: str | None, results_root: Path) -> str:
@@ -68,17 +82,183 @@ def _key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
 
 
+class TrackingUnreachable(RuntimeError):
+    """The tracking server does not answer when a run starts."""
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """A tracking server that is down is said at once, in one line naming it, not after minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingUnreachable(
+            f"the MLflow tracking server at {redacted(uri)} does not answer ({reason}); start it, or leave out "
+            "--tracking-uri and MLFLOW_TRACKING_URI to track in results/mlflow.db"
+        ) from None
+
+
+class _Outbox:
+    """MLflow calls that could not reach the server, in their order, on disk (one JSON line each)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def pending(self) -> int:
+        return len(self._read())
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        ops = []
+        for line in self.path.read_text().splitlines():
+            try:
+                ops.append(json.loads(line))
+            except json.JSONDecodeError:  # the line a kill cut short
+                continue
+        return ops
+
+    def append(self, op: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(op) + "\n")
+
+    def replay(self, execute: Any) -> int:
+        """Execute the queued calls in order; those after the first that fails stay queued. The number left."""
+        ops = self._read()
+        done = 0
+        try:
+            for op in ops:
+                execute(op)
+                done += 1
+        finally:
+            rest = ops[done:]
+            if rest:
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                tmp.write_text("".join(json.dumps(op) + "\n" for op in rest))
+                os.replace(tmp, self.path)
+            else:
+                self.path.unlink(missing_ok=True)
+        return len(rest)
+
+
+class _Calls:
+    """The MLflow calls a study makes, as data: each can run now or be replayed later from the outbox.
+
+    A trial's run is named by a reference, "trial:<trial_id>", resolved to its run id when the call runs: a run created
+    while the server was down gets its id only when it is replayed.
+    """
+
+    def __init__(self, client: MlflowClient, experiment_id: str) -> None:
+        self.client = client
+        self.experiment_id = experiment_id
+        self.run_ids: dict[str, str] = {}
+
+    def existing_run(self, trial_id: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.trial_id = '{trial_id}' and tags.`mm1ablate.role` = 'trial'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def resolve(self, ref: str) -> str:
+        if not ref.startswith("trial:"):
+            return ref
+        if ref not in self.run_ids:
+            found = self.existing_run(ref.removeprefix("trial:"))
+            if found is None:
+                raise RuntimeError(f"no MLflow run for {ref}")
+            self.run_ids[ref] = found
+        return self.run_ids[ref]
+
+    def execute(self, op: dict[str, Any]) -> None:
+        kind = op["op"]
+        if kind == "start_trial":
+            self._start_trial(op)
+            return
+        run_id = self.resolve(op["ref"])
+        if kind == "log_batch":
+            self.client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), ts, step) for k, v, ts, step in op.get("metrics", [])],
+                params=[Param(k, v) for k, v in op.get("params", [])],
+                tags=[RunTag(k, v) for k, v in op.get("tags", [])],
+            )
+        elif kind == "terminate":
+            self.client.set_terminated(run_id, status=op["status"])
+        elif kind == "log_text":
+            self.client.log_text(run_id, op["text"], op["path"])
+        elif kind == "log_artifact":
+            self.client.log_artifact(run_id, op["path"])
+        else:
+            raise ValueError(f"unknown queued MLflow call {kind!r}")
+
+    def _start_trial(self, op: dict[str, Any]) -> None:
+        ref = f"trial:{op['trial_id']}"
+        existing = self.existing_run(op["trial_id"])
+        if existing is not None:  # reopened under this execution's parent run: one run per trial
+            self.client.update_run(existing, status="RUNNING")
+            self.client.set_tag(existing, "mlflow.parentRunId", op["parent_id"])
+            self.run_ids[ref] = existing
+            return
+        run = self.client.create_run(self.experiment_id, run_name=op["run_name"], tags=op["tags"])
+        run_id = run.info.run_id
+        self.run_ids[ref] = run_id
+        params = [Param(k, v) for k, v in op["params"]]
+        for i in range(0, len(params), _BATCH):
+            self.client.log_batch(run_id, params=params[i : i + _BATCH])
+        self.client.log_dict(run_id, op["config"], "config.json")
+
+
 class Tracker:
-    def __init__(self, tracking_uri: str, study_name: str, description: str, results_root: Path) -> None:
+    """The study's MLflow runs. Results reach Parquet first (the callers); a tracking server that goes down in the
+    middle of a run costs nothing: the calls it missed wait in `<study>/mlflow-queue.jsonl` and are sent, in order,
+    once it answers again, on the next call, at the next run of the study or by `mm1ablate sync <study>`."""
+
+    RETRY_EVERY_S = 10.0
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        study_name: str,
+        description: str,
+        results_root: Path,
+        out: TextIO = sys.stdout,
+    ) -> None:
+        check_reachable(tracking_uri)
         self.client = MlflowClient(tracking_uri)
+        self.uri = tracking_uri
         self.study_name = study_name
+        self.out = out
         experiment = self.client.get_experiment_by_name(study_name)
         if experiment is None:
             artifacts = (results_root / "mlartifacts").resolve().as_uri() if _is_local(tracking_uri) else None
             self.experiment_id = self.client.create_experiment(study_name, artifact_location=artifacts)
         else:
             self.experiment_id = experiment.experiment_id
+        self.calls = _Calls(self.client, self.experiment_id)
+        self.outbox = _Outbox(results_root / study_name / "mlflow-queue.jsonl")
+        try:
+            left = self.outbox.replay(self.calls.execute)  # what an earlier run could not send
+        except Exception:  # the server went away again: the calls stay queued, this run goes on
+            left = self.outbox.pending()
+        if left:
+            print(
+                f"[{study_name}] {left} MLflow calls queued by an earlier run still wait in {self.outbox.path}",
+                file=out,
+                flush=True,
+            )
         self.commit = git_commit()
+        self._close_abandoned()
         parent = self.client.create_run(
             self.experiment_id,
             run_name=f"{study_name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -90,67 +270,151 @@ class Tracker:
             },
         )
         self.parent_id = parent.info.run_id
-        self.child_ids: dict[str, str] = {}
+        self.child_ids: dict[str, str | None] = {}
+        self._retry_at = 0.0
 
-    def start_trial(self, trial: Trial, config_hash: str) -> str:
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"{trial.arm} seed={trial.seed}",
-            tags={
-                "mlflow.parentRunId": self.parent_id,
-                "mm1ablate.role": "trial",
+    @property
+    def experiment_url_path(self) -> str:
+        """Where the MLflow UI shows the study's runs table (parent run, trials nested under it)."""
+        return f"#/experiments/{self.experiment_id}/runs"
+
+    def _close_abandoned(self) -> None:
+        """Runs a killed driver left RUNNING: the caller holds the study's run lock, so no live runner owns them.
+        They end as KILLED; a trial that runs again reopens its own run (start_trial) rather than adding one."""
+        for run in self.client.search_runs(
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000
+        ):
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+
+    def _send(self, op: dict[str, Any]) -> None:
+        """Run the call now, or queue it (behind whatever is queued already) while the server does not answer."""
+        if self.outbox.pending():
+            if time.monotonic() < self._retry_at or self._flush():
+                self.outbox.append(op)
+                return
+        try:
+            self.calls.execute(op)
+        except Exception as err:  # whatever MLflow raises, the call waits on disk
+            self.outbox.append(op)
+            self._retry_at = time.monotonic() + self.RETRY_EVERY_S
+            print(
+                f"[{self.study_name}] MLflow at {redacted(self.uri)} did not take a call ({type(err).__name__}); "
+                f"results go on to Parquet and the calls wait in {self.outbox.path} until it answers "
+                f"(`mm1ablate sync {self.study_name}`)",
+                file=self.out,
+                flush=True,
+            )
+
+    def _flush(self) -> int:
+        """Send what is queued; the number still queued (then retried no sooner than RETRY_EVERY_S)."""
+        try:
+            left = self.outbox.replay(self.calls.execute)
+        except Exception:  # still down
+            left = self.outbox.pending()
+        if left:
+            self._retry_at = time.monotonic() + self.RETRY_EVERY_S
+        else:
+            print(
+                f"[{self.study_name}] MLflow answers again: the queued calls were sent",
+                file=self.out,
+                flush=True,
+            )
+        return left
+
+    def start_trial(self, trial: Trial, config_hash: str) -> None:
+        """The trial's MLflow run: its own from an earlier execution (interrupted, failed or stopped early), reopened
+        under this execution's parent run, or a new one. One run per trial, however often the study is resumed."""
+        self._send(
+            {
+                "op": "start_trial",
                 "trial_id": trial.trial_id,
-                "arm": trial.arm,
-                "seed": str(trial.seed),
-                "study": self.study_name,
-                "git_commit": self.commit,
-                "config_hash": config_hash,
-            },
+                "parent_id": self.parent_id,
+                "run_name": f"{trial.arm} seed={trial.seed}",
+                "tags": {
+                    "mlflow.parentRunId": self.parent_id,
+                    "mm1ablate.role": "trial",
+                    "trial_id": trial.trial_id,
+                    "arm": trial.arm,
+                    "seed": str(trial.seed),
+                    "study": self.study_name,
+                    "git_commit": self.commit,
+                    "config_hash": config_hash,
+                },
+                "params": [
+                    [k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
+                    for k, v in flatten(trial.config).items()
+                ],
+                "config": trial.config,
+            }
         )
-        run_id = run.info.run_id
-        self.child_ids[trial.trial_id] = run_id
-        params = [
-            Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
-            for k, v in flatten(trial.config).items()
-        ]
-        for i in range(0, len(params), _BATCH):
-            self.client.log_batch(run_id, params=params[i : i + _BATCH])
-        self.client.log_dict(run_id, trial.config, "config.json")
-        return run_id
+        self.child_ids[trial.trial_id] = self.calls.run_ids.get(f"trial:{trial.trial_id}")
 
     def log_metrics(self, trial_id: str, step: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(self.child_ids[trial_id], metrics=batch)
-
-    def end_trial(self, trial_id: str, *, status: str, error: str | None = None) -> None:
-        """status: the results row's (finished, failed, stopped); MLflow calls a stopped run KILLED."""
-        run_id = self.child_ids[trial_id]
-        if error:
-            self.client.log_batch(run_id, tags=[RunTag("error", error[:5000])])
-            self.client.log_text(run_id, error, "error.txt")
-        self.client.set_terminated(
-            run_id, status={"failed": "FAILED", "stopped": "KILLED"}.get(status, "FINISHED")
+        self._send(
+            {
+                "op": "log_batch",
+                "ref": f"trial:{trial_id}",
+                "metrics": [[k, float(v), now, step] for k, v in metrics.items()],
+            }
         )
 
+    def end_trial(self, trial_id: str, *, status: str, error: str | None = None) -> None:
+        """status: the results row's (finished, failed, stopped, diverged); MLflow calls a stopped run KILLED and a
+        diverged one FAILED, tagged `diverged`."""
+        ref = f"trial:{trial_id}"
+        tags = [["diverged", "true"]] if status == "diverged" else []
+        if error:
+            tags.append(["error", error[:5000]])
+            self._send({"op": "log_text", "ref": ref, "text": error, "path": "error.txt"})
+        if tags:
+            self._send({"op": "log_batch", "ref": ref, "tags": tags})
+        mlflow_status = {"failed": "FAILED", "diverged": "FAILED", "stopped": "KILLED"}.get(
+            status, "FINISHED"
+        )
+        self._send({"op": "terminate", "ref": ref, "status": mlflow_status})
+
     def log_artifact(self, path: Path) -> None:
-        self.client.log_artifact(self.parent_id, str(path))
+        self._send({"op": "log_artifact", "ref": self.parent_id, "path": str(path.resolve())})
 
     def log_arm_aggregates(self, arms: list[dict[str, Any]]) -> None:
         """Per-arm mean and CI of every metric as metrics of the study's parent run, so the MLflow UI shows them:
         `arm/<arm>/<metric> mean`. MLflow keys allow only [A-Za-z0-9_-. /], so other characters become '_'."""
         now = int(time.time() * 1000)
         batch = [
-            Metric(f"arm/{_key(str(row['arm']))}/{_key(column)}", float(value), now, 0)
+            [f"arm/{_key(str(row['arm']))}/{_key(column)}", float(value), now, 0]
             for row in arms
             for column, value in row.items()
             if column.endswith((" mean", " ci95")) and value == value  # NaN (one seed: no CI) is not logged
         ]
         for i in range(0, len(batch), _BATCH):
-            self.client.log_batch(self.parent_id, metrics=batch[i : i + _BATCH])
+            self._send({"op": "log_batch", "ref": self.parent_id, "metrics": batch[i : i + _BATCH]})
 
     def end_study(self, *, failed: bool, summary: dict[str, Any]) -> None:
-        self.client.log_batch(
-            self.parent_id, tags=[RunTag(f"trials_{k}", str(v)) for k, v in summary.items()]
+        self._send(
+            {
+                "op": "log_batch",
+                "ref": self.parent_id,
+                "tags": [[f"trials_{k}", str(v)] for k, v in summary.items()],
+            }
         )
-        self.client.set_terminated(self.parent_id, status="FAILED" if failed else "FINISHED")
+        self._send({"op": "terminate", "ref": self.parent_id, "status": "FAILED" if failed else "FINISHED"})
+        if self.outbox.pending():
+            self._flush()
+
+
+def sync(study_dir: Path, tracking_uri: str) -> tuple[int, int]:
+    """(calls sent, calls still queued) of what a study's runs could not send to MLflow."""
+    outbox = _Outbox(study_dir / "mlflow-queue.jsonl")
+    queued = outbox.pending()
+    if not queued:
+        return 0, 0
+    check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(study_dir.name)
+    if experiment is None:
+        raise TrackingUnreachable(
+            f"{redacted(tracking_uri)} has no experiment {study_dir.name!r}: is it the server the study ran against?"
+        )
+    left = outbox.replay(_Calls(client, experiment.experiment_id).execute)
+    return queued - left, left

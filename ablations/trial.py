@@ -22,12 +22,13 @@ from ray import tune
 
 from mm1core.config import config_from_dict
 
-__all__ = ["FINAL_KEY", "OBJECTIVE", "OBJECTIVE_FINAL", "RUN_KEY", "train_trial"]
+__all__ = ["DIVERGED_KEY", "FINAL_KEY", "OBJECTIVE", "OBJECTIVE_FINAL", "RUN_KEY", "train_trial"]
 
 FINAL_KEY = "final"  # set on the last report of a run, which also carries its per-item scores
 RUN_KEY = "run"  # the trial id of the training run a report is about
 OBJECTIVE = "objective"  # the searcher's and the scheduler's metric: the mean over a Tune trial's runs
 OBJECTIVE_FINAL = "objective_final"  # set on the report of the objective from the runs' final evaluations
+DIVERGED_KEY = "diverged"  # the last report of a run whose loss or gradient became non-finite: why, in words
 
 
 def _device():
@@ -62,13 +63,26 @@ def train_trial(tune_config: dict[str, Any]) -> None:
     def train_one(index: int, run: dict[str, Any]) -> None:
         cfg = config_from_dict(run["config"])
         started, cpu_started = time.time(), _cpu_seconds()
+        last_step = [0]
+
+        # Every report also goes to a log beside the run's checkpoint. A run resumed after its driver was killed
+        # starts from its checkpoint, which may be ahead of what that driver had received: replaying the log first
+        # gives the new driver the whole curve (it drops what it already has).
+        log = Path(payload["checkpoint_dir"]) / f"{run['trial_id']}.reports.jsonl"
+        for event in _read_reports(log):
+            events.put((index, event))
 
         def report(step: int, metrics: dict[str, float]) -> None:
             stage = next(
                 (s for s in ("encoder", "sft") if any(k.startswith(f"{s}/") for k in metrics)), "multimodal"
             )
             total = {"encoder": cfg.encoder_pretrain.steps, "sft": cfg.sft.steps}.get(stage, cfg.train.steps)
-            events.put((index, {"step": step, "total_steps": total, "stage": stage, **metrics}))
+            if stage == "multimodal":
+                last_step[0] = step
+            event = {"step": step, "total_steps": total, "stage": stage, **metrics}
+            with open(log, "a") as f:
+                f.write(json.dumps(event) + "\n")
+            events.put((index, event))
 
         try:
             outcome = run_trial(
@@ -78,6 +92,10 @@ def train_trial(tune_config: dict[str, Any]) -> None:
                 checkpoint_path=Path(payload["checkpoint_dir"]) / f"{run['trial_id']}.pt",
                 cache_dir=Path(payload["cache_dir"]),
             )
+        except FloatingPointError as err:
+            # Diverged: an outcome of the recipe, not a fault. Reported, not raised, so that Tune does not retry it.
+            events.put((index, {"step": last_step[0], "stage": "multimodal", DIVERGED_KEY: str(err)}))
+            return
         except BaseException as err:  # handed to the reporting thread, which raises it in the trial
             events.put((index, err))
             return
@@ -104,6 +122,7 @@ def train_trial(tune_config: dict[str, Any]) -> None:
                     "device": f"{device.type} x{num_threads} threads"
                     if device.type == "cpu"
                     else torch.cuda.get_device_name(),
+                    "node": ray.util.get_node_ip_address(),
                     "eval_items_json": json.dumps(outcome.eval.items),
                     "eval_protocol_json": json.dumps(outcome.eval.protocol),
                 },
@@ -123,7 +142,10 @@ def train_trial(tune_config: dict[str, Any]) -> None:
         if isinstance(event, BaseException):
             raise event
         tune.report({RUN_KEY: runs[index]["trial_id"], **event})
-        if event.get(FINAL_KEY):
+        if DIVERGED_KEY in event:  # no objective from this configuration: its searcher trial ends without one
+            ended += 1
+            objective = None
+        elif event.get(FINAL_KEY):
             ended += 1
             if objective:
                 finals[index] = float(event[objective])
@@ -140,6 +162,18 @@ def train_trial(tune_config: dict[str, Any]) -> None:
     if objective:
         steps = max(int(run["config"]["train"]["steps"]) for run in runs)
         tune.report({"step": steps, OBJECTIVE: sum(finals.values()) / len(runs), OBJECTIVE_FINAL: True})
+
+
+def _read_reports(log: Path) -> list[dict[str, Any]]:
+    if not log.exists():
+        return []
+    events = []
+    for line in log.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:  # cut short by the kill: the resumed run reports that step again
+            continue
+    return events
 
 
 def _sampled_runs(payload: dict[str, Any], tune_config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -56,7 +56,7 @@ def main() -> None:
     full_path.write_text(yaml.safe_dump(full, sort_keys=False))
     full_dir = args.results_dir / full["name"]
     (full_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for checkpoint in (search_dir / "checkpoints").glob("*.pt"):
+    for checkpoint in (search_dir / "checkpoints").glob("*.pt*"):
         target = full_dir / "checkpoints" / checkpoint.name
         if not target.exists():
             shutil.copy2(checkpoint, target)

@@ -81,9 +81,10 @@ def assess(finding: dict, trials: pd.DataFrame, items: pd.DataFrame, study_axes:
     else:  # same
         pairs = [(v, values[0]) for v in values[1:]]
     missing = sorted({str(v) for pair in pairs for v in pair} - set(shown))
+    diverged = _diverged_note(trials, axis)
     if not pairs or missing:
         needs = ", ".join(missing) or "two values"
-        return base | {"ours": "not tested", "detail": f"needs arms with {axis} = {needs}"}
+        return base | {"ours": "not tested", "detail": f"needs arms with {axis} = {needs}" + diverged}
     others = [a for a in study_axes if a != axis and a in trials.columns]
     table = _pairs_table(items, done, axis, others)
     recorded = [m for m in finding["metrics"] if m in set(table["metric"])]
@@ -149,7 +150,18 @@ def assess(finding: dict, trials: pd.DataFrame, items: pd.DataFrame, study_axes:
             f"{axis} effect minus {rival} range on {metric} {gap:+.3f} p(Holm) {p:.2g}"
             for (rival, metric, gap, _), p in zip(ranked, p_ranked, strict=True)
         )
-    return base | {"ours": ours, "detail": detail}
+    return base | {"ours": ours, "detail": detail + diverged}
+
+
+def _diverged_note(trials: pd.DataFrame, axis: str) -> str:
+    """Runs whose loss became non-finite are no result of their arm, but never silently absent from a finding."""
+    if "status" not in trials:
+        return ""
+    diverged = trials[trials["status"] == "diverged"]
+    if diverged.empty:
+        return ""
+    runs = ", ".join(f"{axis}={getattr(r, axis, '?')} seed {r.seed}" for r in diverged.itertuples())
+    return f"; diverged, so left out: {runs}"
 
 
 def _outranks(

@@ -431,7 +431,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     note = shared_encoder_note(trials)
     _write_summary(study_dir, study, table, arm_columns, compared, reference, assessed, note)
 
-    failed = trials[~trials["status"].isin(["finished", "stopped"])]
+    failed = trials[~trials["status"].isin(["finished", "stopped", "diverged"])]
     failed_html = stopped_html(trials)
     if len(failed):
         items = "".join(
@@ -465,6 +465,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         f"<p class='muted'>{len(trials)} trials recorded, {int((trials['status'] == 'finished').sum())} finished; "
         f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}"
         + (f"; MLflow: {html.escape(tracking_uri)}" if tracking_uri else "")
+        + _mlflow_link(spec)
         + "</p>",
         "<h2>Arms</h2><p class='muted'>mean ± 95% confidence half-width over seeds (t distribution)</p>",
         _table_html(table, arm_columns)
@@ -491,23 +492,52 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     return path
 
 
-def stopped_html(trials: pd.DataFrame) -> str:
-    """Trials the scheduler stopped early: listed apart with the step they reached; never in a table or a
-    comparison, where they would stand for an arm that had finished."""
-    stopped = trials[trials["status"] == "stopped"]
-    if stopped.empty:
+def _mlflow_link(spec: dict) -> str:
+    """The study's last run in the MLflow UI that `mm1ablate ui` serves (at its default port)."""
+    runs = [r for r in spec.get("runs") or [] if r.get("mlflow_run_id")]
+    if not runs:
         return ""
-    steps = stopped["stopped_at_step"] if "stopped_at_step" in stopped else pd.Series(index=stopped.index)
+    last = runs[-1]
+    path = f"#/experiments/{last['mlflow_experiment_id']}/runs/{last['mlflow_run_id']}"
+    return (
+        f"; this run in the MLflow UI (<code>mm1ablate ui</code>): "
+        f"<a href='http://127.0.0.1:5000/{html.escape(path)}'>{html.escape(path)}</a>"
+    )
+
+
+def stopped_html(trials: pd.DataFrame) -> str:
+    """Trials the scheduler stopped early, and trials that diverged: listed apart with the step they reached; never in
+    a table or a comparison, where they would stand for an arm that had finished."""
+    early = _ended_early_html(
+        trials,
+        "stopped",
+        "<h2>Stopped early: {n} trials</h2><p class='muted'>Cut by the scheduler at an evaluation round (their last, "
+        "intermediate metrics are in trials.parquet); left out of every table and comparison. A run of the study "
+        "without its scheduler resumes them from their checkpoints.</p>",
+    )
+    diverged = _ended_early_html(
+        trials,
+        "diverged",
+        "<h2 class='missing'>Diverged: {n} trials</h2><p class='muted'>Their loss or gradient became non-finite: an "
+        "outcome of the recipe, left out of every table and comparison and named in each finding they leave. A re-run "
+        "keeps them as they are; <code>mm1ablate run --rerun-diverged</code> runs them again.</p>",
+    )
+    return early + diverged
+
+
+def _ended_early_html(trials: pd.DataFrame, status: str, heading: str) -> str:
+    ended = trials[trials["status"] == status]
+    if ended.empty:
+        return ""
+    steps = ended["stopped_at_step"] if "stopped_at_step" in ended else pd.Series(index=ended.index)
     rows = "".join(
         f"<li><b>{html.escape(str(r.arm))}</b> seed {r.seed} ({html.escape(str(r.trial_id))}) at step "
-        f"{_num(step, '.0f')}</li>"
-        for r, step in zip(stopped.itertuples(), steps, strict=True)
+        f"{_num(step, '.0f')}"
+        + (f": {html.escape(last_line(str(r.error)))}" if status == "diverged" else "")
+        + "</li>"
+        for r, step in zip(ended.itertuples(), steps, strict=True)
     )
-    return (
-        f"<h2>Stopped early: {len(stopped)} trials</h2><p class='muted'>Cut by the scheduler at an evaluation round "
-        "(their last, intermediate metrics are in trials.parquet); left out of every table and comparison. A run of "
-        f"the study without its scheduler resumes them from their checkpoints.</p><ul>{rows}</ul>"
-    )
+    return heading.format(n=len(ended)) + f"<ul>{rows}</ul>"
 
 
 def _search_section(study_dir: Path, spec: dict) -> str:

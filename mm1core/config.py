@@ -421,6 +421,24 @@ _MAY_BE_ZERO = {
 }
 
 
+# Values no one means: a typo (an extra zero, a unit slip) caught at plan time instead of an out-of-memory crash or a
+# trial that runs for weeks. Each is far above the largest preset's.
+_UPPER_BOUNDS: dict[str, float] = {
+    "encoder.resolution": 1024,
+    "canvas_px": 2048,
+    "steps": 10_000_000,
+    "batch_size": 65_536,
+    "width": 16_384,
+    "depth": 256,
+    "max_seq_len": 65_536,
+    "num_image_tokens": 4_096,
+    "num_items": 1_000_000,
+    "seed": 2**31 - 1,
+    "set_seed": 2**31 - 1,
+    "lr": 100.0,
+}
+
+
 @functools.cache
 def _numeric_fields() -> list[tuple[str, Callable[[Any], Any]]]:
     """(path, getter) for every int or float field: the planner checks thousands of arms, so no per-call walk."""
@@ -438,7 +456,16 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
 
     for path, getter in _numeric_fields():
         value = getter(cfg)
-        if path in _MAY_BE_ZERO or path.rsplit(".", 1)[-1] in _MAY_BE_ZERO:
+        if not math.isfinite(value):
+            check(False, path, f"must be a finite number, got {value}")
+            continue
+        leaf = path.rsplit(".", 1)[-1]
+        bound = _UPPER_BOUNDS.get(path, _UPPER_BOUNDS.get(leaf))
+        if bound is not None:
+            check(
+                value <= bound, path, f"{value} is beyond any run this project can make (at most {bound:,})"
+            )
+        if path in _MAY_BE_ZERO or leaf in _MAY_BE_ZERO:
             check(value >= 0, path, f"must be >= 0, got {value}")
         else:
             check(value > 0, path, f"must be > 0, got {value}")
@@ -524,7 +551,12 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
         parse_ratio(cfg.data.ratio)
     except ValueError as err:
         problems.append(ConfigError("data.ratio", str(err)))
-    check(cfg.train.lr == "auto" or cfg.train.lr > 0, "train.lr", f"must be > 0 or auto, got {cfg.train.lr}")
+    lr = cfg.train.lr
+    check(
+        lr == "auto" or (math.isfinite(lr) and 0 < lr <= _UPPER_BOUNDS["lr"]),
+        "train.lr",
+        f"must be a finite number in (0, {_UPPER_BOUNDS['lr']:g}] or auto, got {lr}",
+    )
     check(
         cfg.train.freeze in FREEZE_STAGES,
         "train.freeze",

@@ -130,7 +130,7 @@ class _CLIPPretrainer(nn.Module):
 
 
 def _train_clip(
-    cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None]
+    cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None], progress: Path
 ) -> dict:
     pre = cfg.encoder_pretrain
     # The encoder pre-trains on the world's captions (whatever data the multimodal stage brings).
@@ -156,7 +156,7 @@ def _train_clip(
         )
         return model(images.to(device), pad_rows(texts, tokenizer.pad_id).to(device))
 
-    return _run_stage(model, encoder, step_loss, cfg, device, on_log)
+    return _run_stage(model, encoder, step_loss, cfg, device, on_log, progress)
 
 
 def _run_stage(
@@ -166,6 +166,7 @@ def _run_stage(
     cfg: MM1Config,
     device: torch.device,
     on_log: Callable[[int, dict[str, float]], None],
+    progress: Path,
 ) -> dict:
     pre = cfg.encoder_pretrain
     schedule = TrainConfig(
@@ -175,6 +176,7 @@ def _run_stage(
         warmup_steps=pre.warmup_steps,
         z_loss_coef=0.0,
         log_every=max(1, min(25, pre.steps)),
+        checkpoint_every=max(1, pre.steps // 4),
     )
     train(
         model,
@@ -182,6 +184,7 @@ def _run_stage(
         schedule,
         device=device,
         on_log=lambda step, m: on_log(step, {k.replace("train/", "encoder/"): v for k, v in m.items()}),
+        checkpoint_path=progress,
     )
     return {"encoder": {k: v.cpu() for k, v in encoder.state_dict().items()}}
 
@@ -208,7 +211,9 @@ class _AIMPretrainer(nn.Module):
         return LOSSES["aim"](predictions, targets, prefix_len)
 
 
-def _train_aim(cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None]) -> dict:
+def _train_aim(
+    cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None], progress: Path
+) -> dict:
     pre = cfg.encoder_pretrain
     torch.manual_seed(_torch_seed(cfg))
     encoder = ViT(cfg.encoder)
@@ -224,7 +229,7 @@ def _train_aim(cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict
         prefix_len = rng.randint(1, encoder.num_patches - 1)
         return model(images.to(device), prefix_len)
 
-    return _run_stage(model, encoder, step_loss, cfg, device, on_log)
+    return _run_stage(model, encoder, step_loss, cfg, device, on_log, progress)
 
 
 _STAGES = {"clip": _train_clip, "aim": _train_aim}
@@ -246,8 +251,6 @@ def pretrain_encoder(
     result, built = cached_stage(
         cache_dir,
         encoder_stage_key(config_to_dict(cfg)),
-        lambda: _STAGES[loss](cfg, device, on_log),
-        save=torch.save,
-        load=lambda path: torch.load(path, map_location="cpu", weights_only=False),
+        lambda progress: _STAGES[loss](cfg, device, on_log, progress),
     )
     return result["encoder"], built

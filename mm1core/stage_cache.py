@@ -4,7 +4,8 @@ The key hashes the stage's config together with the source of mm1core, so changi
 result. Two processes that need the same missing entry at once build it once: the first takes an exclusive lock on
 the entry's lock file and builds; the other blocks on the lock, then finds the entry and loads it. Works on any
 filesystem with POSIX locks, so the cache can sit on shared storage. Keys need no torch, so the planner can say
-which stages are cached without importing it.
+which stages are cached without importing it. Entries are checksummed (mm1core.storage): a damaged one is moved
+aside and rebuilt, and the planner says it will be.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import fcntl
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mm1core.config import encoder_seed
+from mm1core.storage import DamagedFile, is_intact, load_checked, quarantine, save_checked
 
-__all__ = ["code_version", "stage_key", "encoder_stage_key", "cached_stage", "is_cached"]
+__all__ = ["cache_state", "cached_stage", "code_version", "encoder_stage_key", "stage_key"]
 
 
 @functools.cache
@@ -59,27 +60,31 @@ def encoder_stage_key(config: dict) -> str | None:
     )
 
 
-def is_cached(cache_dir: Path, key: str) -> bool:
-    return (cache_dir / f"{key}.pt").exists()
+def cache_state(cache_dir: Path, key: str) -> str:
+    """ "cached" (present and intact), "damaged" (present, will be rebuilt) or "missing"."""
+    path = cache_dir / f"{key}.pt"
+    if not path.exists():
+        return "missing"
+    return "cached" if is_intact(path) else "damaged"
 
 
-def cached_stage(
-    cache_dir: Path,
-    key: str,
-    build: Callable[[], Any],
-    *,
-    save: Callable[[Any, Path], None],
-    load: Callable[[Path], Any],
-) -> tuple[Any, bool]:
-    """(the stage's result, whether this call built it); save/load serialise it (torch.save / torch.load)."""
+def cached_stage(cache_dir: Path, key: str, build: Callable[[Path], Any]) -> tuple[Any, bool]:
+    """(the stage's result, whether this call built it); the result is tensors in plain containers.
+
+    build(progress) may checkpoint to `progress`: a builder killed part-way leaves it, and the next one resumes there.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.pt"
     with open(cache_dir / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
-            return load(path), False
-        result = build()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save(result, tmp)
-        os.replace(tmp, path)
+            try:
+                return load_checked(path), False
+            except DamagedFile as err:
+                quarantine(path, str(err))
+        progress = cache_dir / f"{key}.progress.pt"
+        result = build(progress)
+        save_checked(result, path)
+        progress.unlink(missing_ok=True)
+        progress.with_name(progress.name + ".sha256").unlink(missing_ok=True)
         return result, True

@@ -8,7 +8,6 @@ named loss terms; the loop sums the `*_loss` terms and logs them all.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch import nn
 
 from mm1core.config import TrainConfig
 from mm1core.losses import total_loss
+from mm1core.storage import DamagedFile, load_checked, quarantine, save_checked
 
 __all__ = ["get_lr", "train"]
 
@@ -30,12 +30,22 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
 
 
 def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, config: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
+    # Atomic and checksummed: a kill mid-write leaves the previous checkpoint, a damaged one is never resumed from.
+    save_checked(
         {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config},
-        tmp,
+        path,
     )
-    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+
+
+def _resume_state(path: Path | None, device: torch.device) -> dict | None:
+    """The checkpoint to resume from; a damaged one is moved aside and the stage starts again from step 0."""
+    if path is None or not path.exists():
+        return None
+    try:
+        return load_checked(path, map_location=device)
+    except DamagedFile as err:
+        quarantine(path, str(err))
+        return None
 
 
 def train(
@@ -67,8 +77,8 @@ def train(
     params = [p for ps in grouped.values() for p in ps]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     start = 0
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    state = _resume_state(checkpoint_path, device)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
@@ -89,6 +99,11 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(
+                f"non-finite gradient norm at step {step} (lr {get_lr(step, cfg):.3g}); "
+                "lower train.lr or raise train.warmup_steps"
+            )
         optimizer.step()
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:

@@ -96,8 +96,11 @@ def test_seed_is_part_of_the_config(write_study):
 
 
 def test_plan_says_which_encoders_are_built_and_reused(write_study, tmp_path):
+    import torch
+
     from ablations.plan import encoder_plan
     from mm1core.stage_cache import encoder_stage_key
+    from mm1core.storage import save_checked
 
     study = load_study(
         write_study(
@@ -111,9 +114,14 @@ def test_plan_says_which_encoders_are_built_and_reused(write_study, tmp_path):
     # 3 resolutions x 2 seeds need 6 encoders (each seed pre-trains its own); each is shared by the 2
     # learning-rate arms.
     assert sorted(status.values()).count("build") == 6 and sorted(status.values()).count("reuse") == 6
-    (tmp_path / f"{encoder_stage_key(trials[0].config)}.pt").write_bytes(b"")
+    entry = tmp_path / f"{encoder_stage_key(trials[0].config)}.pt"
+    save_checked({"encoder": {"w": torch.zeros(64)}}, entry)
     status = encoder_plan(trials, tmp_path)
     assert list(status.values()).count("cached") == 2 and list(status.values()).count("build") == 5
+    # A damaged entry (here: cut short, as by a full disk) is no cache hit: the plan says it will be rebuilt.
+    entry.write_bytes(entry.read_bytes()[:100])
+    status = encoder_plan(trials, tmp_path)
+    assert list(status.values()).count("rebuild") == 1 and list(status.values()).count("cached") == 0
     shared = load_study(
         write_study(
             STUDY.format(design="grid").replace(

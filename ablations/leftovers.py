@@ -1,0 +1,78 @@
+"""Processes an embedded Ray leaves behind when its driver is killed, ended by the next run of the study.
+
+A driver killed with SIGKILL takes its Ray head (GCS, raylet) and its trial workers with it, but the raylet's agents
+(dashboard agent, runtime-env agent) outlive it, re-parented to init. The driver records the processes its Ray
+started, each with its start time (so a recycled process id is never taken for one of them); the next run of the
+study, which holds the study's lock and so knows that driver is gone, ends those still alive. Linux /proc only;
+elsewhere nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+__all__ = ["descendants", "end_leftovers", "forget_processes", "record_processes"]
+
+_FILE = ".ray-processes.json"
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks since boot
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def record_processes(study_dir: Path) -> None:
+    """After starting an embedded Ray: the processes it started, for the next run to end if this driver is killed."""
+    if not Path("/proc/self/stat").exists():
+        return
+    processes = [
+        {"pid": pid, "start": start}
+        for pid in descendants(os.getpid())
+        if (start := _start_time(pid)) is not None
+    ]
+    (study_dir / _FILE).write_text(json.dumps(processes))
+
+
+def forget_processes(study_dir: Path) -> None:
+    (study_dir / _FILE).unlink(missing_ok=True)
+
+
+def end_leftovers(study_dir: Path) -> int:
+    """End what a killed driver of this study left running; the number ended. Call only while holding the lock."""
+    path = study_dir / _FILE
+    if not path.exists():
+        return 0
+    ended = 0
+    for process in json.loads(path.read_text()):
+        if _start_time(process["pid"]) == process["start"]:  # the same process, not a recycled id
+            try:
+                os.kill(process["pid"], signal.SIGKILL)
+                ended += 1
+            except ProcessLookupError:
+                pass
+    path.unlink()
+    return ended

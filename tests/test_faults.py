@@ -1,0 +1,284 @@
+"""Faults injected for real: a driver killed with SIGKILL, damaged cache files and checkpoints, a diverging trial,
+bounds no one means, a trial larger than the cluster. What must hold: nothing finished is lost, nothing is done or
+recorded twice, nothing is left running, and a damaged file is rebuilt rather than trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import MM1ABLATE, run_cli
+from mlflow.tracking import MlflowClient
+
+from ablations.leftovers import descendants
+from mm1core.stage_cache import cache_state, cached_stage
+from mm1core.storage import DamagedFile, load_checked, save_checked
+
+STUDY = """
+name: {name}
+reference:
+  preset: tiny
+  overrides:
+    encoder_pretrain.loss: clip
+    train.steps: 400
+    train.eval_every: 100
+    train.checkpoint_every: 100
+axes:
+  - name: train.lr
+    values: [0.001, 0.002]
+seeds: [0]
+resources: {{cpu: 1}}
+budget:
+  encoder: {{steps: 60}}
+"""
+METRICS = ["0shot/avg", "4shot/avg", "8shot/avg", "heldout/loss", "0shot/vqa"]
+
+
+def _runs(root: Path, study: str) -> list:
+    client = MlflowClient(f"sqlite:///{root / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(study)
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(process: dict) -> bool:
+    try:
+        stat = Path(f"/proc/{process['pid']}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[19] == process["start"]
+
+
+ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+
+
+def _study_dir(root: Path) -> Path:
+    return root / "results" / "faults"
+
+
+def _start(root: Path) -> subprocess.Popen:
+    (root / "s.yaml").write_text(STUDY.format(name="faults").lstrip())
+    return subprocess.Popen(
+        [MM1ABLATE, "run", "s.yaml"],
+        cwd=root,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _run_until(driver: subprocess.Popen, marker: str) -> list[str]:
+    seen = []
+    for line in driver.stdout:
+        seen.append(line)
+        if marker in line:
+            return seen
+    raise AssertionError(f"the run ended before {marker!r}:\n" + "".join(seen[-30:]))
+
+
+def _curves(root: Path, part: str) -> pd.DataFrame:
+    """The trials' own curves, or the curve of the encoder they share. Which trial builds a shared encoder (and so
+    reports its curve) is whichever takes its lock first, in any run; the curve itself must be whole and the same."""
+    curve = pd.read_parquet(_study_dir(root) / "curves.parquet")
+    # What took how long differs between any two runs; nothing else may.
+    timing = curve["metric"].str.startswith(("time/", "cost/")) | curve["metric"].str.endswith("/steps_per_s")
+    curve = curve[~timing]
+    encoder = curve["metric"].str.startswith("encoder/")
+    if part == "encoder":
+        curve = curve[encoder].drop_duplicates(["metric", "step"]).assign(trial_id="shared")
+    else:
+        curve = curve[~encoder]
+    columns = ["trial_id", "metric", "step", "value"]
+    return curve.sort_values(columns[:3])[columns].reset_index(drop=True)
+
+
+def _trials(root: Path) -> pd.DataFrame:
+    return pd.read_parquet(_study_dir(root) / "trials.parquet").set_index("trial_id").sort_index()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("whole")
+    driver = _start(root)
+    out, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, out
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "marker",
+    ["encoder step 25/60", "multimodal step 250/400", "multimodal step 400/400"],
+    ids=["during-encoder-pretraining", "mid-training", "during-the-final-evaluation"],
+)
+def test_a_killed_driver_resumes_to_the_same_study(tmp_path, uninterrupted, marker):
+    """SIGKILL of the driver, then `run` again: the study an uninterrupted run gives, one MLflow run per trial, whole
+    learning curves, and none of the killed driver's processes left."""
+    driver = _start(tmp_path)
+    _run_until(driver, marker)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    left_behind = json.loads((_study_dir(tmp_path) / ".ray-processes.json").read_text())
+    time.sleep(2)
+    assert any(_alive(p) for p in left_behind), (
+        "the experiment no longer shows the leftovers it guards against"
+    )
+
+    again = run_cli("run", "s.yaml", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Ray processes a killed run had left behind" in again.stdout
+    assert not any(_alive(p) for p in left_behind)
+
+    resumed, whole = _trials(tmp_path), _trials(uninterrupted)
+    assert list(resumed["status"]) == ["finished", "finished"]
+    pd.testing.assert_frame_equal(resumed[METRICS], whole[METRICS])
+    for part in ("trials", "encoder"):
+        pd.testing.assert_frame_equal(_curves(tmp_path, part), _curves(uninterrupted, part))
+
+    client, runs = _runs(tmp_path, "faults")
+    trials = [r for r in runs if r.data.tags.get("mm1ablate.role") == "trial"]
+    parents = [r for r in runs if r.data.tags.get("mm1ablate.role") == "study"]
+    assert sorted(r.info.status for r in trials) == ["FINISHED", "FINISHED"]
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]
+    finished_parent = next(p for p in parents if p.info.status == "FINISHED").info.run_id
+    for run in trials:
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert sorted(m.step for m in history) == list(range(5, 401, 5))  # once each, none lost
+        assert run.data.tags["mlflow.parentRunId"] == finished_parent
+
+
+@pytest.mark.slow
+def test_a_killed_trial_process_is_retried_from_its_checkpoint(tmp_path, uninterrupted):
+    """A trial's own process killed (as by the OOM killer): Tune retries it and the study goes on to the same end."""
+    driver = _start(tmp_path)
+    seen = _run_until(driver, "multimodal step 250/400")
+    workers = [pid for pid in descendants(driver.pid) if _cmdline(pid).startswith("ray::ImplicitFunc")]
+    assert workers, "".join(seen[-20:])
+    os.kill(workers[0], signal.SIGKILL)
+    rest, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, "".join(seen) + rest
+    retried = _trials(tmp_path)
+    assert list(retried["status"]) == ["finished", "finished"]
+    pd.testing.assert_frame_equal(retried[METRICS], _trials(uninterrupted)[METRICS])
+    for part in ("trials", "encoder"):
+        pd.testing.assert_frame_equal(_curves(tmp_path, part), _curves(uninterrupted, part))
+
+
+def test_a_damaged_cache_entry_is_moved_aside_and_rebuilt(tmp_path, capsys):
+    builds = []
+
+    def build(progress: Path) -> dict:
+        builds.append(progress)
+        return {"encoder": {"w": torch.arange(1000.0)}}
+
+    result, built = cached_stage(tmp_path, "encoder-x", build)
+    assert built and cache_state(tmp_path, "encoder-x") == "cached"
+    assert cached_stage(tmp_path, "encoder-x", build)[1] is False
+    entry = tmp_path / "encoder-x.pt"
+    entry.write_bytes(entry.read_bytes()[:-200])  # a disk that filled up mid-copy
+    assert cache_state(tmp_path, "encoder-x") == "damaged"
+    again, built = cached_stage(tmp_path, "encoder-x", build)
+    assert built and len(builds) == 2 and torch.equal(again["encoder"]["w"], result["encoder"]["w"])
+    assert "is damaged" in capsys.readouterr().err
+    assert len(list(tmp_path.glob("encoder-x.pt.damaged-*"))) == 1
+    assert cache_state(tmp_path, "encoder-x") == "cached"
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/mm1ablate-pwned",))
+
+
+def test_a_cache_file_that_would_run_code_is_never_unpickled(tmp_path):
+    """Even with a matching checksum (a file planted with its sidecar), loads are weights_only."""
+    path = tmp_path / "encoder-evil.pt"
+    save_checked({"encoder": _Payload()}, path)
+    Path("/tmp/mm1ablate-pwned").unlink(missing_ok=True)
+    with pytest.raises(DamagedFile, match="without running code"):
+        load_checked(path)
+    assert not Path("/tmp/mm1ablate-pwned").exists()
+
+
+def test_a_damaged_checkpoint_restarts_the_stage_instead_of_failing(tmp_path, capsys):
+    from mm1core.config import TrainConfig
+    from mm1core.train import train
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    cfg = TrainConfig(
+        steps=6, batch_size=2, lr=1e-2, warmup_steps=0, checkpoint_every=3, log_every=1, eval_every=0
+    )
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    seen: list[int] = []
+
+    def step_loss(step: int) -> dict:
+        seen.append(step)
+        return {"ce_loss": torch.nn.functional.mse_loss(model(x), y)}
+
+    checkpoint = tmp_path / "trial.pt"
+    train(model, step_loss, cfg, device=torch.device("cpu"), checkpoint_path=checkpoint)
+    checkpoint.write_bytes(b"\0" * 64)
+    seen.clear()
+    train(model, step_loss, cfg, device=torch.device("cpu"), checkpoint_path=checkpoint)
+    assert seen == list(range(6))  # from step 0: the damaged checkpoint was not resumed from
+    assert "is damaged" in capsys.readouterr().err
+
+
+BAD_BOUNDS = """
+name: bounds
+reference:
+  preset: tiny
+  overrides:
+    encoder.resolution: 1000000
+    train.steps: 5.0e+9
+axes:
+  - name: train.lr
+    values: [0.001, .inf]
+seeds: [0, -3]
+"""
+
+
+def test_bounds_no_one_means_are_refused_at_plan_time(tmp_path):
+    (tmp_path / "s.yaml").write_text(BAD_BOUNDS.lstrip())
+    out = run_cli("plan", "s.yaml", cwd=tmp_path, timeout=120)
+    assert out.returncode != 0 and "nothing was run" in out.stderr
+    assert "s.yaml:10: seeds[1]" in out.stderr
+    (tmp_path / "s.yaml").write_text(BAD_BOUNDS.replace("[0, -3]", "[0, 3]").lstrip())
+    out = run_cli("plan", "s.yaml", cwd=tmp_path, timeout=120)
+    assert "s.yaml:5: reference.overrides.encoder.resolution: 1000000 is beyond" in out.stderr
+    assert "s.yaml:6: reference.overrides.train.steps" in out.stderr
+    assert "s.yaml:9: axes[0].values[1]: must be a finite number" in out.stderr
+
+
+def test_too_many_trials_are_refused(tmp_path):
+    (tmp_path / "s.yaml").write_text(
+        STUDY.format(name="huge")
+        .replace("values: [0.001, 0.002]", f"values: {[1e-4 * (i + 1) for i in range(200)]}")
+        .replace("seeds: [0]", f"seeds: {list(range(60))}")
+        .lstrip()
+    )
+    out = run_cli("plan", "s.yaml", cwd=tmp_path, timeout=120)
+    assert "200 arms x 60 seeds = 12,000 trials, more than the 10,000" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_trial_larger_than_any_node_is_refused_not_queued_forever(tmp_path):
+    (tmp_path / "s.yaml").write_text(STUDY.format(name="big").replace("{cpu: 1}", "{cpu: 64}").lstrip())
+    out = run_cli("run", "s.yaml", cwd=tmp_path, timeout=120)
+    assert out.returncode == 2
+    assert "resources.cpu is 64 per trial, but the largest node" in out.stderr

@@ -1,0 +1,148 @@
+"""Studies against a real `mlflow server` on 127.0.0.1 (SQLite behind it, artifacts served by it): a server that is
+down when a run starts, and one that goes down in the middle of a run and comes back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import MM1ABLATE, run_cli
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+STUDY = """
+name: served
+reference:
+  preset: tiny
+  overrides:
+    train.steps: 300
+    train.eval_every: 100
+axes:
+  - name: train.lr
+    values: [0.001, 0.002]
+seeds: [0]
+resources: {cpu: 1}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    """`mlflow server` in its own process group, on a fixed port so that it can come back at the same address."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root, self.port = root, port
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        mlflow = str(Path(sys.executable).with_name("mlflow"))
+        self.process = subprocess.Popen(
+            [
+                mlflow, "server",
+                "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}",
+                "--artifacts-destination", (self.root / "served-artifacts").as_uri(),
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            ],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return
+            except OSError:
+                assert self.process.poll() is None, "mlflow server exited"
+                assert time.time() < deadline, "mlflow server did not answer within 180 s"
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def server(tmp_path):
+    served = _Server(tmp_path, _free_port())
+    yield served
+    served.stop()
+
+
+def test_a_server_that_is_down_is_said_at_once_in_one_line(tmp_path):
+    (tmp_path / "s.yaml").write_text(STUDY.lstrip())
+    uri = f"http://alice:s3cret@127.0.0.1:{_free_port()}"
+    done = run_cli("run", "s.yaml", "--tracking-uri", uri, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert f"the MLflow tracking server at http://alice:***@127.0.0.1:{uri.rsplit(':', 1)[1]}" in done.stderr
+    assert "s3cret" not in done.stdout + done.stderr
+    assert not (tmp_path / "results" / "served" / "trials.parquet").exists()
+
+
+def test_a_server_that_goes_down_mid_run_loses_nothing(tmp_path, server):
+    (tmp_path / "s.yaml").write_text(STUDY.lstrip())
+    server.start()
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    driver = subprocess.Popen(
+        [MM1ABLATE, "run", "s.yaml", "--tracking-uri", server.uri],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    for line in driver.stdout:
+        seen.append(line)
+        if "multimodal step 100/300" in line:
+            break
+    server.stop()
+    rest, _ = driver.communicate(timeout=600)
+    output = "".join(seen) + rest
+    assert driver.returncode == 0, output
+    assert "did not take a call" in output and "mm1ablate sync served" in output
+    study_dir = tmp_path / "results" / "served"
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    assert sorted(trials["status"]) == ["finished", "finished"]  # Parquet first: nothing waited on MLflow
+    assert (study_dir / "report.html").exists() and (study_dir / "mlflow-queue.jsonl").exists()
+
+    down = run_cli("sync", "served", "--tracking-uri", server.uri, cwd=tmp_path, timeout=60)
+    assert down.returncode == 2 and "does not answer" in down.stderr
+    server.start()
+    synced = run_cli("sync", "served", "--tracking-uri", server.uri, cwd=tmp_path, timeout=300)
+    assert synced.returncode == 0 and "0 still queued" in synced.stdout, synced.stdout + synced.stderr
+    assert not (study_dir / "mlflow-queue.jsonl").exists()
+
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("served")
+    runs = client.search_runs([experiment.experiment_id])
+    trial_runs = [r for r in runs if r.data.tags.get("mm1ablate.role") == "trial"]
+    parent = next(r for r in runs if r.data.tags.get("mm1ablate.role") == "study")
+    assert sorted(r.info.status for r in trial_runs) == ["FINISHED", "FINISHED"]
+    assert parent.info.status == "FINISHED"
+    for run in trial_runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(5, 301, 5))
+        assert "0shot/avg" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.html", "summary.md"} <= artifacts
+    assert "nothing queued" in run_cli("sync", "served", "--tracking-uri", server.uri, cwd=tmp_path).stdout
