@@ -31,6 +31,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from ablations.disk import footprint
     from ablations.plan import encoder_plan, plan, stage_cache_dir
 
     study = load_study(args.study)
@@ -77,6 +78,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{counts['reuse']} reuse one built in this run"
         + (f", {counts['rebuild']} to rebuild (the cached one is damaged)" if counts["rebuild"] else "")
     )
+    print(f"stores: {footprint(todo)}")
     precisions = sorted({t.config["train"]["precision"] for t in trials} or {"(sampled per configuration)"})
     print(f"precision: {', '.join(precisions)}" + _precision_reason(study))
     if args.estimate:
@@ -272,6 +274,29 @@ def _experiment_ids(results_root: Path, names: list[str] | None) -> dict[str, st
     return found
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    from ablations.disk import removals, remove, running_studies
+
+    root = _results_root(args)
+    running = running_studies(root)
+    if running and args.yes:
+        print(f"error: {', '.join(running)} running now: clean once it has ended", file=sys.stderr)
+        return 2
+    found = removals(root)
+    if not found:
+        print(f"nothing to clean in {root}")
+        return 0
+    for removal in found:
+        print(f"{removal.bytes / 1e6:10.1f} MB  {removal.path}  ({removal.why})")
+    total = sum(r.bytes for r in found) / 1e6
+    if not args.yes:
+        print(f"{len(found)} items, {total:,.1f} MB: a dry run; `mm1ablate clean --yes` removes them")
+        return 0
+    freed = remove(found) / 1e6
+    print(f"removed {len(found)} items, {freed:,.1f} MB")
+    return 0
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from ablations.tracking import TrackingUnreachable, redacted, resolve_tracking_uri, sync
 
@@ -339,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study name")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser(
+        "clean",
+        help="list (then, with --yes, remove) checkpoints of finished trials, stale cache entries and old shards",
+    )
+    p.add_argument("--yes", action="store_true", help="remove what the dry run lists")
+    p.set_defaults(func=cmd_clean)
     p = sub.add_parser(
         "sync", help="send to MLflow what a study could not while the tracking server was down"
     )

@@ -22,6 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mm1core.storage import quarantine
+
 __all__ = [
     "CONSOLIDATE_EVERY_S",
     "ResultsStore",
@@ -168,18 +170,36 @@ class ResultsStore:
 
     def consolidate(self) -> None:
         self._consolidated_at = time.monotonic()
+        read, damaged = {}, False
+        for part in sorted(self.parts.glob("*.parquet")):
+            try:
+                read[part] = pq.read_table(part)
+            except (OSError, pa.ArrowException) as err:
+                self._quarantine_trial(part.name.split(".", 1)[0], f"{part.name}: {err}")
+                damaged = True
         for kind, path in (
             ("trial", self.trials_path),
             ("curves", self.curves_path),
             ("items", self.items_path),
         ):
-            files = sorted(self.parts.glob(f"*.{kind}.parquet"))
-            if not files:
+            tables = [
+                read[part]
+                for part in sorted(read)
+                if part.name.endswith(f".{kind}.parquet") and part.exists()
+            ]
+            if not tables:
+                if damaged:  # the table may still hold the trials whose parts were moved aside
+                    path.unlink(missing_ok=True)
                 continue
             # Failed trials lack metric columns and finished ones have a null error: permissive promotion unifies
             # them (missing columns become nulls, int widens to float where parts disagree).
-            table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
-            _write_atomic(table, path)
+            _write_atomic(pa.concat_tables(tables, promote_options="permissive"), path)
+
+    def _quarantine_trial(self, trial_id: str, reason: str) -> None:
+        """A damaged part: every part of its trial is moved aside, so that the trial is no longer recorded and the
+        next run trains it again (from its checkpoint where it has one), rather than reporting half a trial."""
+        for part in self.parts.glob(f"{trial_id}.*.parquet"):
+            quarantine(part, reason)
 
 
 def config_json(config: dict) -> str:

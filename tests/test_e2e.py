@@ -231,6 +231,72 @@ def test_ui_serves_the_study(finished_study):
         ui.wait(timeout=30)
 
 
+def test_ui_prints_the_study_runs_table_and_a_browser_lands_on_its_runs(finished_study):
+    """MLflow 3 opens an experiment on an empty GenAI overview; `mm1ablate ui` prints the runs table's address, and
+    that page, in headless Chromium, shows the study's parent run and its trials. The report links its own run."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("needs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    root, _ = finished_study
+    client = _client(root)
+    experiment = client.get_experiment_by_name("tiny-e2e")
+    parent = next(
+        r
+        for r in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+        if r.data.tags.get("mm1ablate.role") == "study"
+    )
+    report = (root / "results" / "tiny-e2e" / "report.html").read_text()
+    assert f"#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}" in report
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    ui = subprocess.Popen(
+        [MM1ABLATE, "ui", "tiny-e2e", "--port", str(port)],
+        cwd=root,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        printed = [ui.stdout.readline(), ui.stdout.readline()]
+        address = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
+        assert f"tiny-e2e: {address}" in "".join(printed), printed
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                assert ui.poll() is None and time.time() < deadline, "the MLflow UI did not come up"
+                time.sleep(1)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(address)
+            name = page.get_by_text(parent.info.run_name).first
+            name.wait_for(timeout=60_000)
+            # The trials are nested under the study's run: its row's expander shows them.
+            name.locator("xpath=ancestor::*[@role='presentation'][1]").locator("button").first.click()
+            nested = [
+                r.info.run_name
+                for r in client.search_runs([experiment.experiment_id])
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+            ]
+            assert nested
+            for run_name in nested:
+                page.get_by_text(run_name).first.wait_for(timeout=60_000)
+            browser.close()
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+
+
 def test_a_second_runner_of_a_running_study_is_refused(tmp_path):
     (tmp_path / "tiny.yaml").write_text(STUDY.replace("name: tiny-e2e", "name: busy").lstrip())
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
@@ -260,3 +326,30 @@ def test_credentials_in_a_tracking_uri_are_never_shown():
     assert redacted("http://bob:s3cret@127.0.0.1:5000") == "http://bob:***@127.0.0.1:5000"
     assert redacted("https://h/x?token=abc&run=1") == "https://h/x?token=***&run=1"
     assert redacted("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+def test_clean_lists_then_removes_what_nothing_needs(finished_study):
+    """Last in this module: it removes the finished study's checkpoints."""
+    root, _ = finished_study
+    checkpoints = root / "results" / "tiny-e2e" / "checkpoints"
+    kept = sorted(p.name for p in checkpoints.iterdir())
+    assert any(name.endswith(".pt") for name in kept)
+    stale = root / "results" / "cache" / "encoder-clip-0123456789abcdef.pt"
+    stale.write_bytes(b"an encoder of code that no longer exists")
+    dry = run_cli("clean", cwd=root, timeout=120)
+    assert dry.returncode == 0 and "a dry run" in dry.stdout
+    assert "checkpoint of a finished trial" in dry.stdout and "checkpoint of a diverged trial" in dry.stdout
+    assert "encoder-clip-0123456789abcdef.pt  (an encoder no study plans with the current code)" in dry.stdout
+    assert (
+        sorted(p.name for p in checkpoints.iterdir()) == kept and stale.exists()
+    )  # a dry run removes nothing
+    used = [p for p in (root / "results" / "cache").glob("encoder-*.pt") if p != stale]
+    assert used and all(str(p) not in dry.stdout for p in used)  # the study's own encoders stay
+
+    done = run_cli("clean", "--yes", cwd=root, timeout=120)
+    assert done.returncode == 0 and "removed" in done.stdout
+    assert not any(p.name.endswith(".pt") for p in checkpoints.iterdir()) and not stale.exists()
+    assert all(p.exists() for p in used)
+    again = run_cli("run", "tiny.yaml", cwd=root)
+    assert "0 to run" in again.stdout, again.stdout
+    assert "nothing to clean" in run_cli("clean", cwd=root, timeout=120).stdout

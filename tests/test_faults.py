@@ -282,3 +282,21 @@ def test_a_trial_larger_than_any_node_is_refused_not_queued_forever(tmp_path):
     out = run_cli("run", "s.yaml", cwd=tmp_path, timeout=120)
     assert out.returncode == 2
     assert "resources.cpu is 64 per trial, but the largest node" in out.stderr
+
+
+def test_a_damaged_results_part_is_moved_aside_and_its_trial_runs_again(tmp_path, capsys):
+    from ablations.results import ResultsStore
+
+    store = ResultsStore(tmp_path / "study")
+    for trial_id in ("aaa", "bbb"):
+        row = {"trial_id": trial_id, "status": "finished", "0shot/avg": 0.5}
+        store.save_trial(row, [{"trial_id": trial_id, "step": 5, "metric": "train/loss", "value": 1.0}], [])
+    store.consolidate()
+    assert store.finished_ids() == {"aaa", "bbb"}
+    part = store.parts / "bbb.curves.parquet"
+    part.write_bytes(part.read_bytes()[:40])
+    store.consolidate()
+    assert store.finished_ids() == {"aaa"}  # not half a trial: bbb is trained again by the next run
+    assert set(pd.read_parquet(store.curves_path)["trial_id"]) == {"aaa"}
+    assert "is damaged" in capsys.readouterr().err
+    assert len(list(store.parts.glob("bbb.*.damaged-*"))) == 2
