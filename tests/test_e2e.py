@@ -197,19 +197,22 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-def test_ui_serves_the_study(finished_study):
-    root, _ = finished_study
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    ui = subprocess.Popen(
-        [MM1ABLATE, "ui", "--port", str(port)],
+def _start_ui(root: Path, port: int, *study: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [MM1ABLATE, "ui", *study, "--port", str(port)],
         cwd=root,
-        env=env,
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def test_ui_serves_the_study(finished_study):
+    root, _ = finished_study
+    port = _free_port()
+    ui = _start_ui(root, port)
     base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
     try:
         deadline = time.time() + 120
@@ -253,16 +256,7 @@ def test_ui_prints_the_study_runs_table_and_a_browser_lands_on_its_runs(finished
     assert f"#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}" in report
 
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    ui = subprocess.Popen(
-        [MM1ABLATE, "ui", "tiny-e2e", "--port", str(port)],
-        cwd=root,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    ui = _start_ui(root, port, "tiny-e2e")
     try:
         printed = [ui.stdout.readline(), ui.stdout.readline()]
         address = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
