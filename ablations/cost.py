@@ -30,6 +30,7 @@ from ablations.plan import Trial, encoder_plan, run_order, stage_cache_dir
 from mm1core.config import flatten
 from mm1core.hardware import cpu_model_name
 from mm1core.stage_cache import encoder_stage_key, stage_key
+from mm1core.storage import atomic_write_text
 
 __all__ = [
     "Estimate",
@@ -187,10 +188,7 @@ def _calibrated(
         cache[prefix + shape] = {k: max(r[k] for r in runs) for k in RATE_KEYS} | {
             "measured": time.strftime("%F")
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(cache, indent=1))
     return {shape: cache[prefix + shape] for shape in configs}
 
 

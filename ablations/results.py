@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mm1core.storage import quarantine
+from mm1core.storage import atomic_write, quarantine
 
 __all__ = [
     "CONSOLIDATE_EVERY_S",
@@ -57,11 +57,9 @@ def _ids_with_status(path: Path, status: str) -> set[str]:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(
-        f".{path.name}.{os.getpid()}.tmp"
+    atomic_write(
+        path, lambda tmp: pq.write_table(table, tmp)
     )  # a `status` may consolidate beside a running driver
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
 
 
 class StudyBusy(RuntimeError):

@@ -6,6 +6,8 @@ remote server needs to be reachable from the driver only.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -80,6 +83,20 @@ def _is_local(uri: str) -> bool:
 
 def _key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", text)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Two studies that start at once on a new SQLite store would both create its tables, and one would fail: the
+    first to take this lock creates them (and the study's experiment), the other then finds them."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 class TrackingUnreachable(RuntimeError):
@@ -235,16 +252,19 @@ class Tracker:
         out: TextIO = sys.stdout,
     ) -> None:
         check_reachable(tracking_uri)
-        self.client = MlflowClient(tracking_uri)
         self.uri = tracking_uri
         self.study_name = study_name
         self.out = out
-        experiment = self.client.get_experiment_by_name(study_name)
-        if experiment is None:
-            artifacts = (results_root / "mlartifacts").resolve().as_uri() if _is_local(tracking_uri) else None
-            self.experiment_id = self.client.create_experiment(study_name, artifact_location=artifacts)
-        else:
-            self.experiment_id = experiment.experiment_id
+        with _store_lock(tracking_uri):
+            self.client = MlflowClient(tracking_uri)
+            experiment = self.client.get_experiment_by_name(study_name)
+            if experiment is None:
+                artifacts = (
+                    (results_root / "mlartifacts").resolve().as_uri() if _is_local(tracking_uri) else None
+                )
+                self.experiment_id = self.client.create_experiment(study_name, artifact_location=artifacts)
+            else:
+                self.experiment_id = experiment.experiment_id
         self.calls = _Calls(self.client, self.experiment_id)
         self.outbox = _Outbox(results_root / study_name / "mlflow-queue.jsonl")
         try:

@@ -17,7 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["DamagedFile", "atomic_write", "is_intact", "load_checked", "quarantine", "save_checked"]
+__all__ = [
+    "DamagedFile",
+    "atomic_write",
+    "atomic_write_text",
+    "is_intact",
+    "load_checked",
+    "quarantine",
+    "save_checked",
+]
 
 
 class DamagedFile(RuntimeError):
@@ -35,6 +43,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _sidecar(path: Path) -> Path:
@@ -79,7 +91,7 @@ def save_checked(obj: Any, path: Path) -> None:
 
     atomic_write(path, write)
     digest = _digest(path)
-    atomic_write(_sidecar(path), lambda tmp: tmp.write_text(digest + "\n"))
+    atomic_write_text(_sidecar(path), digest + "\n")
 
 
 def load_checked(path: Path, *, map_location: Any = "cpu") -> Any:

@@ -300,3 +300,40 @@ def test_a_damaged_results_part_is_moved_aside_and_its_trial_runs_again(tmp_path
     assert set(pd.read_parquet(store.curves_path)["trial_id"]) == {"aaa"}
     assert "is damaged" in capsys.readouterr().err
     assert len(list(store.parts.glob("bbb.*.damaged-*"))) == 2
+
+
+@pytest.mark.slow
+def test_two_studies_at_once_share_the_cache_and_the_tracking_store(tmp_path):
+    """Two different studies started together in one results folder: one builds the encoder they share, the other
+    waits for it; both record every trial in the same SQLite MLflow store, nothing left queued."""
+    drivers = []
+    for name in ("left", "right"):
+        (tmp_path / f"{name}.yaml").write_text(
+            STUDY.format(name=name).replace("values: [0.001, 0.002]", "values: [0.001]").lstrip()
+        )
+        drivers.append(
+            subprocess.Popen(
+                [MM1ABLATE, "run", f"{name}.yaml"],
+                cwd=tmp_path,
+                env=ENV,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [driver.communicate(timeout=600)[0] for driver in drivers]
+    assert [driver.returncode for driver in drivers] == [0, 0], outputs
+    assert len(list((tmp_path / "results" / "cache").glob("encoder-*.pt"))) == 1  # the same stage, built once
+    assert (
+        sum(
+            pd.read_parquet(tmp_path / "results" / n / "trials.parquet")["built_encoder"].sum()
+            for n in ("left", "right")
+        )
+        == 1
+    )
+    for name in ("left", "right"):
+        assert not (tmp_path / "results" / name / "mlflow-queue.jsonl").exists()
+        client, runs = _runs(tmp_path, name)
+        assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+        trial = next(r for r in runs if r.data.tags.get("mm1ablate.role") == "trial")
+        assert len(client.get_metric_history(trial.info.run_id, "train/loss")) == 80

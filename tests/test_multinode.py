@@ -22,10 +22,20 @@ import pandas as pd
 import pytest
 from conftest import MM1ABLATE
 
+
+def _can_make_namespaces() -> bool:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    probe = f"mmprobe-{secrets.token_hex(3)}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode == 0
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return made
+
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        os.geteuid() != 0 or shutil.which("ip") is None, reason="network namespaces need root and iproute2"
+        not _can_make_namespaces(), reason="network namespaces need root, iproute2 and CAP_SYS_ADMIN"
     ),
 ]
 

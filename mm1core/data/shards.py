@@ -27,7 +27,6 @@ import fcntl
 import functools
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 from mm1core.config import DataConfig
 from mm1core.data.sources import Batch, images_to_tensor
 from mm1core.data.tokenizer import Tokenizer
+from mm1core.storage import atomic_write, atomic_write_text
 
 __all__ = ["DEFAULT_STEPS_PER_SHARD", "ShardCache", "data_code_version", "shard_cache", "shard_key"]
 
@@ -161,7 +161,7 @@ class ShardCache:
                 self._describe_key()
                 first = index * self.steps_per_shard
                 steps = range(first, first + self.steps_per_shard)
-                _write_atomically(path, lambda tmp: pq.write_table(self._table(steps, build_step), tmp))
+                atomic_write(path, lambda tmp: pq.write_table(self._table(steps, build_step), tmp))
                 # Read back what was written, so the run that builds a shard sees exactly what later runs read.
                 shard = self._read(path)
         if shard is None:
@@ -172,7 +172,7 @@ class ShardCache:
         path = self.directory / "key.json"
         if not path.exists():
             text = json.dumps({"key": self.key, **self._holds}, indent=2, sort_keys=True)
-            _write_atomically(path, lambda tmp: tmp.write_text(text + "\n"))
+            atomic_write_text(path, text + "\n")
 
     def _table(self, steps: range, build_step: Callable[[int], Batch]) -> pa.Table:
         columns: dict[str, list] = {name: [] for name in _SCHEMA.names}
@@ -242,15 +242,6 @@ class ShardCache:
             sources=shard.sources[rows.start : rows.stop],
             images_per_row=shard.num_images[rows.start : rows.stop].tolist(),
         )
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @functools.lru_cache(maxsize=2)
