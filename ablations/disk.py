@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ablations.plan import plan, stage_cache_dir
+from ablations.spec import StudyError, study_from_dict
 from mm1core.stage_cache import encoder_stage_key
 
 __all__ = ["Removal", "footprint", "removals", "remove", "running_studies"]
@@ -53,8 +54,6 @@ def _configs(study_dir: Path) -> list[dict[str, Any]]:
     configs = []
     spec_path = study_dir / "study.json"
     if spec_path.exists():
-        from ablations.spec import StudyError, study_from_dict
-
         spec = {k: v for k, v in json.loads(spec_path.read_text()).items() if k not in _RUN_KEYS}
         try:
             configs += (
@@ -68,7 +67,7 @@ def _configs(study_dir: Path) -> list[dict[str, Any]]:
             pass
     trials = study_dir / "trials.parquet"
     if trials.exists():
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # here: `plan` imports this module and must start fast
 
         configs += [
             json.loads(c) for c in pq.read_table(trials, columns=["config_json"]).column(0).to_pylist()
@@ -77,7 +76,7 @@ def _configs(study_dir: Path) -> list[dict[str, Any]]:
 
 
 def _statuses(study_dir: Path) -> dict[str, str]:
-    from ablations.results import trial_statuses
+    from ablations.results import trial_statuses  # here: pyarrow, which `plan` need not import
 
     return trial_statuses(study_dir)
 
@@ -96,7 +95,7 @@ def _shard_wanted(holds: dict[str, Any], configs: list[dict[str, Any]]) -> bool:
 
 
 def removals(results_root: Path) -> list[Removal]:
-    from mm1core.data.shards import data_code_version
+    from mm1core.data.shards import data_code_version  # here: numpy and pyarrow, which `plan` need not import
 
     found: list[Removal] = []
     studies = [p.parent for p in sorted(results_root.glob("*/study.json"))]
