@@ -82,6 +82,10 @@ def train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
+    if start and cfg.eval_every and start % cfg.eval_every == 0 and start != cfg.steps:
+        # The checkpoint is saved before its evaluation round, and a kill may have cut the round short: it runs
+        # again (an evaluation is deterministic, so a round that had been reported comes out the same).
+        on_eval(start)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     model.train()
     tick = time.perf_counter()

@@ -337,3 +337,36 @@ def test_two_studies_at_once_share_the_cache_and_the_tracking_store(tmp_path):
         assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
         trial = next(r for r in runs if r.data.tags.get("mm1ablate.role") == "trial")
         assert len(client.get_metric_history(trial.info.run_id, "train/loss")) == 80
+
+
+def test_an_evaluation_round_cut_short_by_a_kill_runs_again_on_resume(tmp_path):
+    """The checkpoint is written before its evaluation round; a kill during the round must not lose it."""
+    from mm1core.config import TrainConfig
+    from mm1core.train import train
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    cfg = TrainConfig(
+        steps=6, batch_size=2, lr=1e-2, warmup_steps=0, checkpoint_every=3, log_every=1, eval_every=3
+    )
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+
+    def step_loss(step: int) -> dict:
+        return {"ce_loss": torch.nn.functional.mse_loss(model(x), y)}
+
+    def killed(step: int) -> None:
+        raise KeyboardInterrupt  # the kill, in the middle of the round at step 3
+
+    checkpoint = tmp_path / "trial.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(model, step_loss, cfg, device=torch.device("cpu"), checkpoint_path=checkpoint, on_eval=killed)
+    evaluated: list[int] = []
+    train(
+        model,
+        step_loss,
+        cfg,
+        device=torch.device("cpu"),
+        checkpoint_path=checkpoint,
+        on_eval=evaluated.append,
+    )
+    assert evaluated == [3]
