@@ -22,22 +22,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mm1core.storage import atomic_write, quarantine
+from mm1core.storage import append_jsonl, atomic_write, quarantine, read_jsonl
 
 __all__ = [
     "CONSOLIDATE_EVERY_S",
     "ResultsStore",
     "StudyBusy",
     "config_json",
-    "finished_trial_ids",
     "trial_statuses",
 ]
 
 CONSOLIDATE_EVERY_S = 20.0
-
-
-def finished_trial_ids(study_dir: Path) -> set[str]:
-    return _ids_with_status(study_dir / "trials.parquet", "finished")
 
 
 def trial_statuses(study_dir: Path) -> dict[str, str]:
@@ -49,17 +44,9 @@ def trial_statuses(study_dir: Path) -> dict[str, str]:
     return dict(zip(table["trial_id"], table["status"], strict=True))
 
 
-def _ids_with_status(path: Path, status: str) -> set[str]:
-    if not path.exists():
-        return set()
-    table = pq.read_table(path, columns=["trial_id", "status"]).to_pydict()
-    return {t for t, s in zip(table["trial_id"], table["status"], strict=True) if s == status}
-
-
 def _write_atomic(table: pa.Table, path: Path) -> None:
-    atomic_write(
-        path, lambda tmp: pq.write_table(table, tmp)
-    )  # a `status` may consolidate beside a running driver
+    # Per-process temporary names (atomic_write): a `status` may consolidate beside a running driver.
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 class StudyBusy(RuntimeError):
@@ -111,13 +98,10 @@ class ResultsStore:
             yield
 
     def finished_ids(self) -> set[str]:
-        return finished_trial_ids(self.dir)
+        return {trial_id for trial_id, status in self.statuses().items() if status == "finished"}
 
     def statuses(self) -> dict[str, str]:
         return trial_statuses(self.dir)
-
-    def ids_with_status(self, status: str) -> set[str]:
-        return _ids_with_status(self.trials_path, status)
 
     def trials_of_search(self, name: str) -> list[dict[str, Any]]:
         """{trial_id, arm, seed} of every run recorded for the Optuna study `name`."""
@@ -133,24 +117,10 @@ class ResultsStore:
     def journal_append(self, trial_id: str, step: int, metrics: dict[str, float]) -> None:
         """A running trial's metrics as they arrive, one line per report: what a killed driver had received is on
         disk, so the trial's resumed run keeps its whole learning curve."""
-        self.journal.mkdir(exist_ok=True)
-        with open(self.journal / f"{trial_id}.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+        append_jsonl(self.journal / f"{trial_id}.jsonl", {"step": step, "metrics": metrics})
 
     def journal_read(self, trial_id: str) -> list[tuple[int, dict[str, float]]]:
-        path = self.journal / f"{trial_id}.jsonl"
-        if not path.exists():
-            return []
-        entries = []
-        for line in path.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except (
-                json.JSONDecodeError
-            ):  # the line a kill cut short: its report comes again when the trial resumes
-                continue
-            entries.append((int(entry["step"]), entry["metrics"]))
-        return entries
+        return [(int(e["step"]), e["metrics"]) for e in read_jsonl(self.journal / f"{trial_id}.jsonl")]
 
     def save_trial(
         self, row: dict[str, Any], curves: list[dict[str, Any]], items: list[dict[str, Any]]

@@ -139,9 +139,8 @@ class _StudyCallback(tune.Callback):
             if planned.trial_id not in self.curves:
                 self.curves[planned.trial_id] = []
                 self.received[planned.trial_id] = set()
-                for step, metrics in self.store.journal_read(
-                    planned.trial_id
-                ):  # what a killed driver received
+                # What a killed driver of this study had received: not logged again.
+                for step, metrics in self.store.journal_read(planned.trial_id):
                     self._add_points(planned, step, metrics)
             self.running[planned.trial_id] = 0
             self._progress(f"started {planned.arm} seed={planned.seed} ({planned.trial_id})")
@@ -349,16 +348,16 @@ def _gpus_per_trial(requested: float, out: TextIO, study_name: str) -> float:
     return requested
 
 
-def _skipped(study: Study, store: ResultsStore, trials: list[Trial], rerun_diverged: bool) -> set[str]:
+def _skipped(study: Study, statuses: dict[str, str], trials: list[Trial], rerun_diverged: bool) -> set[str]:
     """Trials a run leaves alone: finished ones; while the study still has its scheduler, those it stopped (its
     decision stands; without the scheduler they resume from their checkpoints and run to the end); and diverged
     ones, which would diverge again, unless asked to run them again (after a change that is not in their config)."""
-    done = store.finished_ids()
+    left_alone = {"finished"}
     if study.scheduler is not None:
-        done |= store.ids_with_status("stopped")
+        left_alone.add("stopped")
     if not rerun_diverged:
-        done |= store.ids_with_status("diverged")
-    return {t.trial_id for t in trials} & done
+        left_alone.add("diverged")
+    return {t.trial_id for t in trials if statuses.get(t.trial_id) in left_alone}
 
 
 def _scheduler(study: Study) -> ASHAScheduler | None:
@@ -414,10 +413,10 @@ def _run_study(
     study_dir = store.dir
     store.consolidate()  # parts a killed driver wrote after its last consolidation
     if search is None:
-        skipped = _skipped(study, store, trials, rerun_diverged)
+        statuses = store.statuses()
+        skipped = _skipped(study, statuses, trials, rerun_diverged)
         todo = run_order([t for t in trials if t.trial_id not in skipped])
         planned, to_run = len(trials), len(todo)
-        statuses = store.statuses()
         left = {status: sum(statuses.get(t) == status for t in skipped) for status in ("stopped", "diverged")}
         finished = len(skipped) - sum(left.values())
         what = (

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from ablations.plan import Trial
 from mm1core.config import flatten
+from mm1core.storage import append_jsonl, read_jsonl
 
 __all__ = [
     "Tracker",
@@ -133,20 +134,10 @@ class _Outbox:
         return len(self._read())
 
     def _read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        ops = []
-        for line in self.path.read_text().splitlines():
-            try:
-                ops.append(json.loads(line))
-            except json.JSONDecodeError:  # the line a kill cut short
-                continue
-        return ops
+        return read_jsonl(self.path)
 
     def append(self, op: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(op) + "\n")
+        append_jsonl(self.path, op)
 
     def replay(self, execute: Any) -> int:
         """Execute the queued calls in order; those after the first that fails stay queued. The number left."""

@@ -21,6 +21,7 @@ import ray
 from ray import tune
 
 from mm1core.config import config_from_dict
+from mm1core.storage import append_jsonl, read_jsonl
 
 __all__ = ["DIVERGED_KEY", "FINAL_KEY", "OBJECTIVE", "OBJECTIVE_FINAL", "RUN_KEY", "train_trial"]
 
@@ -69,7 +70,7 @@ def train_trial(tune_config: dict[str, Any]) -> None:
         # starts from its checkpoint, which may be ahead of what that driver had received: replaying the log first
         # gives the new driver the whole curve (it drops what it already has).
         log = Path(payload["checkpoint_dir"]) / f"{run['trial_id']}.reports.jsonl"
-        for event in _read_reports(log):
+        for event in read_jsonl(log):
             events.put((index, event))
 
         def report(step: int, metrics: dict[str, float]) -> None:
@@ -80,8 +81,7 @@ def train_trial(tune_config: dict[str, Any]) -> None:
             if stage == "multimodal":
                 last_step[0] = step
             event = {"step": step, "total_steps": total, "stage": stage, **metrics}
-            with open(log, "a") as f:
-                f.write(json.dumps(event) + "\n")
+            append_jsonl(log, event)
             events.put((index, event))
 
         try:
@@ -162,18 +162,6 @@ def train_trial(tune_config: dict[str, Any]) -> None:
     if objective:
         steps = max(int(run["config"]["train"]["steps"]) for run in runs)
         tune.report({"step": steps, OBJECTIVE: sum(finals.values()) / len(runs), OBJECTIVE_FINAL: True})
-
-
-def _read_reports(log: Path) -> list[dict[str, Any]]:
-    if not log.exists():
-        return []
-    events = []
-    for line in log.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:  # cut short by the kill: the resumed run reports that step again
-            continue
-    return events
 
 
 def _sampled_runs(payload: dict[str, Any], tune_config: dict[str, Any]) -> list[dict[str, Any]]:

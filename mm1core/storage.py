@@ -10,6 +10,7 @@ storage, or from before checksums) is not loaded but moved aside with a message 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import time
@@ -20,10 +21,12 @@ from typing import Any, TextIO
 __all__ = [
     "DamagedFile",
     "atomic_write",
+    "append_jsonl",
     "atomic_write_text",
     "is_intact",
     "load_checked",
     "quarantine",
+    "read_jsonl",
     "save_checked",
 ]
 
@@ -47,6 +50,26 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def append_jsonl(path: Path, record: Any) -> None:
+    """One JSON line appended: a log that a kill can cut short only in its last line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """The records of an append_jsonl log; a line a kill cut short is skipped (what wrote it writes it again)."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def _sidecar(path: Path) -> Path:
