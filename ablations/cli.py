@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from ablations.spec import StudyError, load_study, study_json_schema
-from mm1core.eval import HEADLINE_METRICS
+from ablations.spec import Study, StudyError, load_study, study_json_schema
+from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 
 __all__ = ["main"]
 
@@ -30,11 +30,19 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _check_file_tasks(study: Study, results_root: Path) -> None:
+    from ablations.plan import file_task_problems, stage_cache_dir
+
+    if problems := file_task_problems(study, stage_cache_dir(results_root)):
+        raise StudyError(problems)
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from ablations.disk import footprint
     from ablations.plan import encoder_plan, plan, stage_cache_dir
 
     study = load_study(args.study)
+    _check_file_tasks(study, _results_root(args))
     trials = plan(study)
     study_dir = _results_root(args) / study.name
     recorded: dict[str, str] = {}
@@ -160,6 +168,7 @@ def _precision_reason(study) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study)  # validated completely before Ray or MLflow start
+    _check_file_tasks(study, _results_root(args))
     from ablations.results import StudyBusy
     from ablations.run import ClusterTooSmall, run_study
     from ablations.tracking import TrackingUnreachable
@@ -214,7 +223,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(trials.groupby("status").size().to_string())
     cols = [
         c
-        for c in ("arm", "seed", "trial_id", "status", "stopped_at_step", "wall_time_s", *HEADLINE_METRICS)
+        for c in (
+            "arm",
+            "seed",
+            "trial_id",
+            "status",
+            "stopped_at_step",
+            "wall_time_s",
+            *HEADLINE_METRICS,
+            *file_task_headlines(list(trials.columns)),
+        )
         if c in trials
     ]
     print(trials[cols].to_string(index=False))

@@ -160,6 +160,44 @@ def arm_problems(study: Study) -> list[str]:
     return problems
 
 
+def file_task_problems(study: Study, cache_dir: Path) -> list[str]:
+    """Why an arm's file tasks cannot be prompted: text its tokenizer cannot encode, or prompts too long for its LM.
+
+    Needs the study's tokenizer (a BPE is trained on the study's files and cached), so it runs where the results
+    folder is known, after `load_study` has checked the files themselves."""
+    arms = [apply_overrides(study.reference, arm.overrides) for arm in expand_arms(study)]
+    if not any(task.get("kind", "world") != "world" for tree in arms for task in tree["eval"]["tasks"]):
+        return []
+    # Only studies with file tasks pay for torch here (the tokenizer's module builds batches too).
+    from mm1core.data.sources import build_tokenizer, uses_world_text
+    from mm1core.eval.file_tasks import task_prompt_problems
+
+    origin = (
+        study.where(("reference", "overrides", "eval.tasks"))
+        if "eval.tasks" in study.spec.reference.overrides
+        else study.where(("reference",))
+    )
+    problems: list[str] = []
+    checked: set[str] = set()
+    for tree in arms:
+        cfg = config_from_dict(tree)
+        key = json.dumps([tree["data"], tree["eval"], cfg.connector.num_image_tokens], sort_keys=True)
+        if key in checked:
+            continue
+        checked.add(key)
+        tokenizer = build_tokenizer(cfg.data, cache_dir, world_text=uses_world_text(cfg))
+        for task in cfg.eval.file_tasks:
+            found = task_prompt_problems(
+                task,
+                cfg.eval,
+                tokenizer,
+                num_image_tokens=cfg.connector.num_image_tokens,
+                max_seq_len=cfg.data.max_seq_len,
+            )
+            problems += [f"{origin}: {p}" for p in found if f"{origin}: {p}" not in problems]
+    return problems
+
+
 def resolve_trial(
     study: Study, arm: str, axis_values: dict[str, Any], overrides: dict[str, Any], seed: int, *, gpu: bool
 ) -> Trial:

@@ -47,7 +47,7 @@ from ablations.tracking import Tracker, check_reachable, redacted, resolve_track
 from ablations.trial import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY, train_trial
 from dashboards.index import write_index
 from dashboards.report import last_line, write_report
-from mm1core.eval import HEADLINE_METRICS
+from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 from mm1core.eval.protocol import protocol_fingerprints
 from mm1core.stage_cache import code_version
 
@@ -231,7 +231,11 @@ class _StudyCallback(tune.Callback):
         self.summary.finished.append(planned.trial_id)
         self._progress(
             f"finished {planned.arm} seed={planned.seed}: "
-            + ", ".join(f"{k}={metrics[k]:.3f}" for k in HEADLINE_METRICS if k in metrics)
+            + ", ".join(
+                f"{k}={metrics[k]:.3f}"
+                for k in [*HEADLINE_METRICS, *file_task_headlines(list(metrics))]
+                if k in metrics
+            )
         )
 
     def _record_stopped(self, planned: Trial) -> None:
@@ -642,6 +646,11 @@ def _write_study_json(
     spec_json = study.spec.model_dump(mode="json", by_alias=True, exclude_none=True) | {
         "reference_values": reference_axis_values(study),
         "axis_fields": {a.name: axis_field(a.name) for a in study.spec.axes},
+        # The report reads which file task stands in for which of the paper's columns from here.
+        "eval_tasks": [
+            {"name": task["name"], "kind": task.get("kind", "world"), "plays": task.get("plays", "")}
+            for task in study.reference["eval"]["tasks"]
+        ],
         "planned": planned,
         "estimate": estimate if estimate is not None else previous.get("estimate", {}),
         "runs": previous.get("runs", []) + ([ran] if ran else []),

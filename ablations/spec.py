@@ -393,7 +393,7 @@ def _search_problems(study: Study) -> list[str]:
         )
     if problems:
         return problems
-    recorded = scored_metrics(study.reference["eval"]["shots"])
+    recorded = scored_metrics(study.reference["eval"]["shots"], study.reference["eval"]["tasks"])
 
     def metric_problem(metric: str, path: tuple) -> list[str]:
         if metric in recorded:
@@ -402,7 +402,7 @@ def _search_problems(study: Study) -> list[str]:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return [
             f"{study.where(path)}: no trial records the metric {metric!r}{hint} (recorded at every evaluation: "
-            f"{', '.join(recorded[:6])}, ... textcore/avg, heldout/loss)"
+            f"{', '.join(recorded[:6])}, ... {', '.join(recorded[-2:])})"
         ]
 
     if spec.search is not None:
@@ -489,6 +489,9 @@ DATA_FILE_FIELDS = {
     "data.interleaved_files": "interleaved",
     "data.text_files": "text",
 }
+# The evaluation tasks, whose file tasks name files too (with the split each selects).
+TASKS_FIELD = "eval.tasks"
+TASK_FILE_KEYS = {"files": "split", "demos": "demos_split"}
 
 
 def _resolve_data_paths(data: Any, base_dir: Path) -> None:
@@ -501,19 +504,31 @@ def _resolve_data_paths(data: Any, base_dir: Path) -> None:
             return str((base_dir / value).resolve())
         return value
 
+    def resolved_tasks(tasks: Any) -> Any:
+        if not isinstance(tasks, list):
+            return tasks
+        return [
+            {k: resolved(v) if k in TASK_FILE_KEYS else v for k, v in task.items()}
+            if isinstance(task, dict)
+            else task
+            for task in tasks
+        ]
+
     reference = data.get("reference")
     overrides = reference.get("overrides") if isinstance(reference, dict) else None
     if isinstance(overrides, dict):
         for field in DATA_FILE_FIELDS:
             if field in overrides:
                 overrides[field] = resolved(overrides[field])
+        if TASKS_FIELD in overrides:
+            overrides[TASKS_FIELD] = resolved_tasks(overrides[TASKS_FIELD])
     for axis in data.get("axes") or []:
-        if (
-            isinstance(axis, dict)
-            and axis.get("name") in DATA_FILE_FIELDS
-            and isinstance(axis.get("values"), list)
-        ):
+        if not isinstance(axis, dict) or not isinstance(axis.get("values"), list):
+            continue
+        if axis.get("name") in DATA_FILE_FIELDS:
             axis["values"] = [resolved(v) for v in axis["values"]]
+        elif axis.get("name") == TASKS_FIELD:
+            axis["values"] = [resolved_tasks(v) for v in axis["values"]]
 
 
 def data_file_problems(study: Study) -> list[str]:
@@ -540,6 +555,37 @@ def data_file_problems(study: Study) -> list[str]:
         problems += [
             f"{study.where(origin)}: {problem}" for problem in validate_files(value, DATA_FILE_FIELDS[field])
         ]
+    return problems + _task_file_problems(study)
+
+
+def _task_file_problems(study: Study) -> list[str]:
+    """Every problem in the files of the study's evaluation tasks, at the line of the task that names them."""
+    from mm1core.data.byo import (
+        validate_task_files,  # reads Parquet: only studies that bring tasks pay for it
+    )
+
+    declared: list[tuple[tuple, list]] = []
+    if TASKS_FIELD in study.spec.reference.overrides:
+        declared.append((("reference", "overrides", TASKS_FIELD), study.reference["eval"]["tasks"]))
+    for i, axis in enumerate(study.spec.axes):
+        if axis.name == TASKS_FIELD:
+            declared += [(("axes", i, "values", j), tasks) for j, tasks in enumerate(axis.values or [])]
+    problems: list[str] = []
+    checked: set[tuple] = set()
+    for origin, tasks in declared:
+        for t, task in enumerate(tasks):
+            if not isinstance(task, dict) or task.get("kind", "world") == "world":
+                continue
+            for key, split_key in TASK_FILE_KEYS.items():
+                files = task.get(key) or (task.get("files") if key == "demos" and task.get(split_key) else "")
+                split = task.get(split_key, "")
+                if not files or (files, task["kind"], split) in checked:
+                    continue
+                checked.add((files, task["kind"], split))
+                where = study.where((*origin, t, key if task.get(key) else "files"))
+                problems += [
+                    f"{where}: {problem}" for problem in validate_task_files(files, task["kind"], split=split)
+                ]
     return problems
 
 

@@ -21,7 +21,7 @@ from dashboards.floors import at_chance
 from dashboards.stats import ALPHA, equivalent, holm, paired_comparison, trend_comparison
 from mm1core.axes import resolve_axis
 
-__all__ = ["assess", "assess_all", "load_findings"]
+__all__ = ["assess", "assess_all", "load_findings", "stand_in_metrics"]
 
 
 @cache
@@ -60,8 +60,34 @@ def _pairs_table(items: pd.DataFrame, trials: pd.DataFrame, axis: str, others: l
     return table
 
 
-def assess(finding: dict, trials: pd.DataFrame, items: pd.DataFrame, study_axes: list[str]) -> dict | None:
-    """Our verdict on one finding, or None when the study does not vary its axis."""
+# A finding's metric of the world's suite -> the paper's column it reads, and the file task score that column takes.
+_COLUMNS = {"cider": ("caption", "cider"), "vqa": ("vqa", "vqa")}
+
+
+def stand_in_metrics(metrics: list[str], eval_tasks: list[dict]) -> list[str]:
+    """The file tasks' metrics that play a finding's columns: `4shot/vqa` -> `<task>/4shot/vqa` for every task the
+    study declares `plays: vqa`; `textcore/avg` -> `<task>/0shot/accuracy` for a task that plays text."""
+    out = []
+    for metric in metrics:
+        shots, _, score = metric.partition("/")
+        for task in eval_tasks:
+            plays = task.get("plays")
+            if metric == "textcore/avg" and plays == "text":
+                out.append(f"{task['name']}/0shot/accuracy")
+            elif score in _COLUMNS and plays == _COLUMNS[score][0]:
+                out.append(f"{task['name']}/{shots}/{_COLUMNS[score][1]}")
+    return out
+
+
+def assess(
+    finding: dict,
+    trials: pd.DataFrame,
+    items: pd.DataFrame,
+    study_axes: list[str],
+    eval_tasks: list[dict] | None = None,
+) -> dict | None:
+    """Our verdict on one finding, or None when the study does not vary its axis. A file task that plays one of the
+    paper's columns (eval_tasks, from study.json) is compared on that column beside the world's metric."""
     axis = next((a for a in study_axes if _same_axis(a, finding["axis"])), None)
     if axis is None or axis not in trials.columns:
         return None
@@ -87,7 +113,8 @@ def assess(finding: dict, trials: pd.DataFrame, items: pd.DataFrame, study_axes:
         return base | {"ours": "not tested", "detail": f"needs arms with {axis} = {needs}" + diverged}
     others = [a for a in study_axes if a != axis and a in trials.columns]
     table = _pairs_table(items, done, axis, others)
-    recorded = [m for m in finding["metrics"] if m in set(table["metric"])]
+    wanted = [*finding["metrics"], *stand_in_metrics(finding["metrics"], eval_tasks or [])]
+    recorded = [m for m in wanted if m in set(table["metric"])]
     if check == "increasing" and len(values) > 2:  # the trend over every value, not the two extremes alone
         found = [trend_comparison(table, shown, metric) for metric in recorded]
     else:
@@ -202,5 +229,7 @@ def _at_chance(trials: pd.DataFrame, axis: str, value: str, metric: str) -> bool
     return at_chance({f"{c} mean": rows[c].mean() for c in columns}, metric)
 
 
-def assess_all(trials: pd.DataFrame, items: pd.DataFrame, study_axes: list[str]) -> list[dict]:
-    return [a for f in load_findings() if (a := assess(f, trials, items, study_axes)) is not None]
+def assess_all(
+    trials: pd.DataFrame, items: pd.DataFrame, study_axes: list[str], eval_tasks: list[dict] | None = None
+) -> list[dict]:
+    return [a for f in load_findings() if (a := assess(f, trials, items, study_axes, eval_tasks)) is not None]

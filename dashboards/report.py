@@ -33,7 +33,7 @@ from dashboards.provenance import comparable_items, shared_encoder_note, split_s
 from dashboards.search_view import load_search, search_html
 from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
-from mm1core.eval import HEADLINE_METRICS
+from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 from mm1core.eval.protocol import PROTOCOL_PREFIX
 
 __all__ = ["arm_table", "metric_columns", "write_report"]
@@ -380,7 +380,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     metrics = metric_columns(trials)
     # Floors are constants of the evaluation set: shown in their own table, never as an arm's result.
     shown = [m for m in metrics if not m.startswith("floor/")]
-    headline = [m for m in HEADLINE_METRICS if m in metrics] or shown
+    headline = [m for m in HEADLINE_METRICS if m in metrics] + file_task_headlines(shown) or shown
     arm_columns = headline + ([RELIANCE] if RELIANCE in metrics and RELIANCE not in headline else [])
     table = arm_table(trials, spec_axes)
 
@@ -410,7 +410,9 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     if has_items and reference is not None:
         items, protocol_notes = comparable_items(items, trials, reference)
     compared = comparisons(items, reference) if has_items and reference is not None else pd.DataFrame()
-    assessed = assess_all(trials, items, spec_axes) if has_items and not searching else []
+    assessed = (
+        assess_all(trials, items, spec_axes, spec.get("eval_tasks")) if has_items and not searching else []
+    )
     comparisons_html = (
         "<h2>Against the reference arm</h2>"
         + _comparisons_html(compared, reference, table)

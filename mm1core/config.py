@@ -31,9 +31,13 @@ __all__ = [
     "ConfigError",
     "ENCODER_SEED_SOURCES",
     "encoder_seed",
+    "eval_task_problems",
     "ConnectorConfig",
     "DataConfig",
+    "EVAL_TASK_KINDS",
+    "EVAL_TASK_ROLES",
     "EvalConfig",
+    "EvalTaskConfig",
     "LMConfig",
     "MM1Config",
     "SFTConfig",
@@ -223,6 +227,43 @@ class TrainConfig:
     encoder_lr_scale: float = 1.0
 
 
+# What an evaluation task scores: the generated world's whole suite, or a user's file of captioning, VQA or text-only
+# items (docs/data-formats.md).
+EVAL_TASK_KINDS = ("world", "caption", "vqa", "text")
+# The paper's columns a file task may stand in for, so that a finding is checked on it beside the world's.
+EVAL_TASK_ROLES = ("", "caption", "vqa", "text")
+# First parts of metric names the trial records itself: a task of one of these names would collide with them.
+RESERVED_TASK_NAMES = (
+    "train",
+    "encoder",
+    "sft",
+    "eval",
+    "time",
+    "floor",
+    "probe",
+    "protocol",
+    "lr_law",
+    "heldout",
+    "textcore",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalTaskConfig:
+    """One evaluation task: `kind: world` is the generated world's suite (its metrics keep their plain names,
+    `0shot/vqa`); any other kind scores the items of a user's file, as `<name>/<k>shot/<score>`."""
+
+    name: str
+    kind: str = "world"
+    files: str = ""  # the items scored: a Parquet/Arrow file, directory or glob in the kind's schema
+    split: str = ""  # only the rows whose `split` column holds this value ("": every row)
+    demos: str = ""  # where few-shot demonstrations come from ("": the items' own files)
+    demos_split: str = ""  # only the demonstration rows whose `split` column holds this value
+    shots: tuple[int, ...] = ()  # (): the study's `eval.shots`
+    max_items: int = 0  # the first this many items (0: all of them)
+    plays: str = ""  # the paper's column this task stands in for: caption, vqa or text ("": none)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     num_items: int = 140  # per task: captioning, VQA (split evenly over question categories), text-only
@@ -233,6 +274,19 @@ class EvalConfig:
     set_seed: int = 0  # which held-out scenes, and which demonstrations for few-shot prompts
     shots: tuple[int, ...] = (0, 4, 8)
     max_caption_words: int = 24  # generation budget for a caption
+    # The tasks scored at every round: the world's suite, and any number of file tasks (EvalTaskConfig).
+    tasks: tuple[EvalTaskConfig, ...] = (EvalTaskConfig(name="world"),)
+
+    def task_shots(self, task: EvalTaskConfig) -> tuple[int, ...]:
+        return task.shots or self.shots
+
+    @property
+    def scores_world(self) -> bool:
+        return any(task.kind == "world" for task in self.tasks)
+
+    @property
+    def file_tasks(self) -> tuple[EvalTaskConfig, ...]:
+        return tuple(task for task in self.tasks if task.kind != "world")
 
 
 ENCODER_LOSSES = ("none", "clip", "aim")
@@ -613,6 +667,7 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
     check(
         all(e >= 0 for e in cfg.eval.shots), "eval.shots", f"shot counts must be >= 0, got {cfg.eval.shots}"
     )
+    problems += [ConfigError("eval.tasks", message) for message in eval_task_problems(cfg.eval)]
     for what, tokens in _longest_sequences(cfg).items():
         check(
             tokens <= cfg.data.max_seq_len,
@@ -623,17 +678,75 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
     return problems
 
 
+def eval_task_problems(cfg: EvalConfig) -> list[str]:
+    """Why the evaluation tasks cannot be scored as declared, each naming its task."""
+    problems: list[str] = []
+    if not cfg.tasks:
+        problems.append("no evaluation task; the default is [{name: world}], the generated world's suite")
+    names = [task.name for task in cfg.tasks]
+    for i, task in enumerate(cfg.tasks):
+        label = f"task {i} ({task.name!r})"
+        if not task.name or not all(c.isalnum() or c in "-_." for c in task.name):
+            problems.append(
+                f"{label}: a name is letters, digits, '-', '_' or '.' (it starts the task's metric names)"
+            )
+        if names.count(task.name) > 1 and names.index(task.name) == i:
+            problems.append(f"{label}: the name is used by {names.count(task.name)} tasks")
+        if task.kind not in EVAL_TASK_KINDS:
+            problems.append(f"{label}: unknown kind {task.kind!r}; known: {', '.join(EVAL_TASK_KINDS)}")
+            continue
+        if task.plays not in EVAL_TASK_ROLES:
+            problems.append(
+                f"{label}: plays {task.plays!r}; a task may play one of the paper's columns: "
+                f"{', '.join(r for r in EVAL_TASK_ROLES if r)}"
+            )
+        if any(k < 0 for k in task.shots):
+            problems.append(f"{label}: shot counts must be >= 0, got {list(task.shots)}")
+        if task.max_items < 0:
+            problems.append(f"{label}: max_items must be >= 0 (0: every item), got {task.max_items}")
+        if task.kind == "world":
+            given = [f for f in ("files", "split", "demos", "demos_split", "plays") if getattr(task, f)]
+            if given:
+                problems.append(
+                    f"{label}: the world's suite takes no {', '.join(given)} (those are for file tasks)"
+                )
+            if task.shots and tuple(task.shots) != tuple(cfg.shots):
+                problems.append(f"{label}: the world's shot counts are eval.shots; set those instead")
+            if names.count(task.name) == 1 and [t.kind for t in cfg.tasks].count("world") > 1:
+                problems.append(f"{label}: the world's suite is listed more than once")
+            continue
+        if task.name in RESERVED_TASK_NAMES or task.name.endswith("shot"):
+            problems.append(f"{label}: the name {task.name!r} is taken by metrics the trial records itself")
+        if not task.files:
+            problems.append(f"{label}: a {task.kind} task needs `files`, the items it scores")
+        fewshot = [k for k in cfg.task_shots(task) if k > 0]
+        if fewshot and not (task.demos or task.demos_split):
+            problems.append(
+                f"{label}: {fewshot[0]}-shot prompts need demonstrations: name a file (demos) or a split of its "
+                "files (demos_split), or score it 0-shot only (shots: [0])"
+            )
+        if task.demos_split and task.demos_split == task.split and not task.demos:
+            problems.append(f"{label}: its demonstrations would be its own items (demos_split = split)")
+        if task.plays and task.plays != task.kind:
+            problems.append(f"{label}: a {task.kind} task cannot play the paper's {task.plays} column")
+    return problems
+
+
 def _longest_sequences(cfg: MM1Config) -> dict[str, int]:
     from mm1core.data.text import longest_words  # the text module imports this one
 
     words = longest_words(cfg.data.world)
     image = cfg.connector.num_image_tokens
     longest_item = image + max(words["alt_caption"], words["qa"])
-    return {
+    longest = {
         "a re-captioned image": 2 + image + words["recaption"],
         "a text-only document": 2 + words["text_document"],
-        # The prompt and the words generated after it must both fit the position table.
-        f"a {max(cfg.eval.shots, default=0)}-shot prompt and its answer": 1
-        + (max(cfg.eval.shots, default=0) + 1) * longest_item
-        + max(cfg.eval.max_caption_words, words["qa"]),
     }
+    if cfg.eval.scores_world:  # file tasks' prompts are measured with the study's tokenizer, at plan time
+        # The prompt and the words generated after it must both fit the position table.
+        longest[f"a {max(cfg.eval.shots, default=0)}-shot prompt and its answer"] = (
+            1
+            + (max(cfg.eval.shots, default=0) + 1) * longest_item
+            + max(cfg.eval.max_caption_words, words["qa"])
+        )
+    return longest

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 
 from mm1core.config import MM1Config, TrainConfig, config_problems, config_to_dict
-from mm1core.data.sources import Batch, build_tokenizer, sft_batch, trial_batch
+from mm1core.data.sources import Batch, build_tokenizer, sft_batch, trial_batch, uses_world_text
 from mm1core.encoder_pretrain import pretrain_encoder
+from mm1core.eval.file_tasks import evaluate_file_task
 from mm1core.eval.probes import probe_encoder
 from mm1core.eval.suite import EvalResult, evaluate
 from mm1core.hardware import resolve_precision
@@ -57,7 +58,7 @@ def run_trial(
         precision = resolve_precision("auto", gpu=device.type == "cuda")
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
     torch.manual_seed(cfg.seed)
-    tokenizer = build_tokenizer(cfg.data, cache_dir)
+    tokenizer = build_tokenizer(cfg.data, cache_dir, world_text=uses_world_text(cfg))
     model = build_mm1(cfg, tokenizer).to(device)
     encoder_started = time.perf_counter()
     encoder_state, built_encoder = pretrain_encoder(
@@ -67,8 +68,14 @@ def run_trial(
     encoder_s = time.perf_counter() - encoder_started
     if encoder_state is not None:
         model.image_encoder.load_pretrained(encoder_state)
-    # With encoder loss "none" this probes the random-init encoder: the baseline a pre-training stage must beat.
-    pretrained_probes = probe_encoder(model.image_encoder, cfg.data.world, when="pretrained", device=device)
+    # With encoder loss "none" this probes the random-init encoder: the baseline a pre-training stage must beat. The
+    # probes read the world's scenes: a study that scores only its own files never draws one.
+    probing = cfg.eval.scores_world
+    pretrained_probes = (
+        probe_encoder(model.image_encoder, cfg.data.world, when="pretrained", device=device)
+        if probing
+        else {}
+    )
     on_metrics(0, pretrained_probes)
     model.freeze(cfg.train.freeze)
     num_params = sum(p.numel() for p in model.parameters())
@@ -98,20 +105,34 @@ def run_trial(
         finally:
             seconds[kind] += time.perf_counter() - start
 
-    def run_eval(intermediate: bool = False) -> EvalResult:
-        eval_cfg = dataclasses.replace(cfg.eval, num_items=_round_items(cfg, intermediate=intermediate))
-        return timed(
-            "eval",
-            lambda: evaluate(
-                model,
-                tokenizer,
-                cfg.data,
-                eval_cfg,
-                resolution=cfg.encoder.resolution,
-                num_image_tokens=cfg.connector.num_image_tokens,
-                device=device,
-            ),
+    def evaluate_tasks(intermediate: bool) -> EvalResult:
+        """Every task of `eval.tasks`: the world's suite, then each file task, as one result."""
+        shape = {"resolution": cfg.encoder.resolution, "num_image_tokens": cfg.connector.num_image_tokens}
+        results = []
+        if cfg.eval.scores_world:
+            world_cfg = dataclasses.replace(cfg.eval, num_items=_round_items(cfg, intermediate=intermediate))
+            results.append(evaluate(model, tokenizer, cfg.data, world_cfg, device=device, **shape))
+        for task in cfg.eval.file_tasks:
+            results.append(
+                evaluate_file_task(
+                    model,
+                    tokenizer,
+                    cfg.data,
+                    task,
+                    cfg.eval,
+                    intermediate=intermediate,
+                    device=device,
+                    **shape,
+                )
+            )
+        return EvalResult(
+            metrics={k: v for r in results for k, v in r.metrics.items()},
+            items=[row for r in results for row in r.items],
+            protocol={k: v for r in results for k, v in r.protocol.items()},
         )
+
+    def run_eval(intermediate: bool = False) -> EvalResult:
+        return timed("eval", lambda: evaluate_tasks(intermediate))
 
     training_started = time.perf_counter()
     last_step = train(
@@ -124,7 +145,7 @@ def run_trial(
         on_log=on_metrics,
         # Each round says how many items it scored: an intermediate round's subset is not the final round's set.
         on_eval=lambda step: on_metrics(
-            step, run_eval(intermediate=True).metrics | {"eval/items": _round_items(cfg, intermediate=True)}
+            step, run_eval(intermediate=True).metrics | _items_record(cfg, intermediate=True)
         ),
         checkpoint_path=checkpoint_path,
         checkpoint_config=config_to_dict(cfg),
@@ -157,8 +178,10 @@ def run_trial(
     training_s = time.perf_counter() - training_started - seconds["data"] - seconds["eval"]
     eval_before_final = seconds["eval"]
     result = run_eval()
-    final_probes = timed(
-        "eval", lambda: probe_encoder(model.image_encoder, cfg.data.world, when="final", device=device)
+    final_probes = (
+        timed("eval", lambda: probe_encoder(model.image_encoder, cfg.data.world, when="final", device=device))
+        if probing
+        else {}
     )
     timing = {
         "time/encoder_s": encoder_s,
@@ -168,7 +191,7 @@ def run_trial(
         "time/final_eval_s": seconds["eval"] - eval_before_final,
     }
     # The pre-trained probes ride along so that the trial's results row holds both ends of the encoder's story.
-    metrics = result.metrics | final_probes | pretrained_probes | timing | {"eval/items": _round_items(cfg)}
+    metrics = result.metrics | final_probes | pretrained_probes | timing | _items_record(cfg)
     on_metrics(last_step, metrics)
     return TrialOutcome(
         metrics=metrics,
@@ -176,6 +199,11 @@ def run_trial(
         num_params=num_params,
         built_encoder=built_encoder,
     )
+
+
+def _items_record(cfg: MM1Config, *, intermediate: bool = False) -> dict[str, float]:
+    """`eval/items`: the world's items per task in this round (file tasks record theirs in their protocol)."""
+    return {"eval/items": _round_items(cfg, intermediate=intermediate)} if cfg.eval.scores_world else {}
 
 
 def _round_items(cfg: MM1Config, *, intermediate: bool = False) -> int:

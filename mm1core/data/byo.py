@@ -33,14 +33,18 @@ __all__ = [
     "MAX_PROBLEMS_PER_FILE",
     "SCHEMAS",
     "SUFFIXES",
+    "TASK_OPTIONAL_COLUMNS",
+    "TASK_SCHEMAS",
     "DataFileError",
     "Paths",
     "count_rows",
     "decode_image",
     "expand_paths",
     "read_documents",
+    "read_task_rows",
     "read_texts",
     "validate_files",
+    "validate_task_files",
     "write_documents",
 ]
 
@@ -51,6 +55,15 @@ SCHEMAS: dict[str, pa.Schema] = {
     "text": pa.schema([("text", pa.string())]),
 }
 KINDS = tuple(SCHEMAS)
+# Evaluation task files (EvalTaskConfig.kind -> its schema): the items a file task scores, and its demonstrations.
+TASK_SCHEMAS: dict[str, pa.Schema] = {
+    "caption": pa.schema([("image", pa.binary()), ("references", pa.list_(pa.string()))]),
+    "vqa": pa.schema([("image", pa.binary()), ("question", pa.string()), ("answers", pa.list_(pa.string()))]),
+    "text": pa.schema([("prompt", pa.string()), ("answers", pa.list_(pa.string()))]),
+}
+# Optional string columns of a task file: which split a row belongs to, and a category its scores are also broken
+# down by.
+TASK_OPTIONAL_COLUMNS = ("split", "category")
 SUFFIXES = (".parquet", ".arrow", ".feather")
 # The columns that carry text: training a tokenizer then never reads a caption file's image bytes.
 _TEXT_COLUMNS = {"caption": ("caption",), "interleaved": ("items",), "text": ("text",)}
@@ -206,13 +219,13 @@ def _compatible(expected: pa.DataType, actual: pa.DataType) -> bool:
     raise AssertionError(f"no rule for {expected}")
 
 
-def _schema_problems(path: Path, kind: str) -> list[DataFileError]:
+def _schema_problems(path: Path, kind: str, expected: pa.Schema | None = None) -> list[DataFileError]:
     try:
         schema = _schema(path)
     except (OSError, pa.ArrowException) as err:
         return [DataFileError(f"cannot read file ({err})", path=path)]
     problems = []
-    for field in SCHEMAS[kind]:
+    for field in expected or SCHEMAS[kind]:
         index = schema.get_field_index(field.name)
         if index < 0:
             found = ", ".join(repr(n) for n in schema.names) or "none"
@@ -311,15 +324,20 @@ def _row_problems(
             elif image is not None and check_image and (problem := _image_problem(image, check_image)):
                 yield "items", f"item {j}: {problem}"
         return
-    for column in SCHEMAS[kind].names:
-        if column not in values:
-            continue
-        value = values[column]
+    for column, value in values.items():
         if value is None:
             yield column, "null value"
         elif column == "image":
             if check_image and (problem := _image_problem(value, check_image)):
                 yield column, problem
+        elif isinstance(value, list):  # a task's reference captions or accepted answers
+            if not value:
+                yield column, "empty list (an item needs at least one reference)"
+            for j, entry in enumerate(value):
+                if entry is None:
+                    yield column, f"entry {j}: null value"
+                elif problem := _text_problem(entry):
+                    yield column, f"entry {j}: {problem}"
         elif problem := _text_problem(value):
             yield column, problem
 
@@ -432,10 +450,119 @@ def read_texts(paths: Paths, kind: str) -> Iterator[str]:
                 yield _words(values[_TEXT_COLUMNS[kind][0]])
 
 
+# --- evaluation task files ---------------------------------------------------------------------------------------
+
+
+def _task_columns(path: Path, kind: str, split: str) -> tuple[list[str], list[DataFileError]]:
+    """The columns to read from a task file (the kind's, and the optional ones it has), or its schema problems."""
+    expected = TASK_SCHEMAS[kind]
+    problems = _schema_problems(path, kind, expected)
+    if problems:
+        return [], problems
+    schema = _schema(path)
+    columns = list(expected.names)
+    for name in TASK_OPTIONAL_COLUMNS:
+        index = schema.get_field_index(name)
+        if index < 0:
+            continue
+        if str(schema.field(index).type) not in _STRING_TYPES:
+            problems.append(
+                DataFileError(
+                    f"expected type string, found {schema.field(index).type}", path=path, column=name
+                )
+            )
+        columns.append(name)
+    if split and "split" not in columns:
+        problems.append(
+            DataFileError(f"missing (the task takes the rows of split {split!r})", path=path, column="split")
+        )
+    return columns, problems
+
+
+def _task_rows(
+    paths: Paths, kind: str, split: str, check_image: Callable[[bytes], None]
+) -> Iterator[tuple[Path, int, dict, list[DataFileError]]]:
+    """(file, row, values, problems) of every row of the split; a file's own problems come as row -1."""
+    files, problems = _expand(paths)
+    for problem in problems:
+        yield Path(str(problem.path)), -1, {}, [problem]
+    for path in files:
+        columns, problems = _task_columns(path, kind, split)
+        if problems:
+            yield path, -1, {}, problems
+            continue
+        try:
+            for row, values in _rows(path, columns):
+                if split and values.get("split") != split:
+                    continue
+                found = [
+                    DataFileError(reason, path=path, row=row, column=column)
+                    for column, reason in _row_problems(kind, values, check_image)
+                ]
+                yield path, row, values, found
+        except DataFileError as err:
+            yield path, -1, {}, [err]
+
+
+def validate_task_files(paths: Paths, kind: str, *, split: str = "") -> list[str]:
+    """Every problem in an evaluation task's files (TASK_SCHEMAS[kind]), as validate_files; decodes every image.
+
+    A split that selects no row at all is a problem too: the task would score nothing."""
+    if kind not in TASK_SCHEMAS:
+        return [f"unknown task kind {kind!r}; known: {', '.join(TASK_SCHEMAS)}"]
+    report: list[str] = []
+    per_file: dict[Path, int] = {}
+    rows = 0
+    for path, row, _, problems in _task_rows(paths, kind, split, _decode):
+        rows += row >= 0
+        for problem in problems:
+            per_file[path] = per_file.get(path, 0) + 1
+            if per_file[path] <= MAX_PROBLEMS_PER_FILE:
+                report.append(str(problem))
+    report += [
+        f"{path}: and {count - MAX_PROBLEMS_PER_FILE} more problems"
+        for path, count in per_file.items()
+        if count > MAX_PROBLEMS_PER_FILE
+    ]
+    if not report and not rows:
+        report.append(f"{paths}: no rows" + (f" of split {split!r}" if split else ""))
+    return report
+
+
+def read_task_rows(paths: Paths, kind: str, *, split: str = "") -> list[dict]:
+    """The rows of an evaluation task's files (those of `split`, if given), in file order; raises on the first
+    problem. Images stay encoded; validate_task_files checks that they decode."""
+    _check_task_kind(kind)
+    out = []
+    for _, _, values, problems in _task_rows(paths, kind, split, _identify):
+        if problems:
+            raise problems[0]
+        out.append(values)
+    return out
+
+
+def _check_task_kind(kind: str) -> None:
+    if kind not in TASK_SCHEMAS:
+        raise ValueError(f"unknown task kind {kind!r}; known: {', '.join(TASK_SCHEMAS)}")
+
+
 def write_documents(path: str | Path, kind: str, records: Iterable[Mapping]) -> None:
-    """Write records (dicts with the schema's columns; other keys ignored) to a .parquet, .arrow or .feather file."""
-    _check_kind(kind)
-    path, schema = Path(path), SCHEMAS[kind]
+    """Write records (dicts with the schema's columns; other keys ignored) to a .parquet, .arrow or .feather file.
+
+    kind: a training kind (SCHEMAS), or `task:<kind>` for an evaluation task file (TASK_SCHEMAS) with its optional
+    `split` and `category` columns."""
+    if kind.startswith("task:"):
+        _check_task_kind(kind[5:])
+        schema = TASK_SCHEMAS[kind[5:]]
+        records = list(records)  # which optional columns to write is known only after seeing every record
+        present = set().union(*(record.keys() for record in records))
+        schema = pa.schema(
+            [*schema, *((name, pa.string()) for name in TASK_OPTIONAL_COLUMNS if name in present)]
+        )
+    else:
+        _check_kind(kind)
+        schema = SCHEMAS[kind]
+    path = Path(path)
     if path.suffix == ".parquet":
         writer = pq.ParquetWriter(path, schema)
     elif path.suffix in SUFFIXES:

@@ -52,6 +52,7 @@ __all__ = [
     "sft_batch",
     "source_document",
     "trial_batch",
+    "uses_world_text",
 ]
 
 SOURCES = ("caption", "recaption", "interleaved", "text")
@@ -65,9 +66,16 @@ def data_files(cfg: DataConfig) -> dict[str, str]:
     return {source: paths for source, paths in given.items() if paths}
 
 
-def build_tokenizer(cfg: DataConfig, cache_dir: Path | None = None) -> Tokenizer:
-    """The world's word-level tokenizer, or, when the study brings its own data, a BPE trained on that data and on
-    the world's text (the evaluation suite still speaks the world's language)."""
+def uses_world_text(cfg: MM1Config) -> bool:
+    """Whether the trial reads any of the world's words: a source the files do not replace, or the world's suite."""
+    files = data_files(cfg.data)
+    generated = [s for s, w in mixture_weights(cfg.data).items() if w > 0 and s not in files]
+    return bool(generated) or cfg.eval.scores_world
+
+
+def build_tokenizer(cfg: DataConfig, cache_dir: Path | None = None, *, world_text: bool = True) -> Tokenizer:
+    """The world's word-level tokenizer, or, when the study brings its own data, a BPE trained on that data and, if
+    the trial reads any (`uses_world_text`), on the world's text."""
     files = data_files(cfg)
     if not files:
         return WordTokenizer(world_vocabulary(cfg.world))
@@ -76,7 +84,11 @@ def build_tokenizer(cfg: DataConfig, cache_dir: Path | None = None) -> Tokenizer
     )
 
     rng = random.Random("tokenizer")
-    world_texts = [source_document(s, rng, cfg, num_image_tokens=0).text for s in SOURCES for _ in range(500)]
+    world_texts = (
+        [source_document(s, rng, cfg, num_image_tokens=0).text for s in SOURCES for _ in range(500)]
+        if world_text
+        else []
+    )
     return tokenizer_for_files(
         files, cfg.bpe_vocab_size, cache_dir or Path("results/cache"), extra_texts=world_texts
     )

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 __all__ = ["PROTOCOL_PREFIX", "metric_family", "protocol_fingerprints"]
 
 PROTOCOL_PREFIX = "protocol/"
+_SHOTS = re.compile(r"^\d+shot$")
 
 
 def protocol_fingerprints(protocol: dict[str, dict]) -> dict[str, str]:
@@ -26,5 +28,9 @@ def protocol_fingerprints(protocol: dict[str, dict]) -> dict[str, str]:
 
 
 def metric_family(metric: str) -> str:
-    """The protocol family a metric belongs to: `0shot/vqa/color` -> `0shot`, `textcore/avg` -> `textcore`."""
-    return metric.split("/", 1)[0]
+    """The protocol family a metric belongs to: `0shot/vqa/color` -> `0shot`, `textcore/avg` -> `textcore`, a file
+    task's `digits/4shot/vqa` -> `digits/4shot`."""
+    parts = metric.split("/")
+    if len(parts) > 2 and _SHOTS.match(parts[1]) and not _SHOTS.match(parts[0]):
+        return "/".join(parts[:2])
+    return parts[0]

@@ -21,13 +21,14 @@ from __future__ import annotations
 import functools
 import random
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mm1core.config import DataConfig, EvalConfig, WorldConfig
+from mm1core.data.byo import decode_image
 from mm1core.data.documents import IMAGE_PLACEHOLDER
 from mm1core.data.sources import EVAL_SEED_OFFSET, encode_document, images_to_tensor
 from mm1core.data.text import (
@@ -43,6 +44,7 @@ from mm1core.data.tokenizer import Tokenizer
 from mm1core.data.world import Scene, render_scene, sample_scene
 from mm1core.eval.floors import fewshot_floors, textcore_floors
 from mm1core.eval.heldout import heldout_metrics
+from mm1core.eval.prompt import Prompt
 from mm1core.eval.scoring import cider, vqa_accuracy
 from mm1core.generate import generate
 from mm1core.mm1 import MM1, eval_mode
@@ -59,14 +61,6 @@ class EvalResult:
     metrics: dict[str, float]
     items: list[dict]  # one row per scored item: metric, item_id, category, score
     protocol: dict  # per metric family: task, template, k, decoding, items, eval-set seed
-
-
-@dataclass
-class Prompt:
-    text: str  # ends where the model's answer starts
-    scenes: list[Scene]  # one per placeholder, demonstrations first
-    references: list[str]  # what a right answer is (CIDEr references, or the one VQA answer)
-    category: str
 
 
 def _query_scene(data: DataConfig, cfg: EvalConfig, item: int) -> Scene:
@@ -115,9 +109,11 @@ def textcore_prompt(data: DataConfig, cfg: EvalConfig, item: int) -> Prompt:
 
 
 @functools.lru_cache(maxsize=4096)
-def _render(scene: Scene, world: WorldConfig, resolution: int) -> np.ndarray:
-    """Few-shot prompts reuse 64 demonstration scenes thousands of times: draw each once."""
-    return render_scene(scene, world, resolution)
+def _render(image: Scene | bytes, world: WorldConfig, resolution: int) -> np.ndarray:
+    """Few-shot prompts reuse the same demonstration images thousands of times: draw or decode each once."""
+    if isinstance(image, bytes):
+        return decode_image(image, resolution)
+    return render_scene(image, world, resolution)
 
 
 def answer_prompts(
@@ -131,8 +127,10 @@ def answer_prompts(
     num_image_tokens: int,
     max_words: int,
     device: torch.device,
+    stop_ids: Collection[int] | None = None,
 ) -> list[str]:
-    stop = {tokenizer.image_id, *tokenizer.encode(".")}
+    """Greedy answers to the prompts; generation ends at `stop_ids` (default: the world's "." and `<image>`)."""
+    stop = {tokenizer.image_id, *tokenizer.encode(".")} if stop_ids is None else set(stop_ids)
     out: list[str] = []
     for start in range(0, len(prompts), cfg.batch_size):
         chunk = prompts[start : start + cfg.batch_size]
