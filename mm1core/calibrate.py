@@ -38,6 +38,7 @@ def shrunk(config: dict) -> dict:
         "eval.num_items": _eval_items(config),
         "eval.intermediate_items": 0,
         "sft.steps": 0,
+        "eval.tasks": _shrunk_tasks(config),
     }
     if config["encoder_pretrain"]["loss"] != "none":
         overrides |= {
@@ -47,6 +48,24 @@ def shrunk(config: dict) -> dict:
             ),
         }
     return apply_overrides(config, overrides)
+
+
+def _shrunk_tasks(config: dict) -> list[dict]:
+    """The evaluation tasks, each file task cut by the share the world's items are cut by: the rate per world item
+    the planner multiplies out then covers the file tasks too, at their sizes."""
+    from mm1core.config import EvalTaskConfig
+    from mm1core.eval.file_tasks import task_items  # reads the task's files: only studies with file tasks pay
+
+    share = _eval_items(config) / config["eval"]["num_items"]
+    tasks = []
+    for task in config["eval"]["tasks"]:
+        if task.get("kind", "world") != "world":
+            count = len(
+                task_items(EvalTaskConfig(**{k: tuple(v) if k == "shots" else v for k, v in task.items()}))
+            )
+            task = dict(task, max_items=max(1, round(count * share)))
+        tasks.append(task)
+    return tasks
 
 
 def _eval_items(config: dict) -> int:

@@ -309,3 +309,20 @@ def test_a_study_on_files_alone_is_trained_scored_and_reported(tmp_path, digits)
     # The tokenizer was trained on the files' text alone: nothing of the world's.
     cfg = config_from_dict(json.loads(trials["config_json"].iloc[0]))
     assert not uses_world_text(cfg)
+
+
+def test_calibration_cuts_file_tasks_by_the_share_it_cuts_the_worlds_items(digits):
+    from mm1core.calibrate import shrunk
+
+    task = {
+        "name": "dv",
+        "kind": "vqa",
+        "files": str(digits / "vqa-task.parquet"),
+        "split": "test",
+        "shots": [0],
+    }
+    tree = apply_overrides(config_to_dict(get_preset("small")), {"eval.tasks": [{"name": "world"}, task]})
+    tasks = shrunk(tree)["eval"]["tasks"]
+    test_rows = len(read_task_rows(task["files"], "vqa", split="test"))
+    assert tasks[0] == {"name": "world"} and shrunk(tree)["eval"]["num_items"] == 100  # of the world's 700
+    assert tasks[1]["max_items"] == round(test_rows * 100 / 700)
