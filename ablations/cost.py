@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ablations.plan import Trial, encoder_plan, run_order, stage_cache_dir
+from ablations.plan import Trial, encoder_plan, resolve_trial, run_order, stage_cache_dir
 from mm1core.config import flatten
 from mm1core.hardware import cpu_model_name
 from mm1core.stage_cache import encoder_stage_key, stage_key
@@ -272,8 +272,6 @@ class SearchEstimate:
 
 def estimate_search(study, *, results_root: Path, out: TextIO | None = None) -> SearchEstimate:
     """A search's configurations are sampled as it runs: each is costed as the reference configuration."""
-    from ablations.plan import resolve_trial
-
     search = study.spec.search
     gpu = study.spec.resources.gpu > 0
     reference = resolve_trial(study, "reference", {}, {}, 0, gpu=gpu)

@@ -33,6 +33,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ablations.cost import estimate_search, estimate_study
 from ablations.leftovers import end_leftovers, forget_processes, record_processes
 from ablations.plan import Trial, plan, run_order, stage_cache_dir
+from ablations.report_keys import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY
 from ablations.results import ResultsStore, config_json
 from ablations.search import (
     configuration_runs,
@@ -44,7 +45,7 @@ from ablations.search import (
 )
 from ablations.spec import Study, axis_field, reference_axis_values
 from ablations.tracking import Tracker, check_reachable, redacted, resolve_tracking_uri
-from ablations.trial import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY, train_trial
+from ablations.trial import train_trial
 from dashboards.index import write_index
 from dashboards.report import last_line, write_report
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines

@@ -21,8 +21,8 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from ablations.plan import Trial, resolve_trial
+from ablations.report_keys import OBJECTIVE, OBJECTIVE_FINAL
 from ablations.spec import Study, axis_overrides
-from ablations.trial import OBJECTIVE, OBJECTIVE_FINAL
 
 __all__ = [
     "configuration_runs",

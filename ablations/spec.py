@@ -2,13 +2,17 @@
 
 `load_study` checks a study file completely before anything runs. Every error names the file, the line and the
 field path (`studies/x.yaml:12: axes[1].values[2]: unknown connector 'cabs'; known: avg-pool`), and all errors are
-reported together. Axis names are dotted config paths or the paper's names (ALIASES).
+reported together. Axis names are dotted config paths or the paper's names (ALIASES). `expand_arms` gives the arms
+its design means (grid, one at a time against the reference, zip), which validation builds one by one.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
+import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ablations.yamlio import LoadedYaml, YamlError, load_yaml
 from mm1core.axes import ALIASES, SIZED_AXES, resolve_axis
-from mm1core.config import ConfigError, apply_overrides, config_to_dict, field_paths
+from mm1core.config import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_problems,
+    config_to_dict,
+    field_paths,
+)
 from mm1core.presets import PRESETS, get_preset
 
 # Far beyond any study someone means to run on this project: a typo caught at the door.
@@ -24,7 +35,11 @@ MAX_SEEDS = 1_000
 MAX_TRIALS = 10_000
 
 __all__ = [
+    "REFERENCE_ARM",
     "ALIASES",
+    "Arm",
+    "arm_problems",
+    "expand_arms",
     "BUDGET_STAGES",
     "DISTRIBUTIONS",
     "Study",
@@ -258,8 +273,6 @@ def _budget_overrides(spec: StudySpec, reference_tree: dict) -> dict[str, int]:
 
 def study_from_dict(data: Any, source: LoadedYaml | None = None, *, base_dir: Path = Path(".")) -> Study:
     """Validate a parsed study completely; raises StudyError listing every problem with its location."""
-    from ablations.plan import arm_problems, expand_arms  # plan imports this module
-
     _resolve_data_paths(data, base_dir)
 
     def where(path: tuple) -> str:
@@ -594,3 +607,116 @@ def study_json_schema() -> dict:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "mm1ablate study"
     return schema
+
+
+# --- arms: what a study's design expands to ------------------------------------------------------------------
+
+REFERENCE_ARM = "reference"
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    axis_values: dict[str, Any]  # axis name (as written in the study) -> value
+    overrides: dict[str, Any]  # dotted config path -> value
+    origins: dict[
+        str, tuple
+    ]  # dotted config path -> the study path that set it, e.g. ("axes", 1, "values", 0)
+
+
+def _arm(study: Study, picks: list[tuple[int, int]]) -> Arm:
+    """An arm from (axis index, value index) picks."""
+    axes = study.spec.axes
+    axis_values = {axes[a].name: _candidates(axes[a])[v] for a, v in picks}
+    overrides: dict[str, Any] = {}
+    origins: dict[str, tuple] = {}
+    for a, v in picks:
+        where = ("axes", a, "values", v) if axes[a].values else ("axes", a, axes[a].distribution[0])
+        for path, value in axis_overrides(axes[a].name, _candidates(axes[a])[v]).items():
+            overrides[path] = value
+            origins[path] = where
+    name = ",".join(f"{k}={_show(v)}" for k, v in axis_values.items()) or REFERENCE_ARM
+    return Arm(name, axis_values, overrides, origins)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def _reference_value(study: Study, path: str) -> Any:
+    node: Any = study.reference
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def _candidates(axis: Axis) -> list[Any]:
+    """An axis's values; for a search's distribution, its two ends (what validation builds before a search runs)."""
+    if axis.values is not None:
+        return axis.values
+    _, (low, high) = axis.distribution
+    return [low, high]
+
+
+def expand_arms(study: Study) -> list[Arm]:
+    """The arms of the design; for a search, the reference and each axis's values or ends one at a time: the
+    configurations that validation builds, since a search's own are sampled as it runs."""
+    axes = study.spec.axes
+    if not axes:
+        return [_arm(study, [])]
+    if study.spec.design == "grid":
+        return [
+            _arm(study, list(enumerate(combo)))
+            for combo in itertools.product(*(range(len(a.values)) for a in axes))
+        ]
+    if study.spec.design == "zip":
+        return [_arm(study, [(a, i) for a in range(len(axes))]) for i in range(len(axes[0].values))]
+    # one_at_a_time and search: the reference, then each axis value that differs from the reference, alone.
+    arms = [_arm(study, [])]
+    for a, axis in enumerate(axes):
+        arms += [
+            _arm(study, [(a, v)])
+            for v, value in enumerate(_candidates(axis))
+            if any(_reference_value(study, path) != x for path, x in axis_overrides(axis.name, value).items())
+        ]
+    return arms
+
+
+def _config_errors(tree: dict) -> list[ConfigError]:
+    try:
+        return config_problems(config_from_dict(tree))
+    except ConfigError as err:
+        return [err]
+
+
+def arm_problems(study: Study) -> list[str]:
+    """Every arm that cannot be built, located at the study value that makes it so.
+
+    A problem the reference already has is reported at the reference; one that only an arm has is reported at that
+    arm's axis values (e.g. 64 image tokens at resolution 32 is a problem of connector.num_image_tokens, but the
+    value to change is the resolution the axis picked).
+    """
+    problems: list[str] = []
+    reference_errors = _config_errors(study.reference)
+    for err in reference_errors:
+        origin = (
+            ("reference", "overrides", err.path)
+            if err.path in study.spec.reference.overrides
+            else ("reference",)
+        )
+        problems.append(f"{study.where(origin)}: {err.message}")
+    reference_paths = {err.path for err in reference_errors}
+    seen: set[str] = set()
+    for arm in expand_arms(study):
+        if not arm.overrides:
+            continue
+        for err in _config_errors(apply_overrides(study.reference, arm.overrides)):
+            if err.path in reference_paths:
+                continue
+            origin = arm.origins.get(err.path) or next(iter(arm.origins.values()))
+            combo = f" (in arm {arm.name})" if len(arm.axis_values) > 1 else ""
+            line = f"{study.where(origin)}: {err.message}{combo}"
+            if line not in seen:
+                seen.add(line)
+                problems.append(line)
+    return problems

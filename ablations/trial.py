@@ -20,16 +20,11 @@ from typing import Any
 import ray
 from ray import tune
 
+from ablations.report_keys import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY
 from mm1core.config import config_from_dict
 from mm1core.storage import append_jsonl, read_jsonl
 
-__all__ = ["DIVERGED_KEY", "FINAL_KEY", "OBJECTIVE", "OBJECTIVE_FINAL", "RUN_KEY", "train_trial"]
-
-FINAL_KEY = "final"  # set on the last report of a run, which also carries its per-item scores
-RUN_KEY = "run"  # the trial id of the training run a report is about
-OBJECTIVE = "objective"  # the searcher's and the scheduler's metric: the mean over a Tune trial's runs
-OBJECTIVE_FINAL = "objective_final"  # set on the report of the objective from the runs' final evaluations
-DIVERGED_KEY = "diverged"  # the last report of a run whose loss or gradient became non-finite: why, in words
+__all__ = ["train_trial"]
 
 
 def _device():

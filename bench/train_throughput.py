@@ -17,7 +17,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from mm1core.config import apply_overrides, config_from_dict, config_to_dict
-from mm1core.data.sources import build_tokenizer, trial_batch
+from mm1core.data.shards import trial_batch
+from mm1core.data.sources import build_tokenizer
 from mm1core.losses import LOSSES, total_loss
 from mm1core.mm1 import build_mm1
 from mm1core.presets import get_preset

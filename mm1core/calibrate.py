@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mm1core.config import EvalTaskConfig, apply_overrides, config_from_dict
+
 __all__ = ["CALIBRATION_STEPS", "calibrate", "shrunk"]
 
 # Enough steps that the first ones (allocation, data warm-up) do not dominate; few enough to take seconds. The
@@ -26,8 +28,6 @@ CALIBRATION_STEPS = {"encoder": 24, "train": 24, "eval_items": 14}
 
 def shrunk(config: dict) -> dict:
     """The same shape with short stages: the config whose run is measured."""
-    from mm1core.config import apply_overrides
-
     steps = CALIBRATION_STEPS
     overrides = {
         "train.steps": steps["train"],
@@ -53,7 +53,6 @@ def shrunk(config: dict) -> dict:
 def _shrunk_tasks(config: dict) -> list[dict]:
     """The evaluation tasks, each file task cut by the share the world's items are cut by: the rate per world item
     the planner multiplies out then covers the file tasks too, at their sizes."""
-    from mm1core.config import EvalTaskConfig
     from mm1core.eval.file_tasks import task_items  # reads the task's files: only studies with file tasks pay
 
     share = _eval_items(config) / config["eval"]["num_items"]
@@ -78,9 +77,9 @@ def _eval_items(config: dict) -> int:
 def calibrate(config: dict, threads: int) -> dict[str, float]:
     """Seconds per encoder step, per training step (data included), per evaluation item (every shot and task),
     and the rest of the run (model, tokenizer, probes), measured on a shrunk copy of `config`."""
+    # torch and the pipeline in the calibrating process only: the planner imports this module for its constants.
     import torch
 
-    from mm1core.config import config_from_dict
     from mm1core.pipeline import run_trial
 
     torch.set_num_threads(threads)

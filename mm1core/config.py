@@ -21,6 +21,10 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
+# The world's knobs live with the world (it draws scenes from them); a config holds them as its `data.world`.
+from mm1core.data.text import longest_words
+from mm1core.data.world import WorldConfig
+
 __all__ = [
     "CONNECTOR_TOKEN_RULES",
     "PRECISIONS",
@@ -53,21 +57,6 @@ __all__ = [
     "parse_ratio",
     "unknown_path_message",
 ]
-
-
-@dataclass(frozen=True, kw_only=True)
-class WorldConfig:
-    """Difficulty knobs of the world; every result is logged with them (docs/world.md says why each is set so)."""
-
-    canvas_px: int = 192
-    grid_size: int = 4  # objects and signs sit in the cells of a grid_size x grid_size grid
-    min_objects: int = 2
-    max_objects: int = 6
-    min_signs: int = 1
-    max_signs: int = 2
-    sign_length: int = 3  # digits per sign
-    glyph_scales: tuple[int, ...] = (2, 3)  # canvas pixels per font pixel; one per sign, drawn at random
-    clutter: int = 2  # thin distractor strokes behind the objects
 
 
 STEMS = ("patchify", "conv")
@@ -733,8 +722,6 @@ def eval_task_problems(cfg: EvalConfig) -> list[str]:
 
 
 def _longest_sequences(cfg: MM1Config) -> dict[str, int]:
-    from mm1core.data.text import longest_words  # the text module imports this one
-
     words = longest_words(cfg.data.world)
     image = cfg.connector.num_image_tokens
     longest_item = image + max(words["alt_caption"], words["qa"])

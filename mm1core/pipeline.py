@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from mm1core.config import MM1Config, TrainConfig, config_problems, config_to_dict
-from mm1core.data.sources import Batch, build_tokenizer, sft_batch, trial_batch, uses_world_text
+from mm1core.data.shards import trial_batch
+from mm1core.data.sources import Batch, build_tokenizer, sft_batch, uses_world_text
 from mm1core.encoder_pretrain import pretrain_encoder
 from mm1core.eval.file_tasks import evaluate_file_task
 from mm1core.eval.probes import probe_encoder

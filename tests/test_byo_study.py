@@ -12,7 +12,8 @@ from PIL import Image
 
 from mm1core.config import apply_overrides, config_from_dict, config_to_dict
 from mm1core.data.byo import write_documents
-from mm1core.data.sources import build_tokenizer, make_batch, trial_batch
+from mm1core.data.shards import trial_batch
+from mm1core.data.sources import build_tokenizer, make_batch
 from mm1core.pipeline import run_trial
 from mm1core.presets import get_preset
 

@@ -11,7 +11,7 @@ from conftest import tiny_model
 
 from mm1core.config import ConnectorConfig, connector_problem
 from mm1core.connectors import CONNECTORS, build_connector
-from mm1core.data.sources import trial_batch
+from mm1core.data.shards import trial_batch
 from mm1core.presets import get_preset
 
 

@@ -18,7 +18,8 @@ from mm1core.config import (
     config_to_dict,
 )
 from mm1core.connectors import CONNECTORS, build_connector
-from mm1core.data.sources import build_tokenizer, trial_batch
+from mm1core.data.shards import trial_batch
+from mm1core.data.sources import build_tokenizer
 from mm1core.data.text import QUESTION_CATEGORIES
 from mm1core.data.world import sample_scene
 from mm1core.losses import LOSSES

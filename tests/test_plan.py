@@ -8,8 +8,8 @@ import sys
 
 from conftest import REPO
 
-from ablations.plan import REFERENCE_ARM, plan
-from ablations.spec import load_study
+from ablations.plan import plan
+from ablations.spec import REFERENCE_ARM, load_study
 
 STUDY = """
 name: p

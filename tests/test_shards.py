@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mm1core.data.shards import ShardCache, shard_key
-from mm1core.data.sources import Batch, build_tokenizer, make_batch, trial_batch
+from mm1core.data.shards import ShardCache, shard_key, trial_batch
+from mm1core.data.sources import Batch, build_tokenizer, make_batch
 from mm1core.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[1]

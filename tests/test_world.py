@@ -223,7 +223,7 @@ def test_length_groups_partition_the_batch_and_keep_its_loss():
     import torch
     from conftest import tiny_model
 
-    from mm1core.data.sources import trial_batch
+    from mm1core.data.shards import trial_batch
     from mm1core.losses import LOSSES
 
     cfg = get_preset("tiny")

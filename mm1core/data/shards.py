@@ -36,12 +36,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from mm1core.config import DataConfig
-from mm1core.data.sources import Batch, images_to_tensor
+from mm1core.config import DataConfig, MM1Config
+from mm1core.data.sources import Batch, data_files, images_to_tensor, make_batch
 from mm1core.data.tokenizer import Tokenizer
 from mm1core.storage import atomic_write, atomic_write_text
 
-__all__ = ["DEFAULT_STEPS_PER_SHARD", "ShardCache", "data_code_version", "shard_cache", "shard_key"]
+__all__ = [
+    "DEFAULT_STEPS_PER_SHARD",
+    "ShardCache",
+    "data_code_version",
+    "shard_cache",
+    "shard_key",
+    "trial_batch",
+]
 
 DEFAULT_STEPS_PER_SHARD = 25
 
@@ -265,3 +272,21 @@ def shard_cache(
         resolution=resolution,
         num_image_tokens=num_image_tokens,
     )
+
+
+def trial_batch(cfg: MM1Config, tokenizer: Tokenizer, step: int, *, cache_dir: Path | None = None) -> Batch:
+    """The multimodal stage's batch at `step` for a trial's config.
+
+    cache_dir: read generated batches from Parquet shards there (shards.py), building missing ones; a study that
+    brings its own data files is not cached (its documents are read from those files already).
+    """
+    settings = {
+        "batch_size": cfg.train.batch_size,
+        "resolution": cfg.encoder.resolution,
+        "num_image_tokens": cfg.connector.num_image_tokens,
+        "seed": cfg.seed,
+    }
+    if cache_dir is None or data_files(cfg.data):
+        return make_batch(cfg.data, tokenizer, step=step, **settings)
+    cache = shard_cache(Path(cache_dir), cfg.data, tokenizer, **settings)
+    return cache.get(step, lambda s: make_batch(cfg.data, tokenizer, step=s, **settings))

@@ -51,7 +51,6 @@ __all__ = [
     "source_counts",
     "sft_batch",
     "source_document",
-    "trial_batch",
     "uses_world_text",
 ]
 
@@ -341,26 +340,6 @@ def make_batch(
         num_image_tokens=num_image_tokens,
         max_seq_len=cfg.max_seq_len,
     )
-
-
-def trial_batch(cfg: MM1Config, tokenizer: Tokenizer, step: int, *, cache_dir: Path | None = None) -> Batch:
-    """The multimodal stage's batch at `step` for a trial's config.
-
-    cache_dir: read generated batches from Parquet shards there (shards.py), building missing ones; a study that
-    brings its own data files is not cached (its documents are read from those files already).
-    """
-    settings = {
-        "batch_size": cfg.train.batch_size,
-        "resolution": cfg.encoder.resolution,
-        "num_image_tokens": cfg.connector.num_image_tokens,
-        "seed": cfg.seed,
-    }
-    if cache_dir is None or data_files(cfg.data):
-        return make_batch(cfg.data, tokenizer, step=step, **settings)
-    from mm1core.data.shards import shard_cache  # shards.py imports this module
-
-    cache = shard_cache(Path(cache_dir), cfg.data, tokenizer, **settings)
-    return cache.get(step, lambda s: make_batch(cfg.data, tokenizer, step=s, **settings))
 
 
 def sft_batch(cfg: MM1Config, tokenizer: Tokenizer, step: int) -> Batch:

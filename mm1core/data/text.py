@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import random
 
-from mm1core.config import WorldConfig
-from mm1core.data.world import COLORS, SHAPES, SIZES, Scene, SceneObject, positions
+from mm1core.data.world import COLORS, SHAPES, SIZES, Scene, SceneObject, WorldConfig, positions
 
 __all__ = [
     "QUESTION_CATEGORIES",

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mm1core.config import WorldConfig
-
 __all__ = [
     "COLORS",
+    "WorldConfig",
     "SHAPES",
     "SIZES",
     "Scene",
@@ -26,6 +25,22 @@ __all__ = [
     "sample_scene",
     "positions",
 ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorldConfig:
+    """Difficulty knobs of the world; every result is logged with them (docs/world.md says why each is set so)."""
+
+    canvas_px: int = 192
+    grid_size: int = 4  # objects and signs sit in the cells of a grid_size x grid_size grid
+    min_objects: int = 2
+    max_objects: int = 6
+    min_signs: int = 1
+    max_signs: int = 2
+    sign_length: int = 3  # digits per sign
+    glyph_scales: tuple[int, ...] = (2, 3)  # canvas pixels per font pixel; one per sign, drawn at random
+    clutter: int = 2  # thin distractor strokes behind the objects
+
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
