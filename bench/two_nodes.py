@@ -1,5 +1,5 @@
 """A study's wall time on a two-node Ray cluster against one node: the nodes are network namespaces on this machine
-(tests/test_multinode.py builds them), each with 1 CPU, so two nodes have the machine's two cores and one node one.
+(tests/ablations/test_multinode.py builds them), each with 1 CPU, so two nodes have the machine's two cores and one node one.
 
     sudo .venv/bin/python bench/two_nodes.py     # needs root for ip netns
 
@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "ablations")]  # conftest, and the test that builds the hosts
 
 from test_multinode import STUDY, _Hosts, _run, _wait_for_nodes  # noqa: E402
 

@@ -4,8 +4,8 @@ of docs/data-formats.md. The first 75% of the scans are the train split, the las
 
     python studies/digits/make_data.py [OUT_DIR]      # default: studies/digits/data
 
-Training (split `train`): captions ("a handwritten 7"), interleaved pages of question-answer pairs about several
-scans, and text ("seven is written 7 ."). Evaluation tasks, each file with a `split` column (demonstrations come from
+Training (split `train`): captions ("a handwritten 7"), interleaved pages of several scans with their captions or
+with question-answer pairs about them, and text ("seven is written 7 ."). Evaluation tasks, each file with a `split` column (demonstrations come from
 `train`, items from `test`): captioning with three references per scan, VQA (which digit; is it even) with a
 `category` column, and a text-only task (the digit after a number word, which the training text states: a check
 that the pipeline scores what a model has learned, not a benchmark).
@@ -64,12 +64,15 @@ def write(out: Path) -> dict[str, Path]:
             return f"question what digit is this ? answer {labels[i]} ."
         return f"question is the digit even ? answer {_parity(labels[i])} ."
 
+    # Half the pages list captions, half question-answer pairs, as the world's interleaved pages do: a model learns
+    # the few-shot formats (several captioned images in a row) from pages like these.
     pages = []
-    for start in range(0, len(train) - 3, 4):
+    for page, start in enumerate(range(0, len(train) - 3, 4)):
         chunk = train[start : start + 4]
         items = []
         for j, i in enumerate(chunk):
-            items += [{"image": images[i], "text": None}, {"image": None, "text": qa(i, start // 4 + j)}]
+            text = f"a handwritten {labels[i]}" if page % 2 == 0 else qa(i, page + j)
+            items += [{"image": images[i], "text": None}, {"image": None, "text": text}]
         pages.append({"items": items})
     write_documents(paths["pages"], "interleaved", pages)
     write_documents(

@@ -9,7 +9,11 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from mm1core.config import ConnectorConfig, connector_problem
+from mm1core.config import (
+    CONNECTOR_TOKEN_RULES,
+    ConnectorConfig,
+    connector_problem,
+)
 from mm1core.connectors import CONNECTORS, build_connector
 from mm1core.data.shards import trial_batch
 from mm1core.presets import get_preset
@@ -107,3 +111,23 @@ def test_full_model_forward(name):
     logits = model(batch.tokens, batch.images)
     assert logits.shape == (*batch.tokens.shape, tokenizer.vocab_size)
     assert torch.isfinite(logits).all()
+
+
+def test_connector_registry_matches_validation_rules():
+    assert set(CONNECTORS) == set(CONNECTOR_TOKEN_RULES)
+
+
+@pytest.mark.parametrize("name", sorted(CONNECTORS))
+@pytest.mark.parametrize("num_image_tokens", [1, 4, 16])
+def test_connector_shapes(name, num_image_tokens):
+    connector = build_connector(
+        ConnectorConfig(name=name, num_image_tokens=num_image_tokens), vision_dim=24, grid_size=4, lm_dim=40
+    )
+    assert connector(torch.randn(2, 16, 24)).shape == (2, num_image_tokens, 40)
+
+
+def test_connector_refuses_more_tokens_than_patches():
+    with pytest.raises(ValueError, match="exceed the 4x4=16 patches"):
+        build_connector(
+            ConnectorConfig(name="avg-pool", num_image_tokens=64), vision_dim=8, grid_size=4, lm_dim=8
+        )

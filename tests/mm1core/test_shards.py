@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from mm1core.data.shards import ShardCache, shard_key, trial_batch
 from mm1core.data.sources import Batch, build_tokenizer, make_batch
 from mm1core.presets import get_preset
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_SHARD = 3
 CFG = get_preset("tiny")
 SETTINGS = {
