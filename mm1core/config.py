@@ -24,9 +24,11 @@ from pydantic import TypeAdapter, ValidationError
 # The world's knobs live with the world (it draws scenes from them); a config holds them as its `data.world`.
 from mm1core.data.text import longest_words
 from mm1core.data.world import WorldConfig
+from mm1core.registry import Choice, Registry
 
 __all__ = [
-    "CONNECTOR_TOKEN_RULES",
+    "CONNECTORS",
+    "ENCODER_LOSSES",
     "PRECISIONS",
     "STEMS",
     "LM_POSITIONS",
@@ -59,11 +61,41 @@ __all__ = [
 ]
 
 
-STEMS = ("patchify", "conv")
-LM_POSITIONS = ("learned", "rope")
+# Each kind of choice a config names, declared once (mm1core.registry): the name a study writes, where the
+# implementation lives, and what the choice needs of the rest of the config (a check of the whole MM1Config, except
+# connectors, whose checks take the token count and the encoder's patch grid side).
+STEMS = Registry(
+    "stem",
+    [
+        Choice("patchify", "mm1core.vit:patchify_stem"),
+        Choice(
+            "conv",
+            "mm1core.vit:conv_stem",
+            check=lambda cfg: (
+                None
+                if cfg.encoder.patch_size % 2 == 0
+                else f"the conv stem needs an even patch_size, got {cfg.encoder.patch_size}"
+            ),
+        ),
+    ],
+)
+LM_POSITIONS = Registry(
+    "position encoding",
+    [
+        Choice("learned"),  # a learned table of max_seq_len positions (mm1core.lm)
+        Choice(
+            "rope",  # rotary, applied in attention (mm1core.blocks)
+            check=lambda cfg: (
+                None
+                if (cfg.lm.width // max(1, cfg.lm.num_heads)) % 2 == 0
+                else "rotary positions need an even head width (lm.width / lm.num_heads)"
+            ),
+        ),
+    ],
+)
 # How the LM tells an image's tokens apart: "learned" adds a learned embedding of each token's place in the image's
 # token grid (as Honeybee's C-Abstractor and Qwen-VL's resampler do), "none" leaves it to the encoder's features.
-IMAGE_TOKEN_POSITIONS = ("learned", "none")
+IMAGE_TOKEN_POSITIONS = Registry("image-token positions", [Choice("learned"), Choice("none")])
 # What stays trainable in each named stage.
 FREEZE_STAGES: dict[str, tuple[str, ...]] = {
     "all": ("image_encoder", "connector", "lm"),
@@ -113,8 +145,6 @@ def _square_within_grid(name: str) -> Callable[[int, int], str | None]:
     return rule
 
 
-# What token counts each connector can produce from a grid_size x grid_size patch grid; keys are the connector
-# registry's names (mm1core.connectors.CONNECTORS, which a test keeps in step with this table).
 def _at_most_patches(num_image_tokens: int, grid_size: int) -> str | None:
     # Learned queries can number anything, but more queries than patches only re-describe the same patches.
     if num_image_tokens > grid_size**2:
@@ -125,20 +155,25 @@ def _at_most_patches(num_image_tokens: int, grid_size: int) -> str | None:
     return None
 
 
-CONNECTOR_TOKEN_RULES: dict[str, Callable[[int, int], str | None]] = {
-    "avg-pool": _square_within_grid("avg-pool"),
-    "attn-pool": _at_most_patches,
-    "c-abstractor": _square_within_grid("c-abstractor"),
-}
+CONNECTORS = Registry(
+    "connector",
+    [
+        Choice(
+            "avg-pool", "mm1core.connectors.avg_pool:AvgPoolConnector", check=_square_within_grid("avg-pool")
+        ),
+        Choice("attn-pool", "mm1core.connectors.attn_pool:AttnPoolConnector", check=_at_most_patches),
+        Choice(
+            "c-abstractor",
+            "mm1core.connectors.c_abstractor:CAbstractorConnector",
+            check=_square_within_grid("c-abstractor"),
+        ),
+    ],
+)
 
 
 def connector_problem(cfg: ConnectorConfig, *, grid_size: int) -> str | None:
     """Why this connector cannot be built on a grid_size x grid_size patch grid, or None if it can."""
-    if cfg.name not in CONNECTOR_TOKEN_RULES:
-        close = difflib.get_close_matches(cfg.name, list(CONNECTOR_TOKEN_RULES), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown connector {cfg.name!r}{hint} (known: {', '.join(CONNECTOR_TOKEN_RULES)})"
-    return CONNECTOR_TOKEN_RULES[cfg.name](cfg.num_image_tokens, grid_size)
+    return CONNECTORS.problem(cfg.name, cfg.num_image_tokens, grid_size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,7 +313,23 @@ class EvalConfig:
         return tuple(task for task in self.tasks if task.kind != "world")
 
 
-ENCODER_LOSSES = ("none", "clip", "aim")
+ENCODER_LOSSES = Registry(
+    "encoder loss",
+    [
+        Choice("none"),  # the encoder starts from random weights and learns only in multimodal training
+        Choice("clip", "mm1core.encoder_pretrain:train_clip"),
+        Choice(
+            "aim",
+            "mm1core.encoder_pretrain:train_aim",
+            check=lambda cfg: (
+                None
+                if cfg.encoder.stem == "patchify"
+                else "aim needs encoder.stem: patchify (the conv stem's receptive field crosses patch borders, so a "
+                "patch's feature would already see the next patch it must predict)"
+            ),
+        ),
+    ],
+)
 ENCODER_SEED_SOURCES = ("trial", "stage")
 
 
@@ -488,15 +539,40 @@ def _numeric_fields() -> list[tuple[str, Callable[[Any], Any]]]:
     return [(path, operator.attrgetter(path)) for path, hint in field_paths().items() if hint in (int, float)]
 
 
+_Check = Callable[[bool, str, str], None]
+
+
 def config_problems(cfg: MM1Config) -> list[ConfigError]:
-    """Every reason this config cannot be built or trained, each at the field that causes it."""
+    """Every reason this config cannot be built or trained, each at the field that causes it: the numbers' ranges,
+    then each section's own checks, which compose the registries' checks of the choices the config names."""
     problems: list[ConfigError] = []
-    enc = cfg.encoder
 
     def check(ok: bool, path: str, message: str) -> None:
         if not ok:
             problems.append(ConfigError(path, message))
 
+    for section in (
+        _number_problems,
+        _encoder_problems,
+        _connector_problems,
+        _lm_problems,
+        _schedule_problems,
+        _data_problems,
+        _eval_problems,
+    ):
+        section(cfg, check)
+    return problems
+
+
+def _choice(registry: Registry, name: str, cfg: MM1Config, path: str, check: _Check, blame: str = "") -> None:
+    """A named choice: registered (or the problem is at `path`), and its own check passed (at `blame`)."""
+    if name not in registry:
+        check(False, path, registry.unknown(name))
+    elif problem := registry.problem(name, cfg):
+        check(False, blame or path, problem)
+
+
+def _number_problems(cfg: MM1Config, check: _Check) -> None:
     for path, getter in _numeric_fields():
         value = getter(cfg)
         if not math.isfinite(value):
@@ -512,22 +588,15 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
             check(value >= 0, path, f"must be >= 0, got {value}")
         else:
             check(value > 0, path, f"must be > 0, got {value}")
-    pre = cfg.encoder_pretrain
-    check(
-        pre.loss in ENCODER_LOSSES,
-        "encoder_pretrain.loss",
-        f"unknown encoder loss {pre.loss!r}; known: {', '.join(ENCODER_LOSSES)}",
-    )
+
+
+def _encoder_problems(cfg: MM1Config, check: _Check) -> None:
+    pre, enc = cfg.encoder_pretrain, cfg.encoder
+    _choice(ENCODER_LOSSES, pre.loss, cfg, "encoder_pretrain.loss", check)
     check(
         pre.seed_from in ENCODER_SEED_SOURCES,
         "encoder_pretrain.seed_from",
         f"unknown seed source {pre.seed_from!r}; known: {', '.join(ENCODER_SEED_SOURCES)}",
-    )
-    check(
-        pre.loss != "aim" or enc.stem == "patchify",
-        "encoder_pretrain.loss",
-        "aim needs encoder.stem: patchify (the conv stem's receptive field crosses patch borders, so a patch's "
-        "feature would already see the next patch it must predict)",
     )
     check(
         pre.warmup_steps <= pre.steps,
@@ -539,93 +608,77 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
         "encoder_pretrain.text_width",
         f"the text tower's width {pre.text_width} must be divisible by its 4 heads",
     )
-    check(enc.stem in STEMS, "encoder.stem", f"unknown stem {enc.stem!r}; known: {', '.join(STEMS)}")
+    check(0 <= pre.recaption_share <= 1, "encoder_pretrain.recaption_share", "must be between 0 and 1")
+    _choice(STEMS, enc.stem, cfg, "encoder.stem", check, blame="encoder.patch_size")
     check(
         enc.resolution % enc.patch_size == 0,
         "encoder.resolution",
         f"resolution {enc.resolution} is not divisible by patch_size {enc.patch_size}",
     )
     check(
-        enc.stem != "conv" or enc.patch_size % 2 == 0,
-        "encoder.patch_size",
-        f"the conv stem needs an even patch_size, got {enc.patch_size}",
-    )
-    check(
         enc.width % enc.num_heads == 0,
         "encoder.num_heads",
         f"encoder width {enc.width} is not divisible by num_heads {enc.num_heads}",
     )
+
+
+def _connector_problems(cfg: MM1Config, check: _Check) -> None:
+    enc, connector = cfg.encoder, cfg.connector
+    _choice(IMAGE_TOKEN_POSITIONS, connector.token_positions, cfg, "connector.token_positions", check)
+    if connector.name not in CONNECTORS:
+        check(False, "connector.name", CONNECTORS.unknown(connector.name))
+    elif enc.patch_size > 0 and enc.resolution % enc.patch_size == 0:  # the patch grid is defined
+        problem = connector_problem(connector, grid_size=enc.grid_size)
+        check(problem is None, "connector.num_image_tokens", problem or "")
+
+
+def _lm_problems(cfg: MM1Config, check: _Check) -> None:
+    lm = cfg.lm
+    _choice(LM_POSITIONS, lm.positions, cfg, "lm.positions", check)
     check(
-        cfg.connector.token_positions in IMAGE_TOKEN_POSITIONS,
-        "connector.token_positions",
-        f"unknown image-token positions {cfg.connector.token_positions!r}; "
-        f"known: {', '.join(IMAGE_TOKEN_POSITIONS)}",
-    )
-    check(
-        cfg.lm.positions in LM_POSITIONS,
-        "lm.positions",
-        f"unknown position encoding {cfg.lm.positions!r}; known: {', '.join(LM_POSITIONS)}",
-    )
-    check(
-        cfg.lm.positions != "rope" or (cfg.lm.width // max(1, cfg.lm.num_heads)) % 2 == 0,
-        "lm.positions",
-        "rotary positions need an even head width (lm.width / lm.num_heads)",
-    )
-    check(
-        cfg.lm.num_experts == 0 or cfg.lm.experts_top_k <= cfg.lm.num_experts,
+        lm.num_experts == 0 or lm.experts_top_k <= lm.num_experts,
         "lm.experts_top_k",
-        f"top-{cfg.lm.experts_top_k} routing needs at least that many experts (num_experts {cfg.lm.num_experts})",
+        f"top-{lm.experts_top_k} routing needs at least that many experts (num_experts {lm.num_experts})",
     )
     check(
-        cfg.lm.width % cfg.lm.num_heads == 0,
+        lm.width % lm.num_heads == 0,
         "lm.num_heads",
-        f"lm width {cfg.lm.width} is not divisible by num_heads {cfg.lm.num_heads}",
+        f"lm width {lm.width} is not divisible by num_heads {lm.num_heads}",
     )
-    if enc.patch_size > 0 and enc.resolution % enc.patch_size == 0:
-        problem = connector_problem(cfg.connector, grid_size=enc.grid_size)
-        if problem:
-            path = (
-                "connector.name"
-                if cfg.connector.name not in CONNECTOR_TOKEN_RULES
-                else "connector.num_image_tokens"
-            )
-            problems.append(ConfigError(path, problem))
-    try:
-        parse_ratio(cfg.data.ratio)
-    except ValueError as err:
-        problems.append(ConfigError("data.ratio", str(err)))
+
+
+def _schedule_problems(cfg: MM1Config, check: _Check) -> None:
     lr = cfg.train.lr
     check(
         lr == "auto" or (math.isfinite(lr) and 0 < lr <= _UPPER_BOUNDS["lr"]),
         "train.lr",
         f"must be a finite number in (0, {_UPPER_BOUNDS['lr']:g}] or auto, got {lr}",
     )
-    check(
-        cfg.train.freeze in FREEZE_STAGES,
-        "train.freeze",
-        f"unknown freeze stage {cfg.train.freeze!r}; known: {', '.join(FREEZE_STAGES)}",
-    )
+    for section in ("train", "sft"):
+        stage = getattr(cfg, section)
+        check(
+            stage.freeze in FREEZE_STAGES,
+            f"{section}.freeze",
+            f"unknown freeze stage {stage.freeze!r}; known: {', '.join(FREEZE_STAGES)}",
+        )
+        check(
+            stage.steps == 0 or stage.warmup_steps <= stage.steps,
+            f"{section}.warmup_steps",
+            f"warmup_steps {stage.warmup_steps} exceed steps {stage.steps}",
+        )
     check(
         cfg.train.precision in PRECISIONS,
         "train.precision",
         f"unknown precision {cfg.train.precision!r}; known: {', '.join(PRECISIONS)}",
     )
-    check(
-        cfg.sft.freeze in FREEZE_STAGES,
-        "sft.freeze",
-        f"unknown freeze stage {cfg.sft.freeze!r}; known: {', '.join(FREEZE_STAGES)}",
-    )
-    check(
-        cfg.sft.steps == 0 or cfg.sft.warmup_steps <= cfg.sft.steps,
-        "sft.warmup_steps",
-        f"warmup_steps {cfg.sft.warmup_steps} exceed steps {cfg.sft.steps}",
-    )
-    check(
-        cfg.train.warmup_steps <= cfg.train.steps,
-        "train.warmup_steps",
-        f"warmup_steps {cfg.train.warmup_steps} exceed steps {cfg.train.steps}",
-    )
-    world = cfg.data.world
+
+
+def _data_problems(cfg: MM1Config, check: _Check) -> None:
+    data, world = cfg.data, cfg.data.world
+    try:
+        parse_ratio(data.ratio)
+    except ValueError as err:
+        check(False, "data.ratio", str(err))
     check(
         world.min_objects <= world.max_objects,
         "data.world.min_objects",
@@ -637,34 +690,30 @@ def config_problems(cfg: MM1Config) -> list[ConfigError]:
         f"{world.max_objects} objects and {world.max_signs} signs do not fit a "
         f"{world.grid_size}x{world.grid_size} grid",
     )
-    check(0 <= cfg.data.recaption_share <= 1, "data.recaption_share", "must be between 0 and 1")
-    check(
-        0 <= cfg.encoder_pretrain.recaption_share <= 1,
-        "encoder_pretrain.recaption_share",
-        "must be between 0 and 1",
-    )
-    check(0 <= cfg.data.interleaved_qa_share <= 1, "data.interleaved_qa_share", "must be between 0 and 1")
-    check(
-        cfg.data.max_images_per_document >= 2, "data.max_images_per_document", "an interleaved page needs 2+"
-    )
     check(world.min_signs >= 1, "data.world.min_signs", "every scene needs a sign (reading is a task)")
     check(
         world.min_signs <= world.max_signs,
         "data.world.min_signs",
         f"min_signs {world.min_signs} exceeds max_signs {world.max_signs}",
     )
+    check(0 <= data.recaption_share <= 1, "data.recaption_share", "must be between 0 and 1")
+    check(0 <= data.interleaved_qa_share <= 1, "data.interleaved_qa_share", "must be between 0 and 1")
+    check(data.max_images_per_document >= 2, "data.max_images_per_document", "an interleaved page needs 2+")
+    for what, tokens in _longest_sequences(cfg).items():
+        check(
+            tokens <= data.max_seq_len,
+            "data.max_seq_len",
+            f"{what} needs {tokens} tokens with {cfg.connector.num_image_tokens} image tokens per image; "
+            f"max_seq_len is {data.max_seq_len}",
+        )
+
+
+def _eval_problems(cfg: MM1Config, check: _Check) -> None:
     check(
         all(e >= 0 for e in cfg.eval.shots), "eval.shots", f"shot counts must be >= 0, got {cfg.eval.shots}"
     )
-    problems += [ConfigError("eval.tasks", message) for message in eval_task_problems(cfg.eval)]
-    for what, tokens in _longest_sequences(cfg).items():
-        check(
-            tokens <= cfg.data.max_seq_len,
-            "data.max_seq_len",
-            f"{what} needs {tokens} tokens with {cfg.connector.num_image_tokens} image tokens per image; "
-            f"max_seq_len is {cfg.data.max_seq_len}",
-        )
-    return problems
+    for message in eval_task_problems(cfg.eval):
+        check(False, "eval.tasks", message)
 
 
 def eval_task_problems(cfg: EvalConfig) -> list[str]:

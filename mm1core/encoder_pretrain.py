@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm1core.config import MM1Config, TrainConfig, WorldConfig, config_to_dict, encoder_seed
+from mm1core.config import ENCODER_LOSSES, MM1Config, TrainConfig, WorldConfig, config_to_dict, encoder_seed
 from mm1core.data.sources import encode_document, images_to_tensor, pad_rows, source_counts
 from mm1core.data.text import alt_caption, recaption, world_vocabulary
 from mm1core.data.tokenizer import WordTokenizer
@@ -37,7 +37,7 @@ from mm1core.text_tower import TextTower
 from mm1core.train import train
 from mm1core.vit import ViT
 
-__all__ = ["pretrain_encoder", "hard_negative"]
+__all__ = ["hard_negative", "pretrain_encoder", "train_aim", "train_clip"]
 
 
 def _seed(cfg: MM1Config) -> str:
@@ -129,7 +129,7 @@ class _CLIPPretrainer(nn.Module):
         return LOSSES["clip"](self.embed_images(images), self.text_proj(self.text(texts)), self.logit_scale)
 
 
-def _train_clip(
+def train_clip(
     cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None], progress: Path
 ) -> dict:
     pre = cfg.encoder_pretrain
@@ -211,7 +211,7 @@ class _AIMPretrainer(nn.Module):
         return LOSSES["aim"](predictions, targets, prefix_len)
 
 
-def _train_aim(
+def train_aim(
     cfg: MM1Config, device: torch.device, on_log: Callable[[int, dict[str, float]], None], progress: Path
 ) -> dict:
     pre = cfg.encoder_pretrain
@@ -232,9 +232,6 @@ def _train_aim(
     return _run_stage(model, encoder, step_loss, cfg, device, on_log, progress)
 
 
-_STAGES = {"clip": _train_clip, "aim": _train_aim}
-
-
 def pretrain_encoder(
     cfg: MM1Config,
     *,
@@ -246,11 +243,10 @@ def pretrain_encoder(
     loss = cfg.encoder_pretrain.loss
     if loss == "none":
         return None, False
-    if loss not in _STAGES:
-        raise ValueError(f"encoder loss {loss!r} is not supported; known: none, {', '.join(_STAGES)}")
+    train_stage = ENCODER_LOSSES.load(loss)  # "none" returned above
     result, built = cached_stage(
         cache_dir,
         encoder_stage_key(config_to_dict(cfg)),
-        lambda progress: _STAGES[loss](cfg, device, on_log, progress),
+        lambda progress: train_stage(cfg, device, on_log, progress),
     )
     return result["encoder"], built

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mm1core.blocks import Block, KVCache, RMSNorm, rotary_tables
-from mm1core.config import LMConfig
+from mm1core.config import LM_POSITIONS, LMConfig
 from mm1core.moe import MoEFeedForward
 
 __all__ = ["DecoderLM"]
@@ -22,8 +22,8 @@ class DecoderLM(nn.Module):
         self.embed = nn.Embedding(vocab_size, cfg.width)
         if cfg.positions == "learned":
             self.pos_embed = nn.Parameter(torch.randn(1, max_seq_len, cfg.width) * 0.02)
-        elif cfg.positions != "rope":
-            raise ValueError(f"position encoding {cfg.positions!r} is not supported; known: learned, rope")
+        elif cfg.positions not in LM_POSITIONS:
+            raise ValueError(LM_POSITIONS.unknown(cfg.positions))
         self.blocks = nn.ModuleList(
             Block(
                 cfg.width,

@@ -39,10 +39,7 @@ class MM1(nn.Module):
         self.lm = lm
         self.image_token_id = image_token_id
         if token_positions not in IMAGE_TOKEN_POSITIONS:
-            raise ValueError(
-                f"image-token positions {token_positions!r} are not supported; "
-                f"known: {', '.join(IMAGE_TOKEN_POSITIONS)}"
-            )
+            raise ValueError(IMAGE_TOKEN_POSITIONS.unknown(token_positions))
         # Questions name objects by their place ("the object at r1c2"); an embedding of each token's place lets the
         # LM find a place by attention wherever the image sits in the sequence, which sequence positions alone
         # cannot say once images sit at varying offsets in interleaved pages. At the scale of the LM's word

@@ -93,7 +93,7 @@ CASES = {
         VALID.replace(
             "- name: data_ratio\n    values: [5:5:1, 1:0:0]", "- name: encoder_loss\n    values: [clip, mae]"
         ),
-        ["study.yaml:11: axes[1].values[1]: unknown encoder loss 'mae'; known: none, clip, aim"],
+        ["study.yaml:11: axes[1].values[1]: unknown encoder loss 'mae' (known: none, clip, aim)"],
     ),
     "unknown encoder size": (
         VALID.replace(

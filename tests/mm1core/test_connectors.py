@@ -9,12 +9,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from mm1core.config import (
-    CONNECTOR_TOKEN_RULES,
-    ConnectorConfig,
-    connector_problem,
-)
-from mm1core.connectors import CONNECTORS, build_connector
+from mm1core.config import CONNECTORS, ConnectorConfig, connector_problem
+from mm1core.connectors import build_connector
 from mm1core.data.shards import trial_batch
 from mm1core.presets import get_preset
 
@@ -111,10 +107,6 @@ def test_full_model_forward(name):
     logits = model(batch.tokens, batch.images)
     assert logits.shape == (*batch.tokens.shape, tokenizer.vocab_size)
     assert torch.isfinite(logits).all()
-
-
-def test_connector_registry_matches_validation_rules():
-    assert set(CONNECTORS) == set(CONNECTOR_TOKEN_RULES)
 
 
 @pytest.mark.parametrize("name", sorted(CONNECTORS))
