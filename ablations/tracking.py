@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from ablations.plan import Trial
 from mm1core.config import flatten
-from mm1core.storage import append_jsonl, read_jsonl
+from mm1core.storage import append_jsonl, atomic_write_text, read_jsonl
 
 __all__ = [
     "Tracker",
@@ -150,9 +150,7 @@ class _Outbox:
         finally:
             rest = ops[done:]
             if rest:
-                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-                tmp.write_text("".join(json.dumps(op) + "\n" for op in rest))
-                os.replace(tmp, self.path)
+                atomic_write_text(self.path, "".join(json.dumps(op) + "\n" for op in rest))
             else:
                 self.path.unlink(missing_ok=True)
         return len(rest)

@@ -43,7 +43,7 @@ def run_trial(
     device: torch.device = torch.device("cpu"),
     on_metrics: Callable[[int, dict[str, float]], None] = lambda step, metrics: None,
     checkpoint_path: Path | None = None,
-    cache_dir: Path = Path("results/cache"),
+    cache_dir: Path,
 ) -> TrialOutcome:
     """Pre-train (or fetch) the encoder, train the multimodal model, fine-tune it (if `sft.steps`), evaluate it.
 

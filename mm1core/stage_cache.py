@@ -10,7 +10,6 @@ aside and rebuilt, and the planner says it will be.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -19,19 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from mm1core.config import encoder_seed
-from mm1core.storage import DamagedFile, is_intact, load_checked, quarantine, save_checked
+from mm1core.storage import (
+    DamagedFile,
+    build_once,
+    is_intact,
+    load_checked,
+    quarantine,
+    save_checked,
+    source_hash,
+)
 
 __all__ = ["cache_state", "cached_stage", "code_version", "encoder_stage_key", "stage_key"]
 
 
 @functools.cache
 def code_version() -> str:
-    digest = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+    """The version of the whole core: any change to it rebuilds every cached stage."""
+    return source_hash(Path(__file__).parent, "**/*.py")[:12]
 
 
 def stage_key(stage: str, determinants: dict[str, Any]) -> str:
@@ -73,18 +76,23 @@ def cached_stage(cache_dir: Path, key: str, build: Callable[[Path], Any]) -> tup
 
     build(progress) may checkpoint to `progress`: a builder killed part-way leaves it, and the next one resumes there.
     """
-    cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.pt"
-    with open(cache_dir / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            try:
-                return load_checked(path), False
-            except DamagedFile as err:
-                quarantine(path, str(err))
+
+    def existing() -> Any:
+        if not path.exists():
+            return None
+        try:
+            return load_checked(path)
+        except DamagedFile as err:
+            quarantine(path, str(err))
+            return None
+
+    def built() -> Any:
         progress = cache_dir / f"{key}.progress.pt"
         result = build(progress)
         save_checked(result, path)
         progress.unlink(missing_ok=True)
         progress.with_name(progress.name + ".sha256").unlink(missing_ok=True)
-        return result, True
+        return result
+
+    return build_once(cache_dir / f"{key}.lock", existing, built)

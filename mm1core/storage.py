@@ -1,4 +1,5 @@
-"""Files that survive a kill and say when they are damaged: atomic writes, checksummed tensors, quarantine.
+"""Files that survive a kill and say when they are damaged: atomic writes, checksummed tensors, quarantine, things
+built once by whichever process gets there first, and the hash of the code that made them.
 
 Every file the project writes goes to a temporary name beside its destination and is renamed into place, so a kill
 mid-write leaves the previous file or none, never a torn one. Tensor files (cached stages, checkpoints) also get a
@@ -9,6 +10,7 @@ storage, or from before checksums) is not loaded but moved aside with a message 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -16,18 +18,22 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
     "DamagedFile",
     "atomic_write",
     "append_jsonl",
     "atomic_write_text",
+    "build_once",
     "is_intact",
     "load_checked",
     "quarantine",
     "read_jsonl",
     "save_checked",
+    "source_hash",
 ]
 
 
@@ -49,7 +55,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def append_jsonl(path: Path, record: Any) -> None:
@@ -135,3 +141,28 @@ def load_checked(path: Path, *, map_location: Any = "cpu") -> Any:
         raise DamagedFile(
             f"not a tensor file that loads without running code ({type(err).__name__})"
         ) from err
+
+
+def build_once(lock: Path, existing: Callable[[], T | None], build: Callable[[], T]) -> tuple[T, bool]:
+    """(what `existing()` finds, or else what `build()` makes; whether this call built it), with every process that
+    asks at once waiting on one lock file: one builds, the others then find its result."""
+    found = existing()
+    if found is not None:
+        return found, False
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        found = existing()
+        if found is not None:
+            return found, False
+        return build(), True
+
+
+def source_hash(root: Path, pattern: str) -> str:
+    """SHA-256 of the files under `root` that match `pattern` (names and bytes, in sorted order): the version of the
+    code that made a cached thing, so a change to that code never reuses it."""
+    digest = hashlib.sha256()
+    for path in sorted(root.glob(pattern)):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

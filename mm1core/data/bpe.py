@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 
 from mm1core.data.byo import Paths, expand_paths, read_texts
 from mm1core.data.tokenizer import BOS, EOS, IMAGE, PAD
+from mm1core.storage import atomic_write_text
 
 __all__ = ["DEFAULT_VOCAB_SIZE", "SPECIAL_TOKENS", "BPETokenizer", "tokenizer_for_files"]
 
@@ -65,16 +64,7 @@ class BPETokenizer:
 
     def save(self, path: str | Path) -> None:
         """Atomically: a concurrent reader sees the old file or the whole new one."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                file.write(self._tokenizer.to_str())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write_text(Path(path), self._tokenizer.to_str())
 
     @property
     def vocab_size(self) -> int:

@@ -23,7 +23,6 @@ the same shard blocks on the lock, then reads. A shard that cannot be read (say,
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import json
@@ -39,7 +38,7 @@ import torch
 from mm1core.config import DataConfig, MM1Config
 from mm1core.data.sources import Batch, data_files, images_to_tensor, make_batch
 from mm1core.data.tokenizer import Tokenizer
-from mm1core.storage import atomic_write, atomic_write_text
+from mm1core.storage import atomic_write, atomic_write_text, build_once, source_hash
 
 __all__ = [
     "DEFAULT_STEPS_PER_SHARD",
@@ -66,12 +65,8 @@ _SCHEMA = pa.schema(
 
 @functools.cache
 def data_code_version() -> str:
-    digest = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted(root.glob("*.py")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    """The version of the data code alone: a change to the model leaves the shards of batches valid."""
+    return source_hash(Path(__file__).parent, "*.py")
 
 
 def _vocabulary_hash(tokenizer: Tokenizer) -> str:
@@ -157,23 +152,21 @@ class ShardCache:
 
     def _shard(self, index: int, build_step: Callable[[int], Batch]) -> _Shard:
         path = self.directory / f"{index}.parquet"
-        shard = self._read(path) if path.exists() else None
-        if shard is not None:
-            return shard
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / f"{index}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            shard = self._read(path) if path.exists() else None
+
+        def built() -> _Shard:
+            self._describe_key()
+            first = index * self.steps_per_shard
+            steps = range(first, first + self.steps_per_shard)
+            atomic_write(path, lambda tmp: pq.write_table(self._table(steps, build_step), tmp))
+            # Read back what was written, so the run that builds a shard sees exactly what later runs read.
+            shard = self._read(path)
             if shard is None:
-                self._describe_key()
-                first = index * self.steps_per_shard
-                steps = range(first, first + self.steps_per_shard)
-                atomic_write(path, lambda tmp: pq.write_table(self._table(steps, build_step), tmp))
-                # Read back what was written, so the run that builds a shard sees exactly what later runs read.
-                shard = self._read(path)
-        if shard is None:
-            raise RuntimeError(f"the shard just written to {path} cannot be read back")
-        return shard
+                raise RuntimeError(f"the shard just written to {path} cannot be read back")
+            return shard
+
+        return build_once(
+            self.directory / f"{index}.lock", lambda: self._read(path) if path.exists() else None, built
+        )[0]
 
     def _describe_key(self) -> None:
         path = self.directory / "key.json"

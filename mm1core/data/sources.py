@@ -78,6 +78,8 @@ def build_tokenizer(cfg: DataConfig, cache_dir: Path | None = None, *, world_tex
     files = data_files(cfg)
     if not files:
         return WordTokenizer(world_vocabulary(cfg.world))
+    if cache_dir is None:
+        raise ValueError("a tokenizer for a study's own files needs cache_dir, where it is trained once and kept")
     from mm1core.data.bpe import (
         tokenizer_for_files,  # only studies that bring data need the tokenizers library
     )
@@ -89,7 +91,7 @@ def build_tokenizer(cfg: DataConfig, cache_dir: Path | None = None, *, world_tex
         else []
     )
     return tokenizer_for_files(
-        files, cfg.bpe_vocab_size, cache_dir or Path("results/cache"), extra_texts=world_texts
+        files, cfg.bpe_vocab_size, cache_dir, extra_texts=world_texts
     )
 
 

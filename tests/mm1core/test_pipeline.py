@@ -20,9 +20,9 @@ def _lm_terms(model, batch, cfg):
     return LOSSES["lm"](logits, batch.targets, z_loss_coef=cfg.train.z_loss_coef)
 
 
-def test_trial_reports_the_evaluation_suite_with_items_and_protocols():
+def test_trial_reports_the_evaluation_suite_with_items_and_protocols(tmp_path):
     cfg = get_preset("tiny")
-    outcome = run_trial(cfg)
+    outcome = run_trial(cfg, cache_dir=tmp_path)
     for metric in ("0shot/avg", "4shot/avg", "8shot/avg", "textcore/avg", "0shot/vqa/reading", "8shot/cider"):
         assert 0.0 <= outcome.metrics[metric] <= 10.0  # CIDEr-D is scaled by 10
     assert outcome.metrics["heldout/loss"] > 0

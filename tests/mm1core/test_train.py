@@ -89,9 +89,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_non_finite_loss_aborts_with_a_clear_error():
+def test_non_finite_loss_aborts_with_a_clear_error(tmp_path):
     cfg = config_from_dict(
         apply_overrides(config_to_dict(get_preset("tiny")), {"train.lr": 100.0, "train.steps": 20})
     )
     with pytest.raises(FloatingPointError, match="non-finite (training loss|gradient norm)"):
-        run_trial(cfg)
+        run_trial(cfg, cache_dir=tmp_path)
