@@ -599,7 +599,8 @@ def _task_file_problems(study: Study) -> list[str]:
                 problems += [
                     f"{where}: {problem}" for problem in validate_task_files(files, task["kind"], split=split)
                 ]
-    return problems
+    # The items and the demonstrations of a task may be two splits of one file: a missing file is said once.
+    return list(dict.fromkeys(problems))
 
 
 def study_json_schema() -> dict:

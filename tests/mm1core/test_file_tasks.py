@@ -326,3 +326,23 @@ def test_calibration_cuts_file_tasks_by_the_share_it_cuts_the_worlds_items(digit
     test_rows = len(read_task_rows(task["files"], "vqa", split="test"))
     assert tasks[0] == {"name": "world"} and shrunk(tree)["eval"]["num_items"] == 100  # of the world's 700
     assert tasks[1]["max_items"] == round(test_rows * 100 / 700)
+
+
+def test_a_missing_task_file_is_said_once_even_when_its_demonstrations_come_from_it(tmp_path, write_study):
+    study = write_study(
+        """
+        name: missing-task
+        reference:
+          preset: tiny
+          overrides:
+            eval.tasks:
+              - {name: digits, kind: vqa, files: gone.parquet, split: test, demos_split: train}
+        seeds: [0]
+        """
+    )
+    result = run_cli("plan", str(study), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "gone.parquet" in line]
+    assert lines == [
+        f"{study}:6: reference.overrides.eval.tasks[0].files: {tmp_path / 'gone.parquet'}: no such file"
+    ]
