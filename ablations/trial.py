@@ -68,10 +68,7 @@ def train_trial(tune_config: dict[str, Any]) -> None:
         for event in read_jsonl(log):
             events.put((index, event))
 
-        def report(step: int, metrics: dict[str, float]) -> None:
-            stage = next(
-                (s for s in ("encoder", "sft") if any(k.startswith(f"{s}/") for k in metrics)), "multimodal"
-            )
+        def report(stage: str, step: int, metrics: dict[str, float]) -> None:
             total = {"encoder": cfg.encoder_pretrain.steps, "sft": cfg.sft.steps}.get(stage, cfg.train.steps)
             if stage == "multimodal":
                 last_step[0] = step

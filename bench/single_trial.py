@@ -82,7 +82,7 @@ def main() -> None:
     encoder_done: list[float] = []
     started = time.perf_counter()
 
-    def on_metrics(step: int, metrics: dict[str, float]) -> None:
+    def on_metrics(stage: str, step: int, metrics: dict[str, float]) -> None:
         if "lr_law/optimal_peak_lr" in metrics:
             encoder_done.append(time.perf_counter() - started)
         for name in PLOTTED:

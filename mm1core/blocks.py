@@ -5,6 +5,8 @@ Shape suffixes: B batch, T sequence length, D width, H heads, Dh head width (D /
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -176,22 +178,7 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(width)
         self.mlp = mlp if mlp is not None else SwiGLU(width, swiglu_hidden(width))
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        *,
-        causal: bool,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        attn_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        token_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        x = x + self.attn(
-            self.attn_norm(x),
-            causal=causal,
-            rope=rope,
-            attn_mask=attn_mask,
-            cache=cache,
-            token_mask=token_mask,
-        )
+    def forward(self, x: torch.Tensor, **attention: Any) -> torch.Tensor:
+        """x (B, T, D) -> (B, T, D); `attention` is Attention.forward's keywords (causal, rope, cache, ...)."""
+        x = x + self.attn(self.attn_norm(x), **attention)
         return x + self.mlp(self.mlp_norm(x))

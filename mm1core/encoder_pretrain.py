@@ -183,7 +183,8 @@ def _run_stage(
         step_loss,
         schedule,
         device=device,
-        on_log=lambda step, m: on_log(step, {k.replace("train/", "encoder/"): v for k, v in m.items()}),
+        on_log=on_log,
+        metric_prefix="encoder",
         checkpoint_path=progress,
     )
     return {"encoder": {k: v.cpu() for k, v in encoder.state_dict().items()}}

@@ -41,15 +41,16 @@ def run_trial(
     cfg: MM1Config,
     *,
     device: torch.device = torch.device("cpu"),
-    on_metrics: Callable[[int, dict[str, float]], None] = lambda step, metrics: None,
+    on_metrics: Callable[[str, int, dict[str, float]], None] = lambda stage, step, metrics: None,
     checkpoint_path: Path | None = None,
     cache_dir: Path,
 ) -> TrialOutcome:
     """Pre-train (or fetch) the encoder, train the multimodal model, fine-tune it (if `sft.steps`), evaluate it.
 
-    on_metrics(step, metrics) sees the encoder stage's metrics (`encoder/*`, when this trial builds it), the probes
-    of the encoder multimodal training starts from (`probe/pretrained/*`), then the multimodal stage's training and
-    evaluation metrics, then the SFT stage's (`sft/*`); the final metrics add the probes of the final encoder.
+    on_metrics(stage, step, metrics) sees, stage by stage: "encoder" (`encoder/*`, when this trial builds it),
+    "multimodal" (the probes of the encoder it starts from, `probe/pretrained/*`, then its training and evaluation
+    metrics), "sft" (`sft/*`); then, as "multimodal" at the last step, the final evaluation with the probes of the
+    final encoder. Each stage's training loop names its metrics with its own prefix: nothing is renamed.
     """
     problems = config_problems(cfg)
     if problems:
@@ -63,7 +64,7 @@ def run_trial(
     model = build_mm1(cfg, tokenizer).to(device)
     encoder_started = time.perf_counter()
     encoder_state, built_encoder = pretrain_encoder(
-        cfg, device=device, cache_dir=cache_dir, on_log=on_metrics
+        cfg, device=device, cache_dir=cache_dir, on_log=lambda step, m: on_metrics("encoder", step, m)
     )
     # Building the encoder, loading it from the cache, or waiting for another trial to build it.
     encoder_s = time.perf_counter() - encoder_started
@@ -77,12 +78,12 @@ def run_trial(
         if probing
         else {}
     )
-    on_metrics(0, pretrained_probes)
+    on_metrics("multimodal", 0, pretrained_probes)
     model.freeze(cfg.train.freeze)
     num_params = sum(p.numel() for p in model.parameters())
     law_lr = optimal_peak_lr(num_params)
     schedule = dataclasses.replace(cfg.train, lr=law_lr) if cfg.train.lr == "auto" else cfg.train
-    on_metrics(0, {"lr_law/optimal_peak_lr": law_lr, "lr_law/chosen_peak_lr": schedule.lr})
+    on_metrics("multimodal", 0, {"lr_law/optimal_peak_lr": law_lr, "lr_law/chosen_peak_lr": schedule.lr})
 
     def batch_loss(batch: Batch) -> dict[str, torch.Tensor]:
         """The batch's loss terms, one forward pass per length group, weighted by each group's share of targets."""
@@ -143,10 +144,10 @@ def run_trial(
         ),
         schedule,
         device=device,
-        on_log=on_metrics,
+        on_log=lambda step, m: on_metrics("multimodal", step, m),
         # Each round says how many items it scored: an intermediate round's subset is not the final round's set.
         on_eval=lambda step: on_metrics(
-            step, run_eval(intermediate=True).metrics | _items_record(cfg, intermediate=True)
+            "multimodal", step, run_eval(intermediate=True).metrics | _items_record(cfg, intermediate=True)
         ),
         checkpoint_path=checkpoint_path,
         checkpoint_config=config_to_dict(cfg),
@@ -172,7 +173,8 @@ def run_trial(
             lambda step: batch_loss(timed("data", lambda: sft_batch(cfg, tokenizer, step))),
             sft_schedule,
             device=device,
-            on_log=lambda step, m: on_metrics(step, {k.replace("train/", "sft/"): v for k, v in m.items()}),
+            on_log=lambda step, m: on_metrics("sft", step, m),
+            metric_prefix="sft",
             checkpoint_path=checkpoint_path.with_suffix(".sft.pt") if checkpoint_path else None,
             checkpoint_config=config_to_dict(cfg),
         )
@@ -193,7 +195,7 @@ def run_trial(
     }
     # The pre-trained probes ride along so that the trial's results row holds both ends of the encoder's story.
     metrics = result.metrics | final_probes | pretrained_probes | timing | _items_record(cfg)
-    on_metrics(last_step, metrics)
+    on_metrics("multimodal", last_step, metrics)
     return TrialOutcome(
         metrics=metrics,
         eval=result,

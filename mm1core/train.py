@@ -59,6 +59,7 @@ def train(
     checkpoint_path: Path | None = None,
     checkpoint_config: dict | None = None,
     lr_scales: dict[str, float] | None = None,
+    metric_prefix: str = "train",
 ) -> int:
     """Train the trainable parameters of `model` for cfg.steps steps, resuming from checkpoint_path if it exists.
 
@@ -112,13 +113,13 @@ def train(
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             elapsed = time.perf_counter() - tick
-            metrics = {f"train/{k}": v.item() for k, v in terms.items()}
+            metrics = {f"{metric_prefix}/{k}": v.item() for k, v in terms.items()}
             metrics |= {
-                "train/loss": loss.item(),
-                "train/lr": get_lr(step, cfg),
-                "train/grad_norm": grad_norm.item(),
+                f"{metric_prefix}/loss": loss.item(),
+                f"{metric_prefix}/lr": get_lr(step, cfg),
+                f"{metric_prefix}/grad_norm": grad_norm.item(),
             }
-            metrics["train/steps_per_s"] = cfg.log_every / elapsed if elapsed > 0 else 0.0
+            metrics[f"{metric_prefix}/steps_per_s"] = cfg.log_every / elapsed if elapsed > 0 else 0.0
             on_log(done, metrics)
             tick = time.perf_counter()
         evaluating = bool(cfg.eval_every) and done % cfg.eval_every == 0 and done != cfg.steps

@@ -79,7 +79,9 @@ def build_tokenizer(cfg: DataConfig, cache_dir: Path | None = None, *, world_tex
     if not files:
         return WordTokenizer(world_vocabulary(cfg.world))
     if cache_dir is None:
-        raise ValueError("a tokenizer for a study's own files needs cache_dir, where it is trained once and kept")
+        raise ValueError(
+            "a tokenizer for a study's own files needs cache_dir, where it is trained once and kept"
+        )
     from mm1core.data.bpe import (
         tokenizer_for_files,  # only studies that bring data need the tokenizers library
     )
@@ -90,9 +92,7 @@ def build_tokenizer(cfg: DataConfig, cache_dir: Path | None = None, *, world_tex
         if world_text
         else []
     )
-    return tokenizer_for_files(
-        files, cfg.bpe_vocab_size, cache_dir, extra_texts=world_texts
-    )
+    return tokenizer_for_files(files, cfg.bpe_vocab_size, cache_dir, extra_texts=world_texts)
 
 
 @functools.cache

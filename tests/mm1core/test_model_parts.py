@@ -104,7 +104,7 @@ def test_lr_law_at_the_papers_sizes():
 def test_lr_auto_uses_the_law_and_reports_it(tmp_path):
     cfg = config_from_dict(apply_overrides(config_to_dict(get_preset("tiny")), {"train.lr": "auto"}))
     seen = {}
-    outcome = run_trial(cfg, cache_dir=tmp_path, on_metrics=lambda step, m: seen.update(m))
+    outcome = run_trial(cfg, cache_dir=tmp_path, on_metrics=lambda stage, step, m: seen.update(m))
     assert (
         seen["lr_law/chosen_peak_lr"] == seen["lr_law/optimal_peak_lr"] == optimal_peak_lr(outcome.num_params)
     )
@@ -124,7 +124,7 @@ def test_variants_train(overrides, tmp_path):
     run_trial(
         cfg,
         cache_dir=tmp_path,
-        on_metrics=lambda step, m: "train/loss" in m and losses.append(m["train/loss"]),
+        on_metrics=lambda stage, step, m: "train/loss" in m and losses.append(m["train/loss"]),
     )
     assert losses[-1] < losses[0]
 
@@ -184,6 +184,6 @@ def test_moe_lm_trains_with_its_auxiliary_losses(tmp_path):
         )
     )
     seen = []
-    run_trial(cfg, cache_dir=tmp_path, on_metrics=lambda step, m: "train/loss" in m and seen.append(m))
+    run_trial(cfg, cache_dir=tmp_path, on_metrics=lambda stage, step, m: "train/loss" in m and seen.append(m))
     assert seen[-1]["train/loss"] < seen[0]["train/loss"]
     assert 0 < seen[-1]["train/moe_balance_loss"] and 0 < seen[-1]["train/router_z_loss"]

@@ -36,15 +36,23 @@ def test_trial_reports_the_evaluation_suite_with_items_and_protocols(tmp_path):
 
 def test_sft_stage_trains_on_instructions_after_pretraining(tmp_path):
     cfg = get_preset("tiny")
-    cfg = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, steps=6, batch_size=4, warmup_steps=2))
+    cfg = dataclasses.replace(
+        cfg,
+        sft=dataclasses.replace(cfg.sft, steps=6, batch_size=4, warmup_steps=2),
+        encoder_pretrain=dataclasses.replace(cfg.encoder_pretrain, loss="clip"),
+    )
     seen: dict[str, list[int]] = {}
+    stages: dict[str, set[str]] = {}
 
-    def on_metrics(step, metrics):
+    def on_metrics(stage, step, metrics):
         for name in metrics:
             seen.setdefault(name, []).append(step)
+            stages.setdefault(name.split("/")[0], set()).add(stage)
 
     outcome = run_trial(cfg, on_metrics=on_metrics, checkpoint_path=tmp_path / "trial.pt", cache_dir=tmp_path)
     assert seen["train/loss"][-1] == cfg.train.steps and seen["sft/loss"][-1] == 6
+    # Each stage names itself and its metrics: the encoder's, the multimodal stage's and SFT's never mix.
+    assert stages["encoder"] == {"encoder"} and stages["train"] == {"multimodal"} and stages["sft"] == {"sft"}
     assert (tmp_path / "trial.sft.pt").exists()
     assert "8shot/avg" in outcome.metrics
     # Resuming a finished trial replays nothing and ends where it ended.
@@ -79,7 +87,7 @@ def test_intermediate_rounds_score_a_subset_and_the_final_round_all_items(tmp_pa
     )
     rounds: dict[int, set[str]] = {}
 
-    def record(step: int, metrics: dict[str, float]) -> None:
+    def record(stage: str, step: int, metrics: dict[str, float]) -> None:
         if "0shot/vqa" in metrics:
             rounds[step] = {m.removeprefix("0shot/vqa/") for m in metrics if m.startswith("0shot/vqa/")}
 

@@ -84,7 +84,7 @@ def test_a_trial_reports_probes_of_the_encoder_it_starts_from_and_ends_with(tmp_
         eval=EvalConfig(num_items=14, batch_size=14, shots=(0,)),
     )
     seen: list[tuple[int, dict]] = []
-    outcome = run_trial(cfg, on_metrics=lambda step, m: seen.append((step, m)), cache_dir=tmp_path)
+    outcome = run_trial(cfg, on_metrics=lambda stage, step, m: seen.append((step, m)), cache_dir=tmp_path)
     assert any(step == 0 and "probe/pretrained/color" in m for step, m in seen)
     for when in ("pretrained", "final"):
         for attribute in PROBE_ATTRIBUTES:
