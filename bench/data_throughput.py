@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from mm1core.data.render import render_scene
 from mm1core.data.shards import ShardCache
 from mm1core.data.sources import SOURCES, build_tokenizer, make_batch, source_document
-from mm1core.data.world import render_scene
 from mm1core.presets import get_preset
 
 

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mm1core.config import ENCODER_LOSSES, MM1Config, TrainConfig, WorldConfig, config_to_dict, encoder_seed
+from mm1core.data.render import render_scene
 from mm1core.data.sources import encode_document, images_to_tensor, pad_rows, source_counts
 from mm1core.data.text import alt_caption, recaption, world_vocabulary
 from mm1core.data.tokenizer import WordTokenizer
-from mm1core.data.world import COLORS, SHAPES, SIZES, Scene, render_scene, sample_scene
+from mm1core.data.world import COLORS, SHAPES, SIZES, Scene, sample_scene
 from mm1core.losses import LOSSES
 from mm1core.losses.aim import normalised_patches
 from mm1core.stage_cache import cached_stage, encoder_stage_key

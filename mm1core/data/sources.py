@@ -23,6 +23,7 @@ import torch
 
 from mm1core.config import DataConfig, MM1Config, WorldConfig, parse_ratio
 from mm1core.data.documents import IMAGE_PLACEHOLDER, Document, ImageRef
+from mm1core.data.render import render_scene
 from mm1core.data.text import (
     QUESTION_CATEGORIES,
     alt_caption,
@@ -33,7 +34,7 @@ from mm1core.data.text import (
     world_vocabulary,
 )
 from mm1core.data.tokenizer import Tokenizer, WordTokenizer
-from mm1core.data.world import Scene, render_scene, sample_scene
+from mm1core.data.world import Scene, sample_scene
 
 __all__ = [
     "EVAL_SEED_OFFSET",

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 
 from mm1core.config import DataConfig
 from mm1core.data.documents import IMAGE_PLACEHOLDER, Document
+from mm1core.data.render import render_scene
 from mm1core.data.sources import encode_document, fit_document, images_to_tensor, pad_rows
 from mm1core.data.text import QUESTION_CATEGORIES, caption_references, qa_words, question
 from mm1core.data.tokenizer import Tokenizer
-from mm1core.data.world import Scene, render_scene
+from mm1core.data.world import Scene
 from mm1core.mm1 import MM1
 
 __all__ = ["heldout_documents", "heldout_metrics"]

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from mm1core.config import WorldConfig
+from mm1core.data.render import render_scene
 from mm1core.data.sources import EVAL_SEED_OFFSET, images_to_tensor
-from mm1core.data.world import Scene, render_scene, sample_scene
+from mm1core.data.world import Scene, sample_scene
 from mm1core.mm1 import eval_mode
 from mm1core.vit import ViT
 

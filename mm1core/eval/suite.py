@@ -30,6 +30,7 @@ import torch
 from mm1core.config import DataConfig, EvalConfig, WorldConfig
 from mm1core.data.byo import decode_image
 from mm1core.data.documents import IMAGE_PLACEHOLDER
+from mm1core.data.render import render_scene
 from mm1core.data.sources import EVAL_SEED_OFFSET, encode_document, images_to_tensor
 from mm1core.data.text import (
     QUESTION_CATEGORIES,
@@ -41,7 +42,7 @@ from mm1core.data.text import (
     recaption,
 )
 from mm1core.data.tokenizer import Tokenizer
-from mm1core.data.world import Scene, render_scene, sample_scene
+from mm1core.data.world import Scene, sample_scene
 from mm1core.eval.floors import fewshot_floors, textcore_floors
 from mm1core.eval.heldout import heldout_metrics
 from mm1core.eval.prompt import Prompt

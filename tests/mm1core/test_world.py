@@ -11,6 +11,7 @@ import pytest
 
 from mm1core.config import DataConfig, EvalConfig, WorldConfig
 from mm1core.data.documents import IMAGE_PLACEHOLDER, Document
+from mm1core.data.render import render_scene
 from mm1core.data.sources import (
     build_tokenizer,
     make_batch,
@@ -20,7 +21,7 @@ from mm1core.data.sources import (
     source_document,
 )
 from mm1core.data.text import QUESTION_CATEGORIES, question, recaption
-from mm1core.data.world import Scene, SceneObject, Sign, positions, render_scene, sample_scene
+from mm1core.data.world import Scene, SceneObject, Sign, positions, sample_scene
 from mm1core.encoder_pretrain import _caption_batch
 from mm1core.eval.suite import fewshot_prompt, textcore_prompt
 from mm1core.presets import get_preset
