@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from dashboards import schema
 from dashboards.cost import cost_html
 from dashboards.findings import assess_all
 from dashboards.floors import (
@@ -34,37 +35,15 @@ from dashboards.search_view import load_search, search_html
 from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
-from mm1core.eval.protocol import PROTOCOL_PREFIX
 
 __all__ = ["arm_table", "metric_columns", "write_report"]
 
-_META = {
-    "study",
-    "trial_id",
-    "arm",
-    "seed",
-    "status",
-    "error",
-    "wall_time_s",
-    "num_params",
-    "device",
-    "mlflow_run_id",
-    "built_encoder",
-    "finished_at",
-    "config_json",
-    "eval_protocol_json",
-    "stopped_at_step",
-    "search",
-}
-
 
 def metric_columns(trials: pd.DataFrame) -> list[str]:
-    return sorted(
-        c for c in trials.columns if "/" in c and c not in _META and not c.startswith(PROTOCOL_PREFIX)
-    )
+    return schema.metric_columns(trials.columns)
 
 
-def axis_columns(trials: pd.DataFrame, study_axes: list[str]) -> list[str]:
+def present_axes(trials: pd.DataFrame, study_axes: list[str]) -> list[str]:
     return [a for a in study_axes if a in trials.columns]
 
 
@@ -376,7 +355,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
     spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
     trials, curves, stale = split_stale(trials, curves, spec.get("planned", []))
     study = spec.get("name", study_dir.name)
-    spec_axes = [axis["name"] for axis in spec.get("axes", [])] or _study_axes(trials)
+    spec_axes = [axis["name"] for axis in spec.get("axes", [])] or schema.axis_columns(trials.columns)
     metrics = metric_columns(trials)
     # Floors are constants of the evaluation set: shown in their own table, never as an arm's result.
     shown = [m for m in metrics if not m.startswith("floor/")]
@@ -386,7 +365,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
 
     figures = [
         _axis_figure(trials, axis, metric)
-        for axis in axis_columns(trials, spec_axes)
+        for axis in present_axes(trials, spec_axes)
         for metric in headline
         if trials[trials["status"] == "finished"][axis].nunique() > 0
     ]
@@ -605,11 +584,6 @@ def _write_summary(
         lines += [f"| {a['id']} | {a['claim']} [{a['tag']}] | {a['ours']} |" for a in assessed]
         pd.DataFrame(assessed).to_csv(study_dir / "findings.csv", index=False)
     (study_dir / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _study_axes(trials: pd.DataFrame) -> list[str]:
-    """Axis columns: those that are neither bookkeeping nor metrics."""
-    return [c for c in trials.columns if c not in _META and "/" not in c]
 
 
 def last_line(text: str) -> str:

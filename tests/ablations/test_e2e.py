@@ -21,6 +21,8 @@ import pytest
 from conftest import MM1ABLATE, run_cli
 from mlflow.tracking import MlflowClient
 
+from dashboards import schema
+
 pytestmark = pytest.mark.slow
 
 STUDY = """
@@ -111,13 +113,18 @@ def test_parquet_tables(finished_study):
     assert len(diverged) == 2 and diverged["error"].str.contains("non-finite gradient norm").all()
     assert (diverged["stopped_at_step"] > 0).all()
     assert {"resolution", "train.lr", "seed", "trial_id", "wall_time_s", "0shot/avg"} <= set(trials.columns)
+    # The tables are what dashboards.schema declares: every column is bookkeeping, a metric, a fingerprint, or an
+    # axis, and the axes are exactly the study's.
+    assert schema.axis_columns(trials.columns) == ["resolution", "train.lr"]
+    assert set(trials["status"]) <= set(schema.STATUSES)
     finished = trials[trials.status == "finished"]
     assert (finished["0shot/avg"] >= 0).all() and (finished["wall_time_s"] > 0).all()
     curves = pd.read_parquet(root / "results" / "tiny-e2e" / "curves.parquet")
     assert set(curves["trial_id"]) >= set(finished["trial_id"])
-    assert {"step", "metric", "value"} <= set(curves.columns)
+    assert set(curves.columns) == set(schema.CURVE_COLUMNS)
     items = pd.read_parquet(root / "results" / "tiny-e2e" / "items.parquet")
     assert len(items) > 0 and set(items["trial_id"]) == set(finished["trial_id"])
+    assert set(items.columns) == set(schema.ITEM_COLUMNS)
 
 
 def test_status_lists_the_trials(finished_study):

@@ -16,6 +16,7 @@ from conftest import REPO, run_cli
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from dashboards import schema
 from mm1core.config import (
     EvalConfig,
     EvalTaskConfig,
@@ -280,6 +281,7 @@ def test_a_study_on_files_alone_is_trained_scored_and_reported(tmp_path, digits)
     study_dir = tmp_path / "results" / "digits-files-only"
     trials = pd.read_parquet(study_dir / "trials.parquet")
     assert (trials["status"] == "finished").all() and len(trials) == 4
+    assert schema.axis_columns(trials.columns) == ["image_tokens"]
     for metric in ("dcap/0shot/cider", "dcap/4shot/bleu4", "dvqa/4shot/vqa/parity", "dtext/4shot/accuracy"):
         assert trials[metric].between(0, 10).all()
     # No generated world anywhere: no world metric, no held-out world documents, no probes of world scenes.
