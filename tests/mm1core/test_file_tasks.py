@@ -348,3 +348,34 @@ def test_a_missing_task_file_is_said_once_even_when_its_demonstrations_come_from
     assert lines == [
         f"{study}:6: reference.overrides.eval.tasks[0].files: {tmp_path / 'gone.parquet'}: no such file"
     ]
+
+
+def test_arms_scored_on_different_task_files_are_never_compared(tmp_path):
+    from dashboards.provenance import comparable_items
+    from mm1core.eval.protocol import protocol_fingerprints
+
+    def protocol(answer: str) -> dict[str, str]:
+        path = tmp_path / f"{answer}.parquet"
+        write_documents(path, "task:text", [{"prompt": "one plus one is", "answers": [answer]}])
+        return protocol_fingerprints(
+            {"sums/0shot": {"task": "sums", "files_sha256": _files_digest(str(path))}}
+        )
+
+    same, other = protocol("2"), protocol("3")
+    assert same != other
+    trials = pd.DataFrame(
+        [
+            {"trial_id": "a", "arm": "reference", "status": "finished", **same},
+            {"trial_id": "b", "arm": "same-file", "status": "finished", **same},
+            {"trial_id": "c", "arm": "other-file", "status": "finished", **other},
+        ]
+    )
+    items = pd.DataFrame(
+        [
+            {"trial_id": t, "arm": a, "seed": 0, "metric": "sums/0shot/accuracy", "item_id": 0, "score": 1.0}
+            for t, a in (("a", "reference"), ("b", "same-file"), ("c", "other-file"))
+        ]
+    )
+    kept, notes = comparable_items(items, trials, "reference")
+    assert set(kept["arm"]) == {"reference", "same-file"}
+    assert notes and "other-file is not compared with reference on sums/0shot/*" in notes[0]
