@@ -15,7 +15,9 @@ __all__ = ["load_study", "plan", "run_study"]
 
 def __getattr__(name: str) -> Any:
     if name == "run_study":
-        from ablations.run import run_study
+        from ablations.run import (
+            run_study,
+        )  # Ray and MLflow only for those who run: start-up of plan and schema
 
         return run_study
     raise AttributeError(name)

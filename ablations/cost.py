@@ -116,7 +116,7 @@ def slots_for(cpu_per_trial: float, cpus: float | None = None) -> int:
 
 def _finished_rates(results_root: Path, shapes: set[str]) -> dict[str, tuple[dict[str, float], int]]:
     """Rates of each shape from finished trials that recorded their stage times: medians, and how many trials."""
-    import pandas as pd
+    import pandas as pd  # only where finished trials exist: planning a new study never loads it
 
     found: dict[str, list[dict[str, float]]] = {}
     for path in results_root.glob("*/trials.parquet"):

@@ -14,6 +14,8 @@ import os
 import signal
 from pathlib import Path
 
+from mm1core.storage import atomic_write_text
+
 __all__ = ["descendants", "end_leftovers", "forget_processes", "record_processes"]
 
 _FILE = ".ray-processes.json"
@@ -54,7 +56,7 @@ def record_processes(study_dir: Path) -> None:
         for pid in descendants(os.getpid())
         if (start := _start_time(pid)) is not None
     ]
-    (study_dir / _FILE).write_text(json.dumps(processes))
+    atomic_write_text(study_dir / _FILE, json.dumps(processes))
 
 
 def forget_processes(study_dir: Path) -> None:

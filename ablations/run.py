@@ -51,6 +51,7 @@ from dashboards.report import last_line, write_report
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 from mm1core.eval.protocol import protocol_fingerprints
 from mm1core.stage_cache import code_version
+from mm1core.storage import atomic_write_text
 
 __all__ = ["ClusterTooSmall", "RunSummary", "run_study"]
 
@@ -660,4 +661,4 @@ def _write_study_json(
         spec_json["search_name"] = search_name(study)
         spec_json["optuna_storage"] = storage_url(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(spec_json, indent=2))
+    atomic_write_text(path, json.dumps(spec_json, indent=2))

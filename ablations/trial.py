@@ -28,7 +28,7 @@ __all__ = ["train_trial"]
 
 
 def _device():
-    import torch
+    import torch  # in the worker only (see train_trial)
 
     if ray.get_gpu_ids() and torch.cuda.is_available():
         return torch.device("cuda")

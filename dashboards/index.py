@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from dashboards.findings import load_findings
+from mm1core.storage import atomic_write_text
 
 __all__ = ["write_index"]
 
@@ -75,7 +76,5 @@ def write_index(results_root: Path) -> Path:
         "</tbody></table></body></html>",
     ]
     path = results_root / "index.html"
-    tmp = path.with_name(".index.html.tmp")
-    tmp.write_text("\n".join(page), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(page))
     return path

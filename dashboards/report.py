@@ -35,6 +35,7 @@ from dashboards.search_view import load_search, search_html
 from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
+from mm1core.storage import atomic_write, atomic_write_text
 
 __all__ = ["arm_table", "metric_columns", "write_report"]
 
@@ -467,9 +468,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         parts.append("<h2>All metrics</h2>" + _table_html(table, shown))
     parts.append("</body></html>")
     path = study_dir / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(parts))
     return path
 
 
@@ -564,7 +563,7 @@ def _write_summary(
             )
         if floored:
             lines += ["", f"⊘: at chance. {rule_text()}"]
-        table.to_csv(study_dir / "arms.csv", index=False)
+        atomic_write(study_dir / "arms.csv", lambda tmp: table.to_csv(tmp, index=False))
     if len(compared):
         lines += ["", f"Against **{reference}**: {_STATS_TEXT}; Holm-corrected:", ""]
         lines += [
@@ -578,12 +577,12 @@ def _write_summary(
             f"| {html.unescape(_what_it_would_take(r))} | {comparison_note(table, str(r.arm), str(reference), r.metric)} |"
             for r in compared.itertuples()
         ]
-        compared.to_csv(study_dir / "comparisons.csv", index=False)
+        atomic_write(study_dir / "comparisons.csv", lambda tmp: compared.to_csv(tmp, index=False))
     if assessed:
         lines += ["", "The paper beside us:", "", "| finding | the paper | ours |", "|---|---|---|"]
         lines += [f"| {a['id']} | {a['claim']} [{a['tag']}] | {a['ours']} |" for a in assessed]
-        pd.DataFrame(assessed).to_csv(study_dir / "findings.csv", index=False)
-    (study_dir / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        atomic_write(study_dir / "findings.csv", lambda tmp: pd.DataFrame(assessed).to_csv(tmp, index=False))
+    atomic_write_text(study_dir / "summary.md", "\n".join(lines) + "\n")
 
 
 def last_line(text: str) -> str:

@@ -125,7 +125,7 @@ def save_checked(obj: Any, path: Path) -> None:
 
 def load_checked(path: Path, *, map_location: Any = "cpu") -> Any:
     """The object saved by save_checked; raises DamagedFile when the bytes are not the ones saved."""
-    import torch
+    import torch  # the driver and the planner use this module's writers without loading torch
 
     sidecar = _sidecar(path)
     if not sidecar.exists():

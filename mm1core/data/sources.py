@@ -98,7 +98,7 @@ def build_tokenizer(cfg: DataConfig, cache_dir: Path | None = None, *, world_tex
 
 @functools.cache
 def _file_documents(source: str, paths: str) -> tuple[Document, ...]:
-    from mm1core.data.byo import read_documents
+    from mm1core.data.byo import read_documents  # pyarrow and Pillow only for studies that bring data
 
     return tuple(read_documents(paths, source))
 
@@ -242,7 +242,7 @@ def pad_rows(rows: list[list[int]], pad_value: int) -> torch.Tensor:
 
 def _image(ref: ImageRef, world: WorldConfig, resolution: int) -> np.ndarray:
     if isinstance(ref, bytes):
-        from mm1core.data.byo import decode_image
+        from mm1core.data.byo import decode_image  # pyarrow and Pillow only for studies that bring data
 
         return decode_image(ref, resolution)
     return render_scene(ref, world, resolution)
