@@ -40,8 +40,9 @@ __all__ = [
     "eval_task_problems",
     "ConnectorConfig",
     "DataConfig",
-    "EVAL_TASK_KINDS",
-    "EVAL_TASK_ROLES",
+    "EVAL_TASKS",
+    "FILE_TASK_KINDS",
+    "FileTaskKind",
     "EvalConfig",
     "EvalTaskConfig",
     "LMConfig",
@@ -251,11 +252,60 @@ class TrainConfig:
     encoder_lr_scale: float = 1.0
 
 
+@dataclass(frozen=True)
+class FileTaskKind:
+    """What a file task of one kind reads, prompts with and records (docs/data-formats.md)."""
+
+    columns: tuple[tuple[str, str], ...]  # (column, "binary" | "string" | "list<string>") of its files
+    scores: tuple[
+        str, ...
+    ]  # recorded as <task>/<k>shot/<score>, the first per item and as the task's headline
+    template: str
+    scorer: str
+
+
 # What an evaluation task scores: the generated world's whole suite, or a user's file of captioning, VQA or text-only
-# items (docs/data-formats.md).
-EVAL_TASK_KINDS = ("world", "caption", "vqa", "text")
-# The paper's columns a file task may stand in for, so that a finding is checked on it beside the world's.
-EVAL_TASK_ROLES = ("", "caption", "vqa", "text")
+# items. A file task of a kind may stand in for the paper's column of that name (`plays`).
+EVAL_TASKS = Registry(
+    "evaluation task kind",
+    [
+        Choice("world", "mm1core.eval.suite:evaluate"),
+        Choice(
+            "caption",
+            "mm1core.eval.file_tasks:evaluate_file_task",
+            spec=FileTaskKind(
+                columns=(("image", "binary"), ("references", "list<string>")),
+                scores=("cider", "bleu4"),
+                template="k x (<image> CAPTION) + <image>",
+                scorer="CIDEr-D (pycocoevalcap) per item, corpus BLEU-4 (pycocoevalcap)",
+            ),
+        ),
+        Choice(
+            "vqa",
+            "mm1core.eval.file_tasks:evaluate_file_task",
+            spec=FileTaskKind(
+                columns=(("image", "binary"), ("question", "string"), ("answers", "list<string>")),
+                scores=("vqa",),
+                template="k x (<image> question Q answer A .) + <image> question Q answer",
+                scorer="VQA accuracy (min(#matching references / 3, 1), averaged over leave-one-out subsets; "
+                "exact match for one reference), VQA-normalised",
+            ),
+        ),
+        Choice(
+            "text",
+            "mm1core.eval.file_tasks:evaluate_file_task",
+            spec=FileTaskKind(
+                columns=(("prompt", "string"), ("answers", "list<string>")),
+                scores=("accuracy",),
+                template="k x (PROMPT A .) + PROMPT",
+                scorer="exact match against any accepted answer, VQA-normalised",
+            ),
+        ),
+    ],
+)
+FILE_TASK_KINDS: dict[str, FileTaskKind] = {
+    name: EVAL_TASKS[name].spec for name in EVAL_TASKS if name != "world"
+}
 # First parts of metric names the trial records itself: a task of one of these names would collide with them.
 RESERVED_TASK_NAMES = (
     "train",
@@ -730,14 +780,9 @@ def eval_task_problems(cfg: EvalConfig) -> list[str]:
             )
         if names.count(task.name) > 1 and names.index(task.name) == i:
             problems.append(f"{label}: the name is used by {names.count(task.name)} tasks")
-        if task.kind not in EVAL_TASK_KINDS:
-            problems.append(f"{label}: unknown kind {task.kind!r}; known: {', '.join(EVAL_TASK_KINDS)}")
+        if task.kind not in EVAL_TASKS:
+            problems.append(f"{label}: {EVAL_TASKS.unknown(task.kind)}")
             continue
-        if task.plays not in EVAL_TASK_ROLES:
-            problems.append(
-                f"{label}: plays {task.plays!r}; a task may play one of the paper's columns: "
-                f"{', '.join(r for r in EVAL_TASK_ROLES if r)}"
-            )
         if any(k < 0 for k in task.shots):
             problems.append(f"{label}: shot counts must be >= 0, got {list(task.shots)}")
         if task.max_items < 0:
@@ -766,7 +811,9 @@ def eval_task_problems(cfg: EvalConfig) -> list[str]:
         if task.demos_split and task.demos_split == task.split and not task.demos:
             problems.append(f"{label}: its demonstrations would be its own items (demos_split = split)")
         if task.plays and task.plays != task.kind:
-            problems.append(f"{label}: a {task.kind} task cannot play the paper's {task.plays} column")
+            problems.append(
+                f"{label}: a {task.kind} task can play the paper's {task.kind} column, not {task.plays!r}"
+            )
     return problems
 
 

@@ -23,7 +23,7 @@ class Choice:
     name: str
     implementation: str = ""  # "package.module:attribute", imported on first use; "" where nothing is built
     check: Callable[..., str | None] | None = None  # why a config cannot use this choice, or None
-    doc: str = ""
+    spec: Any = None  # what else the kind of choice declares about this one (e.g. a task kind's file columns)
 
     def load(self) -> Any:
         if not self.implementation:

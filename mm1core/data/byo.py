@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mm1core.config import FILE_TASK_KINDS
 from mm1core.data.documents import IMAGE_PLACEHOLDER, Document
 from mm1core.data.tokenizer import BOS, EOS, IMAGE, PAD
 
@@ -56,10 +57,10 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 KINDS = tuple(SCHEMAS)
 # Evaluation task files (EvalTaskConfig.kind -> its schema): the items a file task scores, and its demonstrations.
+_ARROW_TYPES = {"binary": pa.binary(), "string": pa.string(), "list<string>": pa.list_(pa.string())}
 TASK_SCHEMAS: dict[str, pa.Schema] = {
-    "caption": pa.schema([("image", pa.binary()), ("references", pa.list_(pa.string()))]),
-    "vqa": pa.schema([("image", pa.binary()), ("question", pa.string()), ("answers", pa.list_(pa.string()))]),
-    "text": pa.schema([("prompt", pa.string()), ("answers", pa.list_(pa.string()))]),
+    kind: pa.schema([(column, _ARROW_TYPES[type_]) for column, type_ in spec.columns])
+    for kind, spec in FILE_TASK_KINDS.items()
 }
 # Optional string columns of a task file: which split a row belongs to, and a category its scores are also broken
 # down by.

@@ -1,6 +1,9 @@
 """Evaluation: the zero-shot / few-shot / text-only suite (suite.py), its scorers (scoring.py), the floors every
 metric is read against (floors.py), held-out losses and image reliance (heldout.py), and encoder probes (probes.py)."""
 
+from mm1core.config import FILE_TASK_KINDS
+from mm1core.data.text import QUESTION_CATEGORIES
+
 # The paper's columns: a report leads with these. Torch-free, so the driver and the reports can name them.
 HEADLINE_METRICS = ("0shot/avg", "4shot/avg", "8shot/avg", "textcore/avg")
 
@@ -8,15 +11,13 @@ TEXTCORE_TASKS = ("scene_qa", "arithmetic")
 HELDOUT_METRICS = ("heldout/loss", "heldout/loss_other_images", "heldout/image_reliance")
 
 
-# The score a file task's kind is read by: its headline, and what a search or a scheduler may use.
-FILE_TASK_SCORES = {"caption": ("cider", "bleu4"), "vqa": ("vqa",), "text": ("accuracy",)}
+# The scores a file task's kind records: the first is its headline; any is what a search or a scheduler may use.
+FILE_TASK_SCORES = {kind: spec.scores for kind, spec in FILE_TASK_KINDS.items()}
 
 
 def scored_metrics(shots: tuple[int, ...] | list[int], tasks: list[dict] | None = None) -> tuple[str, ...]:
     """Every metric the evaluation records at each round, for an eval config with these shot counts and tasks
     (config dicts; None: the world's suite alone): what a study may search or stop early on."""
-    from mm1core.data.text import QUESTION_CATEGORIES  # torch-free, like this module
-
     tasks = tasks if tasks is not None else [{"name": "world", "kind": "world"}]
     names: list[str] = []
     if any(task.get("kind", "world") == "world" for task in tasks):

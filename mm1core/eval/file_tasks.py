@@ -26,12 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
-from mm1core.config import DataConfig, EvalConfig, EvalTaskConfig
+from mm1core.config import FILE_TASK_KINDS, DataConfig, EvalConfig, EvalTaskConfig
 from mm1core.data.byo import expand_paths, read_task_rows
 from mm1core.data.documents import IMAGE_PLACEHOLDER
 from mm1core.data.sources import encode_document
 from mm1core.data.tokenizer import Tokenizer
-from mm1core.eval import FILE_TASK_SCORES
 from mm1core.eval.floors import (
     best_constant_accuracy,
     blind_caption_cider,
@@ -52,18 +51,7 @@ __all__ = [
 ]
 
 # The score each kind is read by first (the report's headline of the task), per-item.
-PRIMARY_SCORE = {kind: scores[0] for kind, scores in FILE_TASK_SCORES.items()}
-_TEMPLATES = {
-    "caption": "k x (<image> CAPTION) + <image>",
-    "vqa": "k x (<image> question Q answer A .) + <image> question Q answer",
-    "text": "k x (PROMPT A .) + PROMPT",
-}
-_SCORERS = {
-    "caption": "CIDEr-D (pycocoevalcap) per item, corpus BLEU-4 (pycocoevalcap)",
-    "vqa": "VQA accuracy (min(#matching references / 3, 1), averaged over leave-one-out subsets; exact match "
-    "for one reference), VQA-normalised",
-    "text": "exact match against any accepted answer, VQA-normalised",
-}
+PRIMARY_SCORE = {kind: spec.scores[0] for kind, spec in FILE_TASK_KINDS.items()}
 # Generation budgets in tokens beyond the longest reference: a caption may say a little more than its references.
 _CAPTION_SLACK, _ANSWER_SLACK = 4, 2
 
@@ -313,7 +301,7 @@ def evaluate_file_task(
                 "task": task.name,
                 "kind": task.kind,
                 "k": k,
-                "template": _TEMPLATES[task.kind],
+                "template": FILE_TASK_KINDS[task.kind].template,
                 "decoding": f"greedy, KV cache, at most {budget} tokens",
                 "items": count,
                 "files_sha256": _files_digest(task.files),
@@ -325,7 +313,7 @@ def evaluate_file_task(
                 }
                 if k
                 else None,
-                "score": _SCORERS[task.kind],
+                "score": FILE_TASK_KINDS[task.kind].scorer,
             }
     return EvalResult(metrics=metrics, items=rows, protocol=protocol)
 

@@ -105,8 +105,8 @@ def test_a_config_says_which_task_is_declared_wrong():
     assert "task 1 ('mine'): the name is used by 2 tasks" in text
     assert "task 1 ('mine'): 4-shot prompts need demonstrations" in text  # eval.shots is (0, 4, 8)
     assert "task 3 ('train'): the name 'train' is taken" in text
-    assert "task 4 ('odd'): unknown kind 'speech'; known: world, caption, vqa, text" in text
-    assert "task 5 ('cap'): a caption task cannot play the paper's vqa column" in text
+    assert "task 4 ('odd'): unknown evaluation task kind 'speech' (known: world, caption, vqa, text)" in text
+    assert "task 5 ('cap'): a caption task can play the paper's caption column, not 'vqa'" in text
     assert "task 6 ('w2'): the world's suite takes no files" in text
     assert problems([]) == [
         "eval.tasks: no evaluation task; the default is [{name: world}], the generated world's suite"

@@ -94,3 +94,15 @@ def test_the_readme_axis_table_lists_exactly_the_registered_choices(axis, regist
     # Backticked names in the values cell, config paths (`encoder.stem: patchify`) aside.
     named = {token for token in re.findall(r"`([^`]+)`", values) if "." not in token}
     assert named == set(registry)
+
+
+def test_the_task_file_schemas_are_documented_as_registered():
+    from mm1core.config import EVAL_TASKS, FILE_TASK_KINDS
+    from mm1core.data.byo import TASK_SCHEMAS
+
+    docs = (REPO / "docs" / "data-formats.md").read_text().splitlines()
+    assert list(EVAL_TASKS) == ["world", *FILE_TASK_KINDS] and set(TASK_SCHEMAS) == set(FILE_TASK_KINDS)
+    for kind, spec in FILE_TASK_KINDS.items():
+        row = next(line for line in docs if line.startswith(f"| `{kind}` | `"))
+        assert all(f"`{column}: {type_}`" in row for column, type_ in spec.columns), row
+        assert TASK_SCHEMAS[kind].names == [column for column, _ in spec.columns]
