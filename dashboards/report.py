@@ -33,7 +33,7 @@ from dashboards.floors import (
 from dashboards.provenance import comparable_items, shared_encoder_note, split_stale, stale_html
 from dashboards.search_view import load_search, search_html
 from dashboards.stats import compare_to_reference, grouped_ci
-from dashboards.views import connector_figure, data_figure, encoder_table, lr_law
+from dashboards.views import cell, figure_html, paper_views_html
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 from mm1core.storage import atomic_write, atomic_write_text
 
@@ -67,15 +67,9 @@ def arm_table(trials: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame(columns)], axis=1)
 
 
-def _cell(mean: float, ci: float) -> str:
-    if pd.isna(mean):
-        return "—"
-    return f"{mean:.3f}" if pd.isna(ci) else f"{mean:.3f} ± {ci:.3f}"
-
-
 def _marked_cell(row: dict, metric: str) -> str:
     """A table cell, shaded with its floors in the tooltip when the arm sits at chance on the metric."""
-    text = _cell(row[f"{metric} mean"], row[f"{metric} ci95"])
+    text = cell(row[f"{metric} mean"], row[f"{metric} ci95"])
     if not at_chance(row, metric):
         return f"<td>{text}</td>"
     chance, oracle = floor_levels(row, metric)
@@ -214,47 +208,6 @@ def _comparisons_html(table: pd.DataFrame, reference: str, arms: pd.DataFrame) -
         "or the reference sits at chance (last column) compares models that cannot do the task.</p>"
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
-
-
-def _figure_html(fig: go.Figure) -> str:
-    return "<div class='figure'>" + fig.to_html(full_html=False, include_plotlyjs=False) + "</div>"
-
-
-def _paper_views_html(trials: pd.DataFrame, axes: list[str]) -> str:
-    """The paper's tables and figures that this study's axes make possible."""
-    parts = []
-    encoders = encoder_table(trials, axes)
-    if encoders is not None:
-        keys = [c for c in encoders.columns if not c.endswith((" mean", " ci95")) and c != "seeds"]
-        metrics = [c.removesuffix(" mean") for c in encoders.columns if c.endswith(" mean")]
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in [*keys, "seeds", *metrics])
-        body = "".join(
-            "<tr>"
-            + "".join(f"<td>{html.escape(str(row[k]))}</td>" for k in [*keys, "seeds"])
-            + "".join(f"<td>{_cell(row[f'{m} mean'], row[f'{m} ci95'])}</td>" for m in metrics)
-            + "</tr>\n"
-            for _, row in encoders.iterrows()
-        )
-        parts.append(
-            "<h3>Encoder table (paper Table 1)</h3>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        )
-    for fig in (connector_figure(trials, axes), data_figure(trials, axes)):
-        if fig is not None:
-            parts.append(_figure_html(fig))
-    law = lr_law(trials, axes)
-    if law is not None:
-        fig, numbers = law
-        fit = numbers["fit"]
-        ours = (
-            f"ours: a = {fit['a']:.3f}, b = {fit['b']:.3f}" if fit else "ours: needs two or more model sizes"
-        )
-        paper = numbers["paper"]
-        parts.append(
-            _figure_html(fig) + f"<p class='muted'>log(eta) = a ln N + b; paper: a = {paper['a']}, "
-            f"b = {paper['b']}; {html.escape(ours)}</p>"
-        )
-    return "<h2>Paper views</h2>" + "".join(parts) if parts else ""
 
 
 def _findings_html(assessed: list[dict]) -> str:
@@ -401,7 +354,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         else ""
     )
     floors_html = floors_table_html(table, reference) if len(table) else ""
-    categories_html = "".join(_figure_html(fig) for fig in heatmaps if fig is not None)
+    categories_html = "".join(figure_html(fig) for fig in heatmaps if fig is not None)
     if floors_html or categories_html:
         categories_html = (
             "<h2>VQA categories and their floors</h2>"
@@ -409,7 +362,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
             + (f"<p class='muted'>{html.escape(rule_text())}</p>" + floors_html if floors_html else "")
         )
     findings_html = "<h2>The paper beside us</h2>" + _findings_html(assessed) if assessed else ""
-    views_html = _paper_views_html(trials, spec_axes)
+    views_html = paper_views_html(trials, spec_axes)
     note = shared_encoder_note(trials)
     _write_summary(study_dir, study, table, arm_columns, compared, reference, assessed, note)
 
@@ -463,7 +416,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         views_html,
         "<h2>Figures</h2>",
     ]
-    parts += [_figure_html(fig) for fig in figures]
+    parts += [figure_html(fig) for fig in figures]
     if len(table):
         parts.append("<h2>All metrics</h2>" + _table_html(table, shown))
     parts.append("</body></html>")
@@ -526,7 +479,7 @@ def _search_section(study_dir: Path, spec: dict) -> str:
     search = load_search(study_dir, spec)
     if search is None:
         return "<h2>Search</h2><p class='missing'>No Optuna study recorded for this search yet.</p>"
-    return search_html(search, spec, _figure_html)
+    return search_html(search, spec, figure_html)
 
 
 def _write_summary(
@@ -555,7 +508,7 @@ def _write_summary(
         lines += ["| arm | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
         for (_, row), flag in zip(table.iterrows(), flags, strict=True):
             cells = [
-                _cell(row[f"{m} mean"], row[f"{m} ci95"]) + (" ⊘" if at_chance(row, m) else "")
+                cell(row[f"{m} mean"], row[f"{m} ci95"]) + (" ⊘" if at_chance(row, m) else "")
                 for m in headline
             ]
             lines.append(

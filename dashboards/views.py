@@ -13,6 +13,7 @@ Every cell and bar is the mean over seeds with its 95% t-interval (stats.mean_ci
 
 from __future__ import annotations
 
+import html
 import math
 
 import numpy as np
@@ -23,8 +24,18 @@ from plotly.subplots import make_subplots
 from dashboards.findings import load_findings
 from dashboards.stats import mean_ci
 from mm1core.axes import resolve_axis
+from mm1core.registry import Choice, Registry
 
-__all__ = ["connector_figure", "data_figure", "encoder_table", "lr_law"]
+__all__ = [
+    "VIEWS",
+    "cell",
+    "connector_figure",
+    "data_figure",
+    "encoder_table",
+    "figure_html",
+    "lr_law",
+    "paper_views_html",
+]
 
 SHOTS = ("0shot/avg", "4shot/avg", "8shot/avg")
 _ENCODER_FIELDS = (
@@ -291,3 +302,75 @@ def lr_law(
         title="Learning-rate law (F12)", height=420, margin={"l": 50, "r": 20, "t": 70, "b": 50}
     )
     return fig, {"optima": optima, "fit": fit, "paper": paper}
+
+
+def cell(mean: float, ci: float) -> str:
+    """A table cell: the mean over seeds and its 95% half-width."""
+    if pd.isna(mean):
+        return "—"
+    return f"{mean:.3f}" if pd.isna(ci) else f"{mean:.3f} ± {ci:.3f}"
+
+
+def figure_html(fig: go.Figure) -> str:
+    return "<div class='figure'>" + fig.to_html(full_html=False, include_plotlyjs=False) + "</div>"
+
+
+def encoder_table_html(trials: pd.DataFrame, axes: list[str]) -> str | None:
+    encoders = encoder_table(trials, axes)
+    if encoders is None:
+        return None
+    keys = [c for c in encoders.columns if not c.endswith((" mean", " ci95")) and c != "seeds"]
+    metrics = [c.removesuffix(" mean") for c in encoders.columns if c.endswith(" mean")]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in [*keys, "seeds", *metrics])
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(str(row[k]))}</td>" for k in [*keys, "seeds"])
+        + "".join(f"<td>{cell(row[f'{m} mean'], row[f'{m} ci95'])}</td>" for m in metrics)
+        + "</tr>\n"
+        for _, row in encoders.iterrows()
+    )
+    return (
+        "<h3>Encoder table (paper Table 1)</h3>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def connector_figure_html(trials: pd.DataFrame, axes: list[str]) -> str | None:
+    fig = connector_figure(trials, axes)
+    return None if fig is None else figure_html(fig)
+
+
+def data_figure_html(trials: pd.DataFrame, axes: list[str]) -> str | None:
+    fig = data_figure(trials, axes)
+    return None if fig is None else figure_html(fig)
+
+
+def lr_law_html(trials: pd.DataFrame, axes: list[str]) -> str | None:
+    law = lr_law(trials, axes)
+    if law is None:
+        return None
+    fig, numbers = law
+    fit, paper = numbers["fit"], numbers["paper"]
+    ours = f"ours: a = {fit['a']:.3f}, b = {fit['b']:.3f}" if fit else "ours: needs two or more model sizes"
+    return figure_html(fig) + (
+        f"<p class='muted'>log(eta) = a ln N + b; paper: a = {paper['a']}, b = {paper['b']}; {html.escape(ours)}</p>"
+    )
+
+
+# The paper's views a report draws where a study's axes allow, by the names findings use (paper_findings.yaml's
+# `view:`): each renders itself from the trials and the study's axes, or is None where the axes do not allow it.
+VIEWS = Registry(
+    "report view",
+    [
+        Choice("encoder_table", "dashboards.views:encoder_table_html", spec="paper Table 1"),
+        Choice("connector", "dashboards.views:connector_figure_html", spec="paper Figure 4"),
+        Choice("data", "dashboards.views:data_figure_html", spec="paper Figure 5"),
+        Choice("lr_law", "dashboards.views:lr_law_html", spec="the learning-rate law (F12)"),
+    ],
+)
+
+
+def paper_views_html(trials: pd.DataFrame, axes: list[str]) -> str:
+    """The paper's tables and figures that this study's axes make possible."""
+    parts = [part for name in VIEWS if (part := VIEWS.load(name)(trials, axes)) is not None]
+    return "<h2>Paper views</h2>" + "".join(parts) if parts else ""

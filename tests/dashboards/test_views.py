@@ -143,3 +143,12 @@ def test_the_report_carries_the_views_its_axes_allow(tmp_path):
     page = write_report(study_dir).read_text()
     assert "Encoder table (paper Table 1)" in page and "paper Figure 4" in page
     assert "paper Figure 5" not in page and "Learning-rate law" not in page
+
+
+def test_every_view_a_finding_names_is_registered():
+    from dashboards.findings import load_findings
+    from dashboards.views import VIEWS
+
+    named = {finding["view"] for finding in load_findings() if finding["check"] == "view"}
+    assert named and named <= set(VIEWS)
+    assert all(callable(VIEWS.load(name)) for name in VIEWS)
