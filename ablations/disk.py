@@ -57,7 +57,9 @@ def _configs(study_dir: Path) -> list[dict[str, Any]]:
         spec = {k: v for k, v in json.loads(spec_path.read_text()).items() if k not in _RUN_KEYS}
         try:
             configs += (
-                [t.config for t in plan(study_from_dict(spec))] if spec.get("design") != "search" else []
+                [t.config for t in plan(study_from_dict(spec, validated=True))]
+                if spec.get("design") != "search"
+                else []
             )
         except (
             StudyError,

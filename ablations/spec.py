@@ -271,8 +271,13 @@ def _budget_overrides(spec: StudySpec, reference_tree: dict) -> dict[str, int]:
     return overrides
 
 
-def study_from_dict(data: Any, source: LoadedYaml | None = None, *, base_dir: Path = Path(".")) -> Study:
-    """Validate a parsed study completely; raises StudyError listing every problem with its location."""
+def study_from_dict(
+    data: Any, source: LoadedYaml | None = None, *, base_dir: Path = Path("."), validated: bool = False
+) -> Study:
+    """Validate a parsed study completely; raises StudyError listing every problem with its location.
+
+    validated: the study is being rebuilt from what a validated run recorded (a search's worker, `mm1ablate clean`
+    reading study.json): its structure is checked again, but not every arm's config nor every row of its files."""
     _resolve_data_paths(data, base_dir)
 
     def where(path: tuple) -> str:
@@ -332,6 +337,8 @@ def study_from_dict(data: Any, source: LoadedYaml | None = None, *, base_dir: Pa
         problems.append(f"{study.where(('seeds',))}: seeds repeat: {spec.seeds}")
     if problems:
         raise StudyError(problems)
+    if validated:
+        return study
     if spec.search is None:
         arms = len(expand_arms(study))
         if arms * len(spec.seeds) > MAX_TRIALS:

@@ -161,7 +161,9 @@ def _sampled_runs(payload: dict[str, Any], tune_config: dict[str, Any]) -> list[
     from ablations.search import configuration_runs  # the study machinery, only where a search needs it
     from ablations.spec import study_from_dict
 
-    study = study_from_dict(payload["study"])
+    study = study_from_dict(
+        payload["study"], validated=True
+    )  # the driver validated it before the search began
     params = {k: v for k, v in tune_config.items() if k != "trial"}
     return [
         {"trial_id": t.trial_id, "config": t.config}

@@ -279,3 +279,17 @@ def test_a_valid_search_loads(write_study):
     assert study.spec.axes[0].distribution == ("loguniform", (1.0e-4, 1.0e-2))
     assert study.scheduler.metric == "0shot/avg" and study.scheduler.mode == "max"
     assert study.seeds == [0]
+
+
+def test_a_study_rebuilt_from_a_validated_run_skips_the_checks_of_its_arms_and_files():
+    from ablations.spec import study_from_dict
+
+    data = {
+        "name": "rebuilt",
+        "reference": {"preset": "tiny", "overrides": {"data.caption_files": "/nowhere/captions.parquet"}},
+        "seeds": [0],
+    }
+    with pytest.raises(StudyError, match="no such file"):
+        study_from_dict(dict(data))
+    # A search's worker and `mm1ablate clean` rebuild it from what the run recorded: no file is read again.
+    assert study_from_dict(dict(data), validated=True).name == "rebuilt"
