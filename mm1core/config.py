@@ -48,6 +48,7 @@ __all__ = [
     "LMConfig",
     "MM1Config",
     "SFTConfig",
+    "Schedule",
     "TrainConfig",
     "ViTConfig",
     "apply_overrides",
@@ -58,6 +59,7 @@ __all__ = [
     "field_paths",
     "flatten",
     "parse_ratio",
+    "stage_loop",
     "unknown_path_message",
 ]
 
@@ -231,13 +233,20 @@ def parse_ratio(ratio: str) -> tuple[float, float, float]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class Schedule:
+    """How long and how fast a training stage runs: what encoder pre-training (`encoder_pretrain`), multimodal
+    pre-training (`train`) and SFT (`sft`) each declare, and the training loop reads (`stage_loop`)."""
+
     steps: int
     batch_size: int
-    lr: (
-        float | Literal["auto"]
-    )  # "auto": the paper's learning-rate law for this model's size (mm1core.lr_law)
+    lr: float | Literal["auto"]  # "auto" (multimodal only): the paper's learning-rate law (mm1core.lr_law)
     warmup_steps: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Schedule):
+    """The multimodal stage: its schedule, and the training loop's settings, which SFT trains with too."""
+
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     z_loss_coef: float = 1e-4
@@ -384,7 +393,7 @@ ENCODER_SEED_SOURCES = ("trial", "stage")
 
 
 @dataclass(frozen=True, kw_only=True)
-class EncoderPretrainConfig:
+class EncoderPretrainConfig(Schedule):
     """The image encoder's own pre-training stage, run before multimodal training and cached by its config."""
 
     loss: str = (
@@ -411,7 +420,7 @@ class EncoderPretrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SFTConfig:
+class SFTConfig(Schedule):
     """Optional supervised fine-tuning after multimodal pre-training: single-image question-answer instructions,
     loss on the answers only, with its own schedule (steps 0: no SFT stage)."""
 
@@ -433,6 +442,15 @@ class MM1Config:
     eval: EvalConfig
     sft: SFTConfig = SFTConfig()
     seed: int = 0
+
+
+def stage_loop(stage: Schedule, loop: TrainConfig | None = None, **settings: Any) -> TrainConfig:
+    """The training loop's config for a stage: the stage's schedule, with the loop settings of `loop` (the
+    multimodal stage's, which SFT shares) or the loop's defaults, and `settings` on top."""
+    schedule = {field.name: getattr(stage, field.name) for field in dataclasses.fields(Schedule)}
+    if loop is None:
+        return TrainConfig(**schedule, **settings)
+    return dataclasses.replace(loop, **schedule, **settings)
 
 
 def encoder_seed(config: dict) -> str:

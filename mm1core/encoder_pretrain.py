@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm1core.config import ENCODER_LOSSES, MM1Config, TrainConfig, WorldConfig, config_to_dict, encoder_seed
+from mm1core.config import ENCODER_LOSSES, MM1Config, WorldConfig, config_to_dict, encoder_seed, stage_loop
 from mm1core.data.render import render_scene
 from mm1core.data.sources import encode_document, images_to_tensor, pad_rows, source_counts
 from mm1core.data.text import alt_caption, recaption, world_vocabulary
@@ -170,14 +170,10 @@ def _run_stage(
     progress: Path,
 ) -> dict:
     pre = cfg.encoder_pretrain
-    schedule = TrainConfig(
-        steps=pre.steps,
-        batch_size=pre.batch_size,
-        lr=pre.lr,
-        warmup_steps=pre.warmup_steps,
-        z_loss_coef=0.0,
-        log_every=max(1, min(25, pre.steps)),
-        checkpoint_every=max(1, pre.steps // 4),
+    # The loop's defaults (fp32, weight decay 0.1), not the multimodal stage's settings: the cached encoder depends
+    # on its own config alone.
+    schedule = stage_loop(
+        pre, z_loss_coef=0.0, log_every=max(1, min(25, pre.steps)), checkpoint_every=max(1, pre.steps // 4)
     )
     train(
         model,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from mm1core.config import MM1Config, TrainConfig, config_problems, config_to_dict
+from mm1core.config import MM1Config, config_problems, config_to_dict, stage_loop
 from mm1core.data.shards import trial_batch
 from mm1core.data.sources import Batch, build_tokenizer, sft_batch, uses_world_text
 from mm1core.encoder_pretrain import pretrain_encoder
@@ -156,18 +156,7 @@ def run_trial(
     if cfg.sft.steps:
         model.freeze(cfg.sft.freeze)
         sft = cfg.sft
-        sft_schedule = TrainConfig(
-            steps=sft.steps,
-            batch_size=sft.batch_size,
-            lr=sft.lr,
-            warmup_steps=sft.warmup_steps,
-            weight_decay=cfg.train.weight_decay,
-            grad_clip=cfg.train.grad_clip,
-            z_loss_coef=cfg.train.z_loss_coef,
-            precision=cfg.train.precision,
-            log_every=cfg.train.log_every,
-            checkpoint_every=cfg.train.checkpoint_every,
-        )
+        sft_schedule = stage_loop(sft, cfg.train, eval_every=0)
         last_step = train(
             model,
             lambda step: batch_loss(timed("data", lambda: sft_batch(cfg, tokenizer, step))),
