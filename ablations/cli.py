@@ -172,10 +172,10 @@ def _precision_reason(study) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study)  # validated completely before Ray or MLflow start
     _check_file_tasks(study, _results_root(args))
+    from ablations.handoff import last_line
     from ablations.results import StudyBusy
     from ablations.run import ClusterTooSmall, run_study
     from ablations.tracking import TrackingUnreachable
-    from dashboards.report import last_line
 
     try:
         summary = run_study(
@@ -243,9 +243,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ablations.handoff import write_report
     from ablations.tracking import redacted, resolve_tracking_uri
-    from dashboards.index import write_index
-    from dashboards.report import write_report
 
     study_dir = _results_root(args) / args.study
     _consolidate(study_dir)
@@ -256,8 +255,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
         return 2
     uri = resolve_tracking_uri(args.tracking_uri, _results_root(args))
-    print(write_report(study_dir, tracking_uri=redacted(uri)))
-    print(write_index(_results_root(args)))
+    try:
+        print(write_report(study_dir, _results_root(args), tracking_uri=redacted(uri)))
+    except RuntimeError as err:
+        print(f"error: the report of {args.study!r} failed: {err}", file=sys.stderr)
+        return 1
+    print(_results_root(args) / "index.html")
     return 0
 
 

@@ -31,9 +31,17 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from ablations.cost import estimate_search, estimate_study
+from ablations.handoff import (
+    DIVERGED_KEY,
+    FINAL_KEY,
+    OBJECTIVE,
+    OBJECTIVE_FINAL,
+    RUN_KEY,
+    last_line,
+    write_report,
+)
 from ablations.leftovers import end_leftovers, forget_processes, record_processes
 from ablations.plan import Trial, plan, run_order, stage_cache_dir
-from ablations.report_keys import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY
 from ablations.results import ResultsStore, config_json
 from ablations.search import (
     configuration_runs,
@@ -46,8 +54,6 @@ from ablations.search import (
 from ablations.spec import Study, axis_field, reference_axis_values
 from ablations.tracking import Tracker, check_reachable, redacted, resolve_tracking_uri
 from ablations.trial import train_trial
-from dashboards.index import write_index
-from dashboards.report import last_line, write_report
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 from mm1core.eval.protocol import protocol_fingerprints
 from mm1core.stage_cache import code_version
@@ -620,8 +626,7 @@ def _estimate(study: Study, todo: list[Trial], results_root: Path, out: TextIO) 
 
 def _publish(study_dir: Path, results_root: Path, uri: str, tracker: Tracker, summary: RunSummary) -> None:
     """The report, the index, and both as artifacts of the study's MLflow run."""
-    summary.report = write_report(study_dir, tracking_uri=uri)
-    write_index(results_root)
+    summary.report = write_report(study_dir, results_root, tracking_uri=uri)
     for name in ("report.html", "summary.md", "arms.csv", "comparisons.csv", "findings.csv"):
         if (study_dir / name).exists():
             tracker.log_artifact(study_dir / name)

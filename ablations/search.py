@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from ablations.handoff import OBJECTIVE, OBJECTIVE_FINAL
 from ablations.plan import Trial, resolve_trial
-from ablations.report_keys import OBJECTIVE, OBJECTIVE_FINAL
 from ablations.spec import Study, axis_overrides
 
 __all__ = [

@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from ablations.report_keys import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY
+from ablations.handoff import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY
 from mm1core.config import config_from_dict
 from mm1core.storage import append_jsonl, read_jsonl
 

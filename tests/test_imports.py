@@ -1,5 +1,6 @@
 """The import graph of the three packages: no module imports a module that imports it back (directly or through
-others, function-local imports included), and imports run one way: ablations -> dashboards / mm1core, never back."""
+others, function-local imports included), and imports run one way: ablations and dashboards -> mm1core, never back,
+and neither imports the other (running a study and reporting it meet in the results files)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,6 @@ def test_imports_run_one_way():
         for module, targets in _graph().items()
         for target in targets
         if (module.startswith(("mm1core", "dashboards")) and target.startswith("ablations"))
-        or (module.startswith("mm1core") and target.startswith("dashboards"))
+        or (module.startswith(("mm1core", "ablations")) and target.startswith("dashboards"))
     ]
     assert backwards == []
