@@ -54,28 +54,13 @@ from ablations.search import (
 from ablations.spec import Study, axis_field, reference_axis_values
 from ablations.tracking import Tracker, check_reachable, redacted, resolve_tracking_uri
 from ablations.trial import train_trial
+from mm1core import schema
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 from mm1core.eval.protocol import protocol_fingerprints
 from mm1core.stage_cache import code_version
 from mm1core.storage import atomic_write_text
 
 __all__ = ["ClusterTooSmall", "RunSummary", "run_study"]
-
-_BOOKKEEPING = {
-    RUN_KEY,
-    "step",
-    "total_steps",
-    "stage",
-    FINAL_KEY,
-    "num_params",
-    "built_encoder",
-    "wall_time_s",
-    "device",
-    "node",
-    "eval_items_json",
-    "eval_protocol_json",
-    DIVERGED_KEY,
-}
 
 
 @dataclass
@@ -159,11 +144,7 @@ class _StudyCallback(tune.Callback):
             return
         planned = self.by_id[result[RUN_KEY]]
         step = int(result["step"])
-        metrics = {
-            k: v
-            for k, v in result.items()
-            if "/" in k and isinstance(v, (int, float)) and k not in _BOOKKEEPING
-        }
+        metrics = {k: v for k, v in result.items() if schema.is_metric(k) and isinstance(v, (int, float))}
         # A resumed trial replays the steps since its checkpoint; what was received before is not logged twice.
         fresh = {k: v for k, v in metrics.items() if (step, k) not in self.received[planned.trial_id]}
         if fresh:

@@ -15,7 +15,6 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from dashboards import schema
 from dashboards.cost import cost_html
 from dashboards.findings import assess_all
 from dashboards.floors import (
@@ -34,6 +33,7 @@ from dashboards.provenance import comparable_items, shared_encoder_note, split_s
 from dashboards.search_view import load_search, search_html
 from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import cell, figure_html, paper_views_html
+from mm1core import schema
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 from mm1core.storage import atomic_write, atomic_write_text
 

@@ -21,7 +21,7 @@ import pytest
 from conftest import MM1ABLATE, run_cli
 from mlflow.tracking import MlflowClient
 
-from dashboards import schema
+from mm1core import schema
 
 pytestmark = pytest.mark.slow
 

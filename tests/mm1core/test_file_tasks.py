@@ -16,7 +16,7 @@ from conftest import REPO, run_cli
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from dashboards import schema
+from mm1core import schema
 from mm1core.config import (
     EvalConfig,
     EvalTaskConfig,

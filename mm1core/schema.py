@@ -1,7 +1,8 @@
 """The results tables: what `mm1ablate run` writes under `results/<study>/` and every report reads, declared once.
 
 Running and reporting meet only here and in the files: `ablations` writes rows with these columns, `dashboards`
-reads them (and `study.json`, which says what the report needs about the study) and never imports `ablations`.
+reads them (and `study.json`, which says what the report needs about the study); neither imports the other, and both
+import this module, which names what a trial's evaluation records and how it is tabulated.
 
 trials.parquet, one row per training run:
 - META_COLUMNS: bookkeeping (who, when, how it ended, what produced it);
@@ -24,6 +25,7 @@ __all__ = [
     "META_COLUMNS",
     "STATUSES",
     "axis_columns",
+    "is_metric",
     "metric_columns",
 ]
 
@@ -56,11 +58,14 @@ CURVE_COLUMNS = ("trial_id", "arm", "seed", "step", "metric", "value")
 ITEM_COLUMNS = ("trial_id", "arm", "seed", "metric", "item_id", "category", "score")
 
 
+def is_metric(name: str) -> bool:
+    """Whether a trials column, or a key of a trial's report, is a metric (floors included; fingerprints not)."""
+    return "/" in name and name not in META_COLUMNS and not name.startswith(PROTOCOL_PREFIX)
+
+
 def metric_columns(columns: Iterable[str]) -> list[str]:
-    """The metric columns of a trials table, sorted (floors included; fingerprints and bookkeeping not)."""
-    return sorted(
-        c for c in columns if "/" in c and c not in META_COLUMNS and not c.startswith(PROTOCOL_PREFIX)
-    )
+    """The metric columns of a trials table, sorted."""
+    return sorted(c for c in columns if is_metric(c))
 
 
 def axis_columns(columns: Iterable[str]) -> list[str]:
