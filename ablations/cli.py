@@ -172,10 +172,10 @@ def _precision_reason(study) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     study = load_study(args.study)  # validated completely before Ray or MLflow start
     _check_file_tasks(study, _results_root(args))
-    from ablations.handoff import last_line
     from ablations.results import StudyBusy
     from ablations.run import ClusterTooSmall, run_study
     from ablations.tracking import TrackingUnreachable
+    from mm1core.schema import last_line
 
     try:
         summary = run_study(

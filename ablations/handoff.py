@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mm1core.schema import last_line
+
 __all__ = [
     "DIVERGED_KEY",
     "FINAL_KEY",
     "OBJECTIVE",
     "OBJECTIVE_FINAL",
     "RUN_KEY",
-    "last_line",
     "write_report",
 ]
 
@@ -35,9 +36,3 @@ def write_report(study_dir: Path, results_root: Path, *, tracking_uri: str | Non
     if done.returncode != 0:
         raise RuntimeError(last_line(done.stderr) or f"python -m dashboards exited with {done.returncode}")
     return Path(done.stdout.splitlines()[0])
-
-
-def last_line(text: str) -> str:
-    """The last non-blank line of an error a run reported: the exception and its message, without the traceback."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else text

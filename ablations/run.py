@@ -37,7 +37,6 @@ from ablations.handoff import (
     OBJECTIVE,
     OBJECTIVE_FINAL,
     RUN_KEY,
-    last_line,
     write_report,
 )
 from ablations.leftovers import end_leftovers, forget_processes, record_processes
@@ -57,6 +56,7 @@ from ablations.trial import train_trial
 from mm1core import schema
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 from mm1core.eval.protocol import protocol_fingerprints
+from mm1core.schema import last_line
 from mm1core.stage_cache import code_version
 from mm1core.storage import atomic_write_text
 

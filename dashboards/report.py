@@ -35,6 +35,7 @@ from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import cell, figure_html, paper_views_html
 from mm1core import schema
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
+from mm1core.schema import last_line
 from mm1core.storage import atomic_write, atomic_write_text
 
 __all__ = ["arm_table", "metric_columns", "write_report"]
@@ -536,9 +537,3 @@ def _write_summary(
         lines += [f"| {a['id']} | {a['claim']} [{a['tag']}] | {a['ours']} |" for a in assessed]
         atomic_write(study_dir / "findings.csv", lambda tmp: pd.DataFrame(assessed).to_csv(tmp, index=False))
     atomic_write_text(study_dir / "summary.md", "\n".join(lines) + "\n")
-
-
-def last_line(text: str) -> str:
-    """The last non-blank line of an error: the exception and its message, without the traceback."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else text

@@ -26,6 +26,7 @@ __all__ = [
     "STATUSES",
     "axis_columns",
     "is_metric",
+    "last_line",
     "metric_columns",
 ]
 
@@ -71,3 +72,9 @@ def metric_columns(columns: Iterable[str]) -> list[str]:
 def axis_columns(columns: Iterable[str]) -> list[str]:
     """The axis columns of a trials table, in table order: neither bookkeeping nor metrics."""
     return [c for c in columns if c not in META_COLUMNS and "/" not in c]
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of an error a run reported: the exception and its message, without the traceback."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
