@@ -41,6 +41,10 @@ def _check_file_tasks(study: Study, results_root: Path) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from ablations.suite import is_suite
+
+    if is_suite(Path(args.study)):
+        return _plan_suite(args)
     from ablations.disk import footprint
     from ablations.plan import encoder_plan, plan, stage_cache_dir
 
@@ -169,9 +173,83 @@ def _precision_reason(study) -> str:
     return f" (auto: this CPU, {cpu_model_name()}, {units})"
 
 
+def _plan_suite(args: argparse.Namespace) -> int:
+    """The whole suite: per study its trials, those another study of the suite (or an earlier run) trains, and
+    the time left; then the total."""
+    from ablations.cost import estimate_study
+    from ablations.plan import plan
+    from ablations.results import trial_statuses
+    from ablations.suite import load_suite
+
+    suite = load_suite(Path(args.study))
+    root = _results_root(args)
+    for study in suite.studies:
+        _check_file_tasks(study, root)
+    finished: set[str] = set()
+    for path in root.glob("*/trials.parquet"):
+        finished |= {t for t, status in trial_statuses(path.parent).items() if status == "finished"}
+    seen: set[str] = set()
+    rows, total_s, slots = [], 0.0, 1
+    for study in suite.studies:
+        trials = plan(study)
+        done = [t for t in trials if t.trial_id in finished]
+        shared = [t for t in trials if t.trial_id in seen and t.trial_id not in finished]
+        todo = [t for t in trials if t.trial_id not in seen and t.trial_id not in finished]
+        seen |= {t.trial_id for t in trials}
+        wall = "-"
+        if args.estimate and todo:
+            estimate = estimate_study(
+                todo, results_root=root, cpu_per_trial=study.spec.resources.cpu, out=sys.stdout
+            )
+            total_s += estimate.wall_s
+            slots = estimate.slots
+            wall = _minutes(estimate.wall_s)
+        rows.append([study.name, len(trials), len(done), len(shared), len(todo), wall])
+    print(f"suite {suite.name}: {len(suite.studies)} studies ({suite.path})")
+    print(
+        _table(
+            rows,
+            ["study", "trials", "finished", "shared (trained by an earlier study)", "to train", "estimate"],
+        )
+    )
+    trained = sum(r[4] for r in rows)
+    line = f"\n{sum(r[1] for r in rows)} trials in all, {len(seen)} distinct; {trained} to train"
+    if args.estimate:
+        line += f"; about {_minutes(total_s)} of wall time on {slots} slots, the studies one after another"
+    print(line)
+    return 0
+
+
+def _run_suite(args: argparse.Namespace) -> int:
+    """Every study of the suite in order, each as `mm1ablate run` would; a study refused or failed does not stop
+    the others. The index (results/index.html) is the suite's scoreboard."""
+    from ablations.suite import load_suite
+
+    suite = load_suite(Path(args.study))  # every study validated before any runs
+    for study in suite.studies:
+        _check_file_tasks(study, _results_root(args))
+    codes = {}
+    for study in suite.studies:
+        print(f"== suite {suite.name}: {study.name} ({len(codes) + 1}/{len(suite.studies)})", flush=True)
+        codes[study.name] = _run_one(study, args)
+    print(
+        f"suite {suite.name}: " + ", ".join(f"{n} {'ok' if c == 0 else 'FAILED'}" for n, c in codes.items())
+    )
+    print(f"scoreboard: {_results_root(args) / 'index.html'}")
+    return max(codes.values(), default=0)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from ablations.suite import is_suite
+
+    if is_suite(Path(args.study)):
+        return _run_suite(args)
     study = load_study(args.study)  # validated completely before Ray or MLflow start
     _check_file_tasks(study, _results_root(args))
+    return _run_one(study, args)
+
+
+def _run_one(study: Study, args: argparse.Namespace) -> int:
     from ablations.results import StudyBusy
     from ablations.run import ClusterTooSmall, run_study
     from ablations.tracking import TrackingUnreachable
@@ -351,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plan", help="validate a study, list its trials and estimate what they will cost")
-    p.add_argument("study", help="study YAML file")
+    p.add_argument("study", help="study YAML file, or a suite (a YAML file listing studies, or its folder)")
     p.add_argument(
         "--no-estimate",
         dest="estimate",
@@ -360,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("run", help="run a study on Ray Tune, tracked in MLflow")
-    p.add_argument("study", help="study YAML file")
+    p.add_argument("study", help="study YAML file, or a suite (a YAML file listing studies, or its folder)")
     p.add_argument(
         "--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else embedded Ray)"
     )

@@ -27,6 +27,7 @@ from mm1core.storage import append_jsonl, atomic_write, quarantine, read_jsonl
 __all__ = [
     "CONSOLIDATE_EVERY_S",
     "ResultsStore",
+    "axis_cell",
     "StudyBusy",
     "config_json",
     "trial_statuses",
@@ -168,6 +169,11 @@ class ResultsStore:
         next run trains it again (from its checkpoint where it has one), rather than reporting half a trial."""
         for part in self.parts.glob(f"{trial_id}.*.parquet"):
             quarantine(part, reason)
+
+
+def axis_cell(value: Any) -> Any:
+    """An axis value as a table cell: a scalar stays one; anything else (a list, a mapping) is written as text."""
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
 
 
 def config_json(config: dict) -> str:

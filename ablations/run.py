@@ -41,7 +41,7 @@ from ablations.handoff import (
 )
 from ablations.leftovers import end_leftovers, forget_processes, record_processes
 from ablations.plan import Trial, plan, run_order, stage_cache_dir
-from ablations.results import ResultsStore, config_json
+from ablations.results import ResultsStore, axis_cell, config_json
 from ablations.search import (
     configuration_runs,
     make_searcher,
@@ -51,6 +51,7 @@ from ablations.search import (
     storage_url,
 )
 from ablations.spec import Study, axis_field, reference_axis_values
+from ablations.suite import adopt_finished
 from ablations.tracking import Tracker, check_reachable, redacted, resolve_tracking_uri
 from ablations.trial import train_trial
 from mm1core import schema
@@ -282,7 +283,7 @@ class _StudyCallback(tune.Callback):
                 "git_commit": self.tracker.commit,
                 "code_version": code_version(),
             }
-            | {name: _cell(value) for name, value in planned.axis_values.items()}
+            | {name: axis_cell(value) for name, value in planned.axis_values.items()}
             | ({"search": self.search} if self.search else {})
         )
 
@@ -299,10 +300,6 @@ class _StudyCallback(tune.Callback):
 def _trial_name(tune_trial: Any) -> str:
     runs = tune_trial.config["trial"].get("runs")
     return runs[0]["trial_id"] if runs else f"configuration_{tune_trial.trial_id}"
-
-
-def _cell(value: Any) -> Any:
-    return value if isinstance(value, (int, float, str, bool)) else str(value)
 
 
 def _error_text(trial: Any) -> str:
@@ -406,6 +403,14 @@ def _run_study(
     study_dir = store.dir
     store.consolidate()  # parts a killed driver wrote after its last consolidation
     if search is None:
+        adopted = adopt_finished(study, trials, results_root)
+        if adopted:
+            print(
+                f"[{study.name}] counting {len(adopted)} finished runs of the same trials (config, seed and code) "
+                "from " + ", ".join(sorted({source for _, source in adopted})) + ", not training them again",
+                file=out,
+                flush=True,
+            )
         statuses = store.statuses()
         skipped = _skipped(study, statuses, trials, rerun_diverged)
         todo = run_order([t for t in trials if t.trial_id not in skipped])

@@ -164,6 +164,16 @@ def assess(
         + _what_would_settle(c, adjusted.get(id(c)))
         for c in found
     )
+    # The scoreboard's one number per finding: the comparison that weighs most (the smallest corrected p).
+    lead = min(speaking, key=lambda c: adjusted[id(c)])
+    headline = {
+        "comparison": f"{lead.arm} vs {lead.reference} {lead.metric}",
+        "effect": lead.delta,
+        "ci_low": lead.ci_low,
+        "ci_high": lead.ci_high,
+        "p_holm": adjusted[id(lead)],
+        "seeds": lead.seeds,
+    }
     rivals = [a for a in others if any(_same_axis(a, r) for r in finding.get("outranks", []))]
     if rivals and ours == "agrees":
         # "Highest impact": the axis's effect must also exceed each rival axis's the study varies, run by run.
@@ -177,7 +187,7 @@ def assess(
             f"{axis} effect minus {rival} range on {metric} {gap:+.3f} p(Holm) {p:.2g}"
             for (rival, metric, gap, _), p in zip(ranked, p_ranked, strict=True)
         )
-    return base | {"ours": ours, "detail": detail + diverged}
+    return base | {"ours": ours, "detail": detail + diverged} | headline
 
 
 def _diverged_note(trials: pd.DataFrame, axis: str) -> str:

@@ -31,6 +31,17 @@ def _studies(results_root: Path) -> list[Path]:
     return sorted(p.parent for p in results_root.glob("*/trials.parquet"))
 
 
+def _effect(f) -> str:
+    """The finding's leading comparison: effect [95% interval], corrected p, seeds."""
+    effect = getattr(f, "effect", None)
+    if effect is None or effect != effect:  # NaN: no comparison spoke (not tested, at chance, a view)
+        return "<span class=muted>-</span>"
+    return (
+        f"{html.escape(str(f.comparison))}: <b>{effect:+.3f}</b> [{f.ci_low:+.3f}, {f.ci_high:+.3f}], "
+        f"p(Holm) {f.p_holm:.2g}, {int(f.seeds)} seeds"
+    )
+
+
 def write_index(results_root: Path) -> Path:
     rows, verdicts = [], {}
     for study_dir in _studies(results_root):
@@ -52,27 +63,42 @@ def write_index(results_root: Path) -> Path:
         findings_path = study_dir / "findings.csv"
         if findings_path.exists():
             for f in pd.read_csv(findings_path).itertuples():
-                verdicts.setdefault(f.id, []).append((name, str(f.ours)))
+                verdicts.setdefault(f.id, []).append((link, f))
     score = []
     for finding in load_findings():
         said = verdicts.get(finding["id"], [])
-        cells = "<br>".join(
-            f"<span class='{v.split()[0]}'>{html.escape(v)}</span> ({html.escape(s)})" for s, v in said
-        )
-        score.append(
-            f"<tr><td>{finding['id']}</td><td>{html.escape(finding['claim'])} [{html.escape(finding['tag'])}]</td>"
-            f"<td>{cells or '<span class=muted>no study yet</span>'}</td></tr>"
-        )
+        if not said:
+            score.append(
+                f"<tr><td>{finding['id']}</td><td>{html.escape(finding['claim'])} [{html.escape(finding['tag'])}]"
+                "</td><td><span class=muted>not tested</span></td><td></td><td></td></tr>"
+            )
+            continue
+        for i, (link, f) in enumerate(said):
+            head = (
+                f"<td rowspan={len(said)}>{finding['id']}</td><td rowspan={len(said)}>"
+                f"{html.escape(finding['claim'])} [{html.escape(finding['tag'])}]</td>"
+                if i == 0
+                else ""
+            )
+            verdict = str(f.ours)
+            score.append(
+                f"<tr>{head}<td><span class='{html.escape(verdict.split()[0])}'>{html.escape(verdict)}</span></td>"
+                f"<td>{_effect(f)}</td><td>{link}</td></tr>"
+            )
     page = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>mm1ablate studies</title>",
         f"<style>{_STYLE}</style></head><body><h1>Studies</h1>",
         f"<p class='muted'>{html.escape(str(results_root.resolve()))}; generated {time.strftime('%Y-%m-%d %H:%M')}</p>",
+        "<h2>Findings scoreboard</h2>",
+        "<p class='muted'>Per finding of the paper: our verdict from every study that speaks to it, the comparison "
+        "that weighs most (effect on the 0-1 scale of its metric, its 95% interval over the seeds' runs, the "
+        "Holm-corrected p), and the study's report, which has every comparison and the capability floors.</p>",
+        "<table><thead><tr><th>finding</th><th>the paper</th><th>ours</th><th>effect</th><th>study</th></tr>"
+        "</thead><tbody>",
+        *score,
+        "</tbody></table><h2>Studies</h2>",
         "<table><thead><tr><th>study</th><th>description</th><th>finished</th></tr></thead><tbody>",
         *rows,
-        "</tbody></table><h2>Findings scoreboard</h2>",
-        "<p class='muted'>The paper's findings and what each study that speaks to one says about it.</p>",
-        "<table><thead><tr><th>finding</th><th>the paper</th><th>our studies</th></tr></thead><tbody>",
-        *score,
         "</tbody></table></body></html>",
     ]
     path = results_root / "index.html"

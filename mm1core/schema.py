@@ -49,6 +49,7 @@ META_COLUMNS = (
     "eval_items_json",
     "stopped_at_step",  # where early stopping cut a "stopped" run
     "search",  # the Optuna study a searched configuration belongs to
+    "adopted_from",  # the study whose run of the same trial (config, seed, code) this study counts (a suite's)
     "git_commit",
     "code_version",  # the hash of mm1core's source that trained it
 )

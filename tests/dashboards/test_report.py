@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -120,8 +121,14 @@ def test_index_lists_every_study_with_a_findings_scoreboard(tmp_path):
         write_report(_study(tmp_path, {"res=32": effect, "res=64": 0.0}, name=name))
     page = write_index(tmp_path).read_text()
     assert "rising/report.html" in page and "flat/report.html" in page and "Findings scoreboard" in page
-    assert "agrees</span> (rising)" in page and "inconclusive</span> (flat)" in page
-    assert "agrees" in page and "no study yet" in page  # F1 spoken to; F8 not
+    scoreboard = page.split("Findings scoreboard")[1].split("<h2>Studies")[0]
+    f1 = scoreboard.split("<td rowspan=2>F1</td>")[1].split("<td>F2</td>")[0]
+    flat, rising = sorted(f1.split("</tr>")[:2], key=lambda row: "rising/report" in row)
+    # Each study's verdict, its leading comparison with the effect and interval, and a link to its report.
+    assert "agrees</span>" in rising and "rising/report.html" in rising
+    assert re.search(r"64 vs 32 0shot/vqa: <b>\+0\.3\d\d</b> \[\+0\.\d+, \+0\.\d+\], p\(Holm\)", rising)
+    assert "inconclusive</span>" in flat and "flat/report.html" in flat and "5 seeds" in flat
+    assert "<td>F8</td>" in scoreboard and "not tested" in scoreboard.split("<td>F8</td>")[1].split("</tr>")[0]
 
 
 def test_a_running_study_lists_the_trials_still_to_come(tmp_path):

@@ -1,0 +1,117 @@
+"""A suite of studies through the real CLI, Ray and MLflow: planned as a whole, run in order, a trial two studies
+share trained once, the scoreboard written, and a suite file's mistakes named at their file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+from ablations.spec import StudyError
+from ablations.suite import is_suite, load_suite
+
+TINY = """
+name: {name}
+description: {name}
+reference:
+  preset: tiny
+axes:
+  - name: {axis}
+    values: {values}
+design: grid
+seeds: [0]
+resources: {{cpu: 1}}
+budget:
+  encoder: {{steps: 10}}
+  multimodal: {{steps: 20}}
+"""
+
+
+def _write_suite(root: Path) -> Path:
+    folder = root / "suite"
+    folder.mkdir()
+    # Both studies contain the reference (32 px, 4 tokens): trained by the first, counted by the second.
+    (folder / "res.yaml").write_text(TINY.format(name="s-res", axis="resolution", values="[16, 32]").lstrip())
+    (folder / "tok.yaml").write_text(TINY.format(name="s-tok", axis="image_tokens", values="[4, 1]").lstrip())
+    (folder / "suite.yaml").write_text(
+        "suite: tiny-findings\ndescription: two studies sharing the reference arm\nstudies: [res.yaml, tok.yaml]\n"
+    )
+    return folder
+
+
+@pytest.mark.slow
+def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
+    _write_suite(tmp_path)
+    plan = run_cli("plan", "suite", "--no-estimate", cwd=tmp_path, timeout=120)
+    assert plan.returncode == 0, plan.stderr
+    assert "suite tiny-findings: 2 studies" in plan.stdout
+    assert "4 trials in all, 3 distinct; 3 to train" in plan.stdout, plan.stdout
+
+    done = run_cli("run", "suite", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "counting 1 finished runs of the same trials (config, seed and code) from s-res" in done.stdout
+    assert "suite tiny-findings: s-res ok, s-tok ok" in done.stdout
+    res = pd.read_parquet(tmp_path / "results" / "s-res" / "trials.parquet")
+    tok = pd.read_parquet(tmp_path / "results" / "s-tok" / "trials.parquet")
+    assert (res.status == "finished").all() and (tok.status == "finished").all() and len(tok) == 2
+    shared = tok[tok.adopted_from == "s-res"]
+    assert len(shared) == 1
+    source = res[res.trial_id == shared.trial_id.iloc[0]].iloc[0]
+    # The same run, relabelled as this study's arm: its metrics are the first study's to the last digit.
+    assert shared.arm.iloc[0] == "image_tokens=4" and shared.image_tokens.iloc[0] == 4
+    assert shared["0shot/vqa"].iloc[0] == source["0shot/vqa"] and source.arm == "resolution=32"
+    items = pd.read_parquet(tmp_path / "results" / "s-tok" / "items.parquet")
+    assert set(items[items.trial_id == source.trial_id].arm) == {"image_tokens=4"}
+    # Only the two arms of its own were trained for the second study.
+    assert (tmp_path / "results" / "s-tok" / "report.html").exists()
+    index = (tmp_path / "results" / "index.html").read_text()
+    assert "s-res" in index and "s-tok" in index and "F5" in index
+
+    again = run_cli("plan", "suite", "--no-estimate", cwd=tmp_path, timeout=120)
+    assert "0 to train" in again.stdout, again.stdout
+
+
+def test_suite_file_mistakes_are_named_with_their_line(tmp_path, write_study):
+    write_study(TINY.format(name="a", axis="resolution", values="[16]"), "a.yaml")
+    write_study(TINY.format(name="a", axis="resolution", values="[32]"), "b.yaml")
+    write_study(TINY.format(name="c", axis="resolution", values="[16]").replace("seeds", "seedz"), "c.yaml")
+    suite = write_study(
+        """
+        suite: s
+        studies:
+          - a.yaml
+          - missing.yaml
+          - b.yaml
+          - c.yaml
+        extra: 1
+        """,
+        "suite.yaml",
+    )
+    assert is_suite(suite) and is_suite(tmp_path) and not is_suite(tmp_path / "a.yaml")
+    with pytest.raises(StudyError) as err:
+        load_suite(suite)
+    problems = err.value.problems
+    assert f"{suite}:7: unknown key 'extra'" in problems[0]
+    assert any(p.startswith(f"{suite}:4: studies[1]: no such study file 'missing.yaml'") for p in problems)
+    assert any(
+        f"{suite}:5: studies[2]: study name 'a' is also the name of the study at {suite}:3" in p
+        for p in problems
+    )
+    assert any("c.yaml" in p and "seedz" in p for p in problems), problems
+
+
+def test_a_suite_with_an_invalid_study_runs_nothing(tmp_path, write_study):
+    write_study(TINY.format(name="ok", axis="resolution", values="[16]"), "ok.yaml")
+    write_study(TINY.format(name="bad", axis="resolutionn", values="[16]"), "bad.yaml")
+    write_study("suite: s\nstudies: [ok.yaml, bad.yaml]\n", "suite.yaml")
+    done = run_cli("run", "suite.yaml", cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "nothing was run" in done.stderr and "resolutionn" in done.stderr
+    assert not (tmp_path / "results" / "ok").exists()
+
+
+def test_the_findings_suite_validates():
+    suite = load_suite(Path(__file__).resolve().parents[2] / "studies" / "findings")
+    names = [s.name for s in suite.studies]
+    assert len(names) == len(set(names)) and all(len(s.spec.seeds) >= 2 for s in suite.studies)
