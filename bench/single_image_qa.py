@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument(
         "--standardise", action="store_true", help="encoder features standardised per channel"
     )
+    parser.add_argument("--input-norm", action="store_true", help="a LayerNorm on the encoder's features")
     parser.add_argument("--cache", type=Path, default=Path("results/cache"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -87,6 +88,10 @@ def main() -> None:
             mean, std = features.mean((0, 1)), features.std((0, 1)) + 1e-5
         encode = model.image_encoder.forward
         model.image_encoder.forward = lambda x: (encode(x) - mean) / std
+    if args.input_norm:
+        model.input_norm = torch.nn.LayerNorm(cfg.encoder.width)
+        encode2 = model.image_encoder.forward
+        model.image_encoder.forward = lambda x: model.input_norm(encode2(x))
     if args.connector_norm:
         model.connector_norm = torch.nn.LayerNorm(cfg.lm.width)
         connect = model.connector.forward

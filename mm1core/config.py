@@ -206,6 +206,9 @@ class DataConfig:
     recaption_share: float = 0.0
     # Of interleaved pages, the share that list question-answer pairs (the rest list captions).
     interleaved_qa_share: float = 0.5
+    # Questions asked about each image of a question page, all of the page's kind, about different things where the
+    # scene has them (a page of one question per image spends 16 image tokens on each ~12-token question).
+    questions_per_image: int = 1
     max_images_per_document: int = (
         8  # an interleaved page holds 2 to this many images, as many as fit max_seq_len
     )
@@ -767,6 +770,7 @@ def _data_problems(cfg: MM1Config, check: _Check) -> None:
     check(0 <= data.recaption_share <= 1, "data.recaption_share", "must be between 0 and 1")
     check(0 <= data.interleaved_qa_share <= 1, "data.interleaved_qa_share", "must be between 0 and 1")
     check(data.max_images_per_document >= 2, "data.max_images_per_document", "an interleaved page needs 2+")
+    check(data.questions_per_image >= 1, "data.questions_per_image", "a question page asks at least 1 per image")
     for what, tokens in _longest_sequences(cfg).items():
         check(
             tokens <= data.max_seq_len,
@@ -841,6 +845,7 @@ def _longest_sequences(cfg: MM1Config) -> dict[str, int]:
     longest_item = image + max(words["alt_caption"], words["qa"])
     longest = {
         "a re-captioned image": 2 + image + words["recaption"],
+        "an image of a question page and its questions": 2 + image + cfg.data.questions_per_image * words["qa"],
         "a text-only document": 2 + words["text_document"],
     }
     if cfg.eval.scores_world:  # file tasks' prompts are measured with the study's tokenizer, at plan time

@@ -44,17 +44,20 @@ def tiny() -> MM1Config:
 def small() -> MM1Config:
     """Minutes on one CPU core: the size of CPU studies, and the reference recipe of the shipped studies.
 
-    Why it is built so (docs/reference-recipe.md has the measurements): the LM's attention convolves q, k and v
-    over 3 positions and uses rotary positions, and each image token carries a learned embedding of its place, so
-    that "the object at r1c2" can be looked up in a few hundred steps rather than never; the encoder stays frozen
-    (trained at the LM's rate it loses its per-cell features); half the caption data is synthetic re-captions,
-    which name every object at its place (the paper's reference data includes VeCap captions too).
+    Why it is built so (docs/reference-recipe.md has the measurements): the encoder patchifies like the paper's
+    ViTs (after CLIP, the conv stem's features give up a cell's colour and shape to a learned readout far more
+    slowly than a random encoder's; the patchify stem's keep them); the LM's attention convolves q, k and v over 8
+    positions (so that the answer's position sees both the attribute asked, 6 tokens back, and the place named, 2
+    back) and uses rotary positions, and each image token carries a learned embedding of its place, so that "the
+    object at r1c2" can be looked up in a few hundred steps rather than never; the encoder stays frozen (trained at
+    the LM's rate it loses its per-cell features); half the caption data is synthetic re-captions, which name every
+    object at its place (the paper's reference data includes VeCap captions too).
     """
     return MM1Config(
-        encoder=ViTConfig(resolution=64, patch_size=8, width=96, depth=2, num_heads=4),
+        encoder=ViTConfig(resolution=64, patch_size=8, width=96, depth=2, num_heads=4, stem="patchify"),
         encoder_pretrain=EncoderPretrainConfig(loss="clip", steps=300, recaption_share=0.5),
         connector=ConnectorConfig(name="avg-pool", num_image_tokens=16),
-        lm=LMConfig(width=128, depth=2, num_heads=4, positions="rope", qkv_conv_width=3),
+        lm=LMConfig(width=128, depth=2, num_heads=4, positions="rope", qkv_conv_width=8),
         data=DataConfig(ratio="5:5:1", recaption_share=0.5, max_seq_len=384),
         train=TrainConfig(
             steps=1500,

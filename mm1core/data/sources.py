@@ -168,7 +168,8 @@ def source_document(source: str, rng: random.Random, cfg: DataConfig, *, num_ima
             if category is None:
                 text = alt_caption(scene, world, rng)
             else:
-                text = qa_words(*question(scene, world, category, rng))
+                asked = [question(scene, world, category, rng) for _ in range(cfg.questions_per_image)]
+                text = " ".join(qa_words(q, a) for q, a in dict(asked).items())  # each question once
             used += _item_tokens(text, num_image_tokens) + 1
             if scenes and used > cfg.max_seq_len + 1:
                 break

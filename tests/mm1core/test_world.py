@@ -115,6 +115,26 @@ def test_every_document_is_well_formed_and_fits():
     assert pages["qa"] > 50 and pages["captions"] > 50
 
 
+def test_a_question_page_asks_several_different_questions_about_each_image():
+    one = DataConfig(max_seq_len=384)
+    three = dataclasses.replace(one, questions_per_image=3)
+    asked = Counter()
+    for seed in range(300):
+        page = source_document("interleaved", random.Random(seed), three, num_image_tokens=16)
+        # Caption pages draw as before: the knob changes question pages only.
+        single = source_document("interleaved", random.Random(seed), one, num_image_tokens=16)
+        if "question" not in page.text:
+            assert page.text == single.text
+            continue
+        items = page.text.split(IMAGE_PLACEHOLDER)[1:]
+        assert len(items) == len(page.images)
+        for item in items:
+            questions = [q.split(" ? ")[0] for q in item.split("question")[1:]]
+            assert 1 <= len(questions) <= 3 and len(set(questions)) == len(questions)  # each asked once
+            asked[len(questions)] += 1
+    assert asked[3] > asked[1] > 0  # fewer where the scene has fewer things to ask about (one or two signs)
+
+
 def test_a_document_with_the_wrong_number_of_images_is_refused():
     with pytest.raises(ValueError, match="2 <image> placeholders but 1 images"):
         Document("<image> a <image> b", (sample_scene(WORLD, 0),), "interleaved")
