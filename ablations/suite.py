@@ -139,7 +139,7 @@ def adopt_finished(study: Study, trials: list[Trial], results_root: Path) -> lis
             # The source's axis columns name its own axes; this study's say where the run sits among its arms.
             row = {k: v for k, v in rows[0].items() if "/" in k or k in META_COLUMNS} | relabel
             row |= {name: axis_cell(value) for name, value in planned.axis_values.items()}
-            row["adopted_from"] = other.name
+            row["adopted_from"] = rows[0].get("adopted_from") or other.name  # the study that trained it
             extra = {}
             for kind in ("curves", "items"):
                 path = other / "parts" / f"{trial_id}.{kind}.parquet"
