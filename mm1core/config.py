@@ -33,6 +33,7 @@ __all__ = [
     "STEMS",
     "LM_POSITIONS",
     "IMAGE_TOKEN_POSITIONS",
+    "FEATURE_NORMS",
     "FREEZE_STAGES",
     "ConfigError",
     "ENCODER_SEED_SOURCES",
@@ -99,6 +100,10 @@ LM_POSITIONS = Registry(
 # How the LM tells an image's tokens apart: "learned" adds a learned embedding of each token's place in the image's
 # token grid (as Honeybee's C-Abstractor and Qwen-VL's resampler do), "none" leaves it to the encoder's features.
 IMAGE_TOKEN_POSITIONS = Registry("image-token positions", [Choice("learned"), Choice("none")])
+# How the encoder's features enter the connector: as they are, or standardised per channel with statistics measured
+# once on the trial's first training images (MAE's linear probes put a BatchNorm without affine there, for the same
+# reason: a large shared mean and uneven channel scales make a learned readout slow).
+FEATURE_NORMS = Registry("feature normalisation", [Choice("none"), Choice("standardize")])
 # What stays trainable in each named stage.
 FREEZE_STAGES: dict[str, tuple[str, ...]] = {
     "all": ("image_encoder", "connector", "lm"),
@@ -131,6 +136,7 @@ class ConnectorConfig:
     name: str = "avg-pool"
     num_image_tokens: int = 16
     token_positions: str = "learned"
+    feature_norm: str = "none"  # FEATURE_NORMS
 
 
 def _square_within_grid(name: str) -> Callable[[int, int], str | None]:
@@ -696,6 +702,7 @@ def _encoder_problems(cfg: MM1Config, check: _Check) -> None:
 def _connector_problems(cfg: MM1Config, check: _Check) -> None:
     enc, connector = cfg.encoder, cfg.connector
     _choice(IMAGE_TOKEN_POSITIONS, connector.token_positions, cfg, "connector.token_positions", check)
+    _choice(FEATURE_NORMS, connector.feature_norm, cfg, "connector.feature_norm", check)
     if connector.name not in CONNECTORS:
         check(False, "connector.name", CONNECTORS.unknown(connector.name))
     elif enc.patch_size > 0 and enc.resolution % enc.patch_size == 0:  # the patch grid is defined
@@ -770,7 +777,9 @@ def _data_problems(cfg: MM1Config, check: _Check) -> None:
     check(0 <= data.recaption_share <= 1, "data.recaption_share", "must be between 0 and 1")
     check(0 <= data.interleaved_qa_share <= 1, "data.interleaved_qa_share", "must be between 0 and 1")
     check(data.max_images_per_document >= 2, "data.max_images_per_document", "an interleaved page needs 2+")
-    check(data.questions_per_image >= 1, "data.questions_per_image", "a question page asks at least 1 per image")
+    check(
+        data.questions_per_image >= 1, "data.questions_per_image", "a question page asks at least 1 per image"
+    )
     for what, tokens in _longest_sequences(cfg).items():
         check(
             tokens <= data.max_seq_len,
@@ -845,7 +854,9 @@ def _longest_sequences(cfg: MM1Config) -> dict[str, int]:
     longest_item = image + max(words["alt_caption"], words["qa"])
     longest = {
         "a re-captioned image": 2 + image + words["recaption"],
-        "an image of a question page and its questions": 2 + image + cfg.data.questions_per_image * words["qa"],
+        "an image of a question page and its questions": 2
+        + image
+        + cfg.data.questions_per_image * words["qa"],
         "a text-only document": 2 + words["text_document"],
     }
     if cfg.eval.scores_world:  # file tasks' prompts are measured with the study's tokenizer, at plan time

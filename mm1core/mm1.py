@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from mm1core.config import FREEZE_STAGES, IMAGE_TOKEN_POSITIONS, MM1Config
+from mm1core.config import FEATURE_NORMS, FREEZE_STAGES, IMAGE_TOKEN_POSITIONS, MM1Config
 from mm1core.connectors import build_connector
 from mm1core.data.tokenizer import Tokenizer
 from mm1core.lm import DecoderLM
@@ -32,6 +32,7 @@ class MM1(nn.Module):
         *,
         image_token_id: int,
         token_positions: str = "learned",
+        feature_norm: str = "none",
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -47,6 +48,13 @@ class MM1(nn.Module):
         # connector outputs of norm ~2, a 2-layer LM never learned the lookup (docs/reference-recipe.md).
         K, D = connector.num_image_tokens, lm.embed_dim
         self.image_token_pos = nn.Parameter(torch.randn(1, K, D)) if token_positions == "learned" else None
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(FEATURE_NORMS.unknown(feature_norm))
+        # Buffers, so that a checkpoint carries the statistics its connector was trained on.
+        self.standardize = feature_norm == "standardize"
+        if self.standardize:
+            self.register_buffer("feature_mean", torch.zeros(image_encoder.embed_dim))
+            self.register_buffer("feature_std", torch.ones(image_encoder.embed_dim))
 
     def freeze(self, stage: str) -> tuple[str, ...]:
         """Make only the parts named by `stage` trainable; returns their names."""
@@ -65,8 +73,22 @@ class MM1(nn.Module):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """images (M, 3, R, R) -> the connector's image tokens (M, K, D)."""
-        tokens = self.connector(self.image_encoder(images))  # (M, K, D)
+        features = self.image_encoder(images)  # (M, N, Dv)
+        if self.standardize:
+            features = (features - self.feature_mean) / self.feature_std
+        tokens = self.connector(features)  # (M, K, D)
         return tokens if self.image_token_pos is None else tokens + self.image_token_pos
+
+    @torch.no_grad()
+    def fit_feature_norm(self, images: torch.Tensor) -> None:
+        """Measure the per-channel mean and standard deviation of the encoder's features on `images` (M, 3, R, R),
+        over every patch of every image; `connector.feature_norm: standardize` divides them out from then on."""
+        if not self.standardize:
+            raise ValueError("this model does not standardise its features (connector.feature_norm: none)")
+        with eval_mode(self.image_encoder):
+            features = self.image_encoder(images).float().flatten(0, 1)  # (M * N, Dv)
+        self.feature_mean.copy_(features.mean(0))
+        self.feature_std.copy_(features.std(0) + 1e-5)
 
     def embed_inputs(
         self, tokens: torch.Tensor, images: torch.Tensor, *, encoded: bool = False
@@ -122,4 +144,5 @@ def build_mm1(cfg: MM1Config, tokenizer: Tokenizer) -> MM1:
         language_model,
         image_token_id=tokenizer.image_id,
         token_positions=cfg.connector.token_positions,
+        feature_norm=cfg.connector.feature_norm,
     )

@@ -14,6 +14,7 @@ import torch
 from mm1core.config import MM1Config, config_problems, config_to_dict, stage_loop
 from mm1core.data.shards import trial_batch
 from mm1core.data.sources import Batch, build_tokenizer, sft_batch, uses_world_text
+from mm1core.data.tokenizer import Tokenizer
 from mm1core.encoder_pretrain import pretrain_encoder
 from mm1core.eval.file_tasks import evaluate_file_task
 from mm1core.eval.probes import probe_encoder
@@ -27,6 +28,7 @@ from mm1core.train import train
 __all__ = ["TrialOutcome", "run_trial"]
 
 _LENGTH_GROUPS = 3  # forward passes per step; see Batch.by_length
+_FEATURE_NORM_IMAGES, _FEATURE_NORM_STEPS = 256, 32  # connector.feature_norm: standardize measures on these
 
 
 @dataclass
@@ -80,6 +82,10 @@ def run_trial(
     )
     on_metrics("multimodal", 0, pretrained_probes)
     model.freeze(cfg.train.freeze)
+    if model.standardize and (images := _first_images(cfg, tokenizer, cache_dir)).shape[0]:
+        model.fit_feature_norm(
+            images.to(device)
+        )  # the trial's own images: a files-only study measures its files
     num_params = sum(p.numel() for p in model.parameters())
     law_lr = optimal_peak_lr(num_params)
     schedule = dataclasses.replace(cfg.train, lr=law_lr) if cfg.train.lr == "auto" else cfg.train
@@ -191,6 +197,19 @@ def run_trial(
         num_params=num_params,
         built_encoder=built_encoder,
     )
+
+
+def _first_images(cfg: MM1Config, tokenizer: Tokenizer, cache_dir: Path) -> torch.Tensor:
+    """The images of the trial's first training batches, at least _FEATURE_NORM_IMAGES where the mixture has them
+    (a text-only mixture has none: looked for in its first _FEATURE_NORM_STEPS batches)."""
+    found, count = [], 0
+    for step in range(min(cfg.train.steps, _FEATURE_NORM_STEPS)):
+        images = trial_batch(cfg, tokenizer, step, cache_dir=cache_dir).images
+        found.append(images)
+        count += images.shape[0]
+        if count >= _FEATURE_NORM_IMAGES:
+            break
+    return torch.cat(found) if found else torch.empty(0)
 
 
 def _items_record(cfg: MM1Config, *, intermediate: bool = False) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -116,6 +117,7 @@ def test_lr_auto_uses_the_law_and_reports_it(tmp_path):
         {"lm.positions": "rope"},
         {"encoder_pretrain.loss": "aim", "encoder.stem": "patchify"},
         {"encoder_pretrain.loss": "clip"},
+        {"connector.feature_norm": "standardize"},
     ],
 )
 def test_variants_train(overrides, tmp_path):
@@ -187,3 +189,42 @@ def test_moe_lm_trains_with_its_auxiliary_losses(tmp_path):
     run_trial(cfg, cache_dir=tmp_path, on_metrics=lambda stage, step, m: "train/loss" in m and seen.append(m))
     assert seen[-1]["train/loss"] < seen[0]["train/loss"]
     assert 0 < seen[-1]["train/moe_balance_loss"] and 0 < seen[-1]["train/router_z_loss"]
+
+
+def test_standardised_features_enter_the_connector_at_zero_mean_and_unit_scale(tmp_path):
+    from conftest import tiny_model
+
+    from mm1core.config import config_problems
+
+    cfg = config_from_dict(
+        apply_overrides(config_to_dict(get_preset("tiny")), {"connector.feature_norm": "standardize"})
+    )
+    model, _ = tiny_model(cfg)
+    images = torch.rand(64, 3, 32, 32)
+    model.fit_feature_norm(images)
+    raw = model.image_encoder(images)
+    standardised = (raw - model.feature_mean) / model.feature_std
+    torch.testing.assert_close(standardised.mean((0, 1)), torch.zeros(raw.shape[-1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardised.std((0, 1)), torch.ones(raw.shape[-1]), atol=1e-3, rtol=0)
+    # The connector sees the standardised features, and a checkpoint carries the statistics.
+    torch.testing.assert_close(
+        model.encode_images(images), model.connector(standardised) + model.image_token_pos
+    )
+    assert {"feature_mean", "feature_std"} <= set(model.state_dict())
+    plain, _ = tiny_model(get_preset("tiny"))
+    with pytest.raises(ValueError, match="does not standardise"):
+        plain.fit_feature_norm(images)
+    # What a trial measures them on: its own first training images, the same ones on every run of the trial.
+    from mm1core.data.sources import build_tokenizer
+    from mm1core.pipeline import _FEATURE_NORM_IMAGES, _first_images
+
+    tokenizer = build_tokenizer(cfg.data)
+    first = _first_images(cfg, tokenizer, tmp_path)
+    assert first.shape[0] >= min(_FEATURE_NORM_IMAGES, cfg.train.steps * cfg.train.batch_size)
+    assert torch.equal(first, _first_images(cfg, tokenizer, tmp_path))
+    text_only = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, ratio="0:0:1"))
+    assert _first_images(text_only, build_tokenizer(text_only.data), tmp_path).shape[0] == 0
+    bad = config_from_dict(
+        apply_overrides(config_to_dict(get_preset("tiny")), {"connector.feature_norm": "whiten"})
+    )
+    assert any("unknown feature normalisation 'whiten'" in str(p) for p in config_problems(bad))
