@@ -42,7 +42,11 @@ def main() -> None:
     rows = rows[rows["search"] == name]
     steps = int(spec.get("budget", {}).get("multimodal", {}).get("steps") or 0)
     spent = rows.apply(lambda r: steps if r["status"] == "finished" else r["stopped_at_step"], axis=1).sum()
-    trials = search.get_trials(deepcopy=False)
+    # The configurations the search tried to a result (run to the end or stopped by ASHA); a run that a killed
+    # driver left FAIL in Optuna was no decision of the search and is not one of its configurations.
+    trials = search.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    )
     full_steps = len(trials) * steps
 
     # The same configurations, to the end.

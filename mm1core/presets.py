@@ -46,7 +46,8 @@ def small() -> MM1Config:
 
     Why it is built so (docs/reference-recipe.md has the measurements): the encoder patchifies like the paper's
     ViTs (after CLIP, the conv stem's features give up a cell's colour and shape to a learned readout far more
-    slowly than a random encoder's; the patchify stem's keep them); the LM's attention convolves q, k and v over 8
+    slowly than a random encoder's; the patchify stem's keep them), and its features enter the connector
+    standardised per channel (raw, a large shared mean hides what varies between places); the LM's attention convolves q, k and v over 8
     positions (so that the answer's position sees both the attribute asked, 6 tokens back, and the place named, 2
     back) and uses rotary positions, and each image token carries a learned embedding of its place, so that "the
     object at r1c2" can be looked up in a few hundred steps rather than never; the encoder stays frozen (trained at
@@ -56,7 +57,7 @@ def small() -> MM1Config:
     return MM1Config(
         encoder=ViTConfig(resolution=64, patch_size=8, width=96, depth=2, num_heads=4, stem="patchify"),
         encoder_pretrain=EncoderPretrainConfig(loss="clip", steps=300, recaption_share=0.5),
-        connector=ConnectorConfig(name="avg-pool", num_image_tokens=16),
+        connector=ConnectorConfig(name="avg-pool", num_image_tokens=16, feature_norm="standardize"),
         lm=LMConfig(width=128, depth=2, num_heads=4, positions="rope", qkv_conv_width=8),
         data=DataConfig(ratio="5:5:1", recaption_share=0.5, max_seq_len=384),
         train=TrainConfig(
@@ -76,14 +77,14 @@ def small() -> MM1Config:
 
 def base() -> MM1Config:
     """One GPU: a ViT-S/14-sized encoder at 224 px and an ~85M-parameter LM (GPT-2 small's shape), with the `small`
-    recipe's attention convolution, image-token places, frozen encoder and re-captions."""
+    recipe's standardised features, attention convolution, image-token places, frozen encoder and re-captions."""
     return MM1Config(
         encoder=ViTConfig(resolution=224, patch_size=14, width=384, depth=6, num_heads=6, stem="patchify"),
         encoder_pretrain=EncoderPretrainConfig(
             loss="clip", steps=2000, batch_size=256, lr=1e-3, warmup_steps=200, text_width=256, text_depth=2
         ),
-        connector=ConnectorConfig(name="c-abstractor", num_image_tokens=64),
-        lm=LMConfig(width=768, depth=12, num_heads=12, positions="rope", qkv_conv_width=3),
+        connector=ConnectorConfig(name="c-abstractor", num_image_tokens=64, feature_norm="standardize"),
+        lm=LMConfig(width=768, depth=12, num_heads=12, positions="rope", qkv_conv_width=8),
         data=DataConfig(ratio="5:5:1", recaption_share=0.5, max_seq_len=1024),
         train=TrainConfig(
             steps=5000,
