@@ -128,7 +128,9 @@ def test_index_lists_every_study_with_a_findings_scoreboard(tmp_path):
     assert "agrees</span>" in rising and "rising/report.html" in rising
     assert re.search(r"64 vs 32 0shot/vqa: <b>\+0\.3\d\d</b> \[\+0\.\d+, \+0\.\d+\], p\(Holm\)", rising)
     assert "inconclusive</span>" in flat and "flat/report.html" in flat and "5 seeds" in flat
-    assert "<td>F8</td>" in scoreboard and "not tested" in scoreboard.split("<td>F8</td>")[1].split("</tr>")[0]
+    assert (
+        "<td>F8</td>" in scoreboard and "not tested" in scoreboard.split("<td>F8</td>")[1].split("</tr>")[0]
+    )
 
 
 def test_a_running_study_lists_the_trials_still_to_come(tmp_path):
