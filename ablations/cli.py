@@ -41,7 +41,7 @@ def _check_file_tasks(study: Study, results_root: Path) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ablations.suite import is_suite
+    from ablations.suite import adoptable, is_suite
 
     if is_suite(Path(args.study)):
         return _plan_suite(args)
@@ -57,9 +57,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from ablations.results import trial_statuses
 
         recorded = trial_statuses(study_dir)
-    # What a plain `run` leaves alone: finished trials and diverged ones (their outcome stands).
+    # What a plain `run` leaves alone: finished trials and diverged ones (their outcome stands), and those another
+    # study has finished with this code, which the run counts instead of training (ablations.suite).
     finished = {t for t, status in recorded.items() if status in ("finished", "diverged")}
-    todo = [t for t in trials if t.trial_id not in finished]
+    elsewhere = adoptable(_results_root(args)) - finished if study.spec.search is None else set()
+    todo = [t for t in trials if t.trial_id not in finished | elsewhere]
     encoders = encoder_plan(todo, stage_cache_dir(_results_root(args)))
     axis_names = [a.name for a in study.spec.axes]
     rows = [
@@ -68,7 +70,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             *(str(t.axis_values.get(a, "(ref)")) for a in axis_names),
             t.seed,
             t.trial_id,
-            recorded[t.trial_id] if t.trial_id in finished else "to run",
+            recorded[t.trial_id]
+            if t.trial_id in finished
+            else "finished by another study"
+            if t.trial_id in elsewhere
+            else "to run",
             encoders.get(t.trial_id, "-"),
         ]
         for t in trials
@@ -179,19 +185,19 @@ def _plan_suite(args: argparse.Namespace) -> int:
     from ablations.cost import estimate_study
     from ablations.plan import plan
     from ablations.results import trial_statuses
-    from ablations.suite import load_suite
+    from ablations.suite import adoptable, load_suite
 
     suite = load_suite(Path(args.study))
     root = _results_root(args)
     for study in suite.studies:
         _check_file_tasks(study, root)
-    finished: set[str] = set()
-    for path in root.glob("*/trials.parquet"):
-        finished |= {t for t, status in trial_statuses(path.parent).items() if status == "finished"}
+    counted = adoptable(root)  # finished by some study with this code: no study trains them again
     seen: set[str] = set()
     rows, total_s, slots = [], 0.0, 1
     for study in suite.studies:
         trials = plan(study)
+        own = {t for t, status in trial_statuses(root / study.name).items() if status == "finished"}
+        finished = own | counted
         done = [t for t in trials if t.trial_id in finished]
         shared = [t for t in trials if t.trial_id in seen and t.trial_id not in finished]
         todo = [t for t in trials if t.trial_id not in seen and t.trial_id not in finished]

@@ -17,7 +17,7 @@ from ablations.plan import Trial
 from ablations.spec import Study, StudyError, load_study
 from ablations.yamlio import YamlError, load_yaml
 
-__all__ = ["Suite", "adopt_finished", "is_suite", "load_suite", "suite_file"]
+__all__ = ["Suite", "adopt_finished", "adoptable", "is_suite", "load_suite", "suite_file"]
 
 SUITE_KEYS = ("suite", "description", "studies")
 
@@ -104,6 +104,32 @@ def load_suite(path: Path) -> Suite:
     if problems:
         raise StudyError(problems)
     return Suite(name, str(data.get("description", "")).strip(), path, studies)
+
+
+def adoptable(results_root: Path) -> set[str]:
+    """The trial ids some study under `results_root` has finished with the current code: what adopt_finished
+    would count for another study instead of training them."""
+    paths = sorted(results_root.glob("*/trials.parquet"))
+    if not paths:  # pyarrow's import alone costs half a second of `plan`'s start
+        return set()
+    import pyarrow.parquet as pq
+
+    from mm1core.stage_cache import code_version
+
+    current, found = code_version(), set()
+    for path in paths:
+        table = pq.read_table(path).to_pydict()
+        found |= {
+            trial_id
+            for trial_id, status, code in zip(
+                table["trial_id"],
+                table["status"],
+                table.get("code_version", [None] * len(table["trial_id"])),
+                strict=True,
+            )
+            if status == "finished" and code == current
+        }
+    return found
 
 
 def adopt_finished(study: Study, trials: list[Trial], results_root: Path) -> list[tuple[Trial, str]]:

@@ -49,8 +49,15 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     assert "suite tiny-findings: 2 studies" in plan.stdout
     assert "4 trials in all, 3 distinct; 3 to train" in plan.stdout, plan.stdout
 
+    # The first study alone; the second's plan then knows which of its trials is already trained.
+    first = run_cli("run", "suite/res.yaml", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    alone = run_cli("plan", "suite/tok.yaml", "--no-estimate", cwd=tmp_path, timeout=120)
+    assert alone.stdout.count("finished by another study") == 1 and "1 finished, 1 to run" in alone.stdout
+
     done = run_cli("run", "suite", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 trials planned, 2 already finished, 0 to run" in done.stdout  # s-res: nothing left
     assert "counting 1 finished runs of the same trials (config, seed and code) from s-res" in done.stdout
     assert "suite tiny-findings: s-res ok, s-tok ok" in done.stdout
     res = pd.read_parquet(tmp_path / "results" / "s-res" / "trials.parquet")
