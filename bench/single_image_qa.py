@@ -30,6 +30,7 @@ from mm1core.encoder_pretrain import pretrain_encoder
 from mm1core.losses import LOSSES
 from mm1core.mm1 import build_mm1
 from mm1core.presets import get_preset
+from mm1core.train import get_lr
 
 
 def main() -> None:
@@ -48,6 +49,9 @@ def main() -> None:
     parser.add_argument("--freeze", default="frozen-encoder", help="a train.freeze value")
     parser.add_argument("--override", default="{}", help="JSON config overrides of the small preset")
     parser.add_argument("--connector-norm", action="store_true", help="a LayerNorm on the connector's output")
+    parser.add_argument(
+        "--constant-lr", action="store_true", help="hold the peak rate after warm-up (no decay)"
+    )
     parser.add_argument("--input-norm", action="store_true", help="a LayerNorm on the encoder's features")
     parser.add_argument("--cache", type=Path, default=Path("results/cache"))
     args = parser.parse_args()
@@ -132,7 +136,15 @@ def main() -> None:
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0
     )
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 50))
+    # The recipe's schedule (warm-up, cosine decay to 10%) over this run's steps, or, with --constant-lr, the peak
+    # rate held after warm-up as every run before 2026-11-27 had it (docs/reference-recipe.md, item 17: a loss spike).
+    lr_schedule = dataclasses.replace(cfg.train, steps=args.steps, lr=args.lr, warmup_steps=50)
+    rate = (
+        (lambda s: min(1.0, (s + 1) / 50))
+        if args.constant_lr
+        else (lambda s: get_lr(s, lr_schedule) / args.lr)
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     started = time.time()
     for step in range(args.steps):
         b = batch(step)
@@ -141,7 +153,7 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        warmup.step()
+        scheduler.step()
         if (step + 1) % 250 == 0:
             print(step + 1, round(loss.item(), 3), heldout(), f"{time.time() - started:.0f}s", flush=True)
 
