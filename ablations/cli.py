@@ -17,6 +17,8 @@ from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 
 __all__ = ["main"]
 
+INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C
+
 # Each command imports what it needs inside its function, for start-up: `mm1ablate plan` answers in a fraction of a
 # second because it never loads Ray, MLflow, pandas or torch, which `run`, `report` and `ui` need.
 
@@ -238,6 +240,12 @@ def _run_suite(args: argparse.Namespace) -> int:
     for study in suite.studies:
         print(f"== suite {suite.name}: {study.name} ({len(codes) + 1}/{len(suite.studies)})", flush=True)
         codes[study.name] = _run_one(study, args)
+        if codes[study.name] == INTERRUPTED:  # Ctrl-C stops the suite, not just the study it was in
+            left = [s.name for s in suite.studies if s.name not in codes]
+            print(
+                f"suite {suite.name}: interrupted in {study.name}; not started: {', '.join(left) or 'none'}"
+            )
+            return INTERRUPTED
     print(
         f"suite {suite.name}: " + ", ".join(f"{n} {'ok' if c == 0 else 'FAILED'}" for n, c in codes.items())
     )
@@ -286,6 +294,9 @@ def _run_one(study: Study, args: argparse.Namespace) -> int:
         print(f"  failed {trial_id}: {last_line(error)}")
     if summary.report:
         print(f"report: {summary.report}")
+    if summary.interrupted:
+        print(f"interrupted: {summary.interrupted} trials did not end; run the study again to resume them")
+        return INTERRUPTED
     return 1 if summary.failed else 0
 
 

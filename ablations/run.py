@@ -78,6 +78,12 @@ class RunSummary:
     results_dir: Path = Path()
     report: Path | None = None
 
+    @property
+    def interrupted(self) -> int:
+        """How many of the runs this execution set out to do it did not end (Ctrl-C, a stop): a re-run resumes them."""
+        ended = len(self.finished) + len(self.stopped) + len(self.failed) + len(self.diverged)
+        return max(0, self.planned - self.skipped - ended)
+
 
 class _StudyCallback(tune.Callback):
     """Turns Tune events into MLflow runs, Parquet rows and progress lines, run by run.
