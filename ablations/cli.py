@@ -62,7 +62,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     # What a plain `run` leaves alone: finished trials and diverged ones (their outcome stands), and those another
     # study has finished with this code, which the run counts instead of training (ablations.suite).
     finished = {t for t, status in recorded.items() if status in ("finished", "diverged")}
-    elsewhere = adoptable(_results_root(args)) - finished if study.spec.search is None else set()
+    elsewhere = set(adoptable(_results_root(args))) - finished if study.spec.search is None else set()
     todo = [t for t in trials if t.trial_id not in finished | elsewhere]
     encoders = encoder_plan(todo, stage_cache_dir(_results_root(args)))
     axis_names = [a.name for a in study.spec.axes]
@@ -193,7 +193,7 @@ def _plan_suite(args: argparse.Namespace) -> int:
     root = _results_root(args)
     for study in suite.studies:
         _check_file_tasks(study, root)
-    counted = adoptable(root)  # finished by some study with this code: no study trains them again
+    counted = set(adoptable(root))  # finished by some study with this code: no study trains them again
     seen: set[str] = set()
     rows, total_s, slots = [], 0.0, 1
     for study in suite.studies:

@@ -1,4 +1,4 @@
-"""A suite: several studies run as one job (the findings suite, `studies/suite.yaml`), planned as a whole.
+"""A suite: several studies run as one job (the findings suite, `studies/findings/suite.yaml`), planned as a whole.
 
 A suite file lists study files; `mm1ablate plan|run SUITE.yaml` (or a folder holding `suite.yaml`) validates every
 study before anything runs, plans the whole (trials, those shared between studies, those finished already, the
@@ -106,29 +106,23 @@ def load_suite(path: Path) -> Suite:
     return Suite(name, str(data.get("description", "")).strip(), path, studies)
 
 
-def adoptable(results_root: Path) -> set[str]:
-    """The trial ids some study under `results_root` has finished with the current code: what adopt_finished
-    would count for another study instead of training them."""
+def adoptable(results_root: Path) -> dict[str, str]:
+    """trial id -> the study under `results_root` that finished it with the current code: what adopt_finished
+    counts for another study instead of training it (the first such study, by name)."""
     paths = sorted(results_root.glob("*/trials.parquet"))
     if not paths:  # pyarrow's import alone costs half a second of `plan`'s start
-        return set()
+        return {}
     import pyarrow.parquet as pq
 
     from mm1core.stage_cache import code_version
 
-    current, found = code_version(), set()
+    current, found = code_version(), {}
     for path in paths:
         table = pq.read_table(path).to_pydict()
-        found |= {
-            trial_id
-            for trial_id, status, code in zip(
-                table["trial_id"],
-                table["status"],
-                table.get("code_version", [None] * len(table["trial_id"])),
-                strict=True,
-            )
-            if status == "finished" and code == current
-        }
+        codes = table.get("code_version", [None] * len(table["trial_id"]))
+        for trial_id, status, code in zip(table["trial_id"], table["status"], codes, strict=True):
+            if status == "finished" and code == current:
+                found.setdefault(trial_id, path.parent.name)
     return found
 
 
@@ -143,40 +137,33 @@ def adopt_finished(study: Study, trials: list[Trial], results_root: Path) -> lis
 
     from ablations.results import ResultsStore, axis_cell, trial_statuses
     from mm1core.schema import META_COLUMNS
-    from mm1core.stage_cache import code_version
 
     here = results_root / study.name
     done_here = {t for t, status in trial_statuses(here).items() if status == "finished"}
     wanted = {t.trial_id: t for t in trials if t.trial_id not in done_here}
     if not wanted:
         return []
-    current = code_version()
+    sources = {t: name for t, name in adoptable(results_root).items() if name != study.name and t in wanted}
     store = ResultsStore(here)
     adopted: list[tuple[Trial, str]] = []
-    for other in sorted(p for p in results_root.iterdir() if (p / "parts").is_dir() and p != here):
-        for trial_id, planned in list(wanted.items()):
-            part = other / "parts" / f"{trial_id}.trial.parquet"
-            if not part.exists():
-                continue
-            rows = pq.read_table(part).to_pylist()
-            if not rows or rows[0].get("status") != "finished" or rows[0].get("code_version") != current:
-                continue
-            relabel = {"study": study.name, "arm": planned.arm, "seed": planned.seed}
-            # The source's axis columns name its own axes; this study's say where the run sits among its arms.
-            row = {k: v for k, v in rows[0].items() if "/" in k or k in META_COLUMNS} | relabel
-            row |= {name: axis_cell(value) for name, value in planned.axis_values.items()}
-            row["adopted_from"] = rows[0].get("adopted_from") or other.name  # the study that trained it
-            extra = {}
-            for kind in ("curves", "items"):
-                path = other / "parts" / f"{trial_id}.{kind}.parquet"
-                extra[kind] = (
-                    [r | {"arm": planned.arm, "seed": planned.seed} for r in pq.read_table(path).to_pylist()]
-                    if path.exists()
-                    else []
-                )
-            store.save_trial(row, extra["curves"], extra["items"])
-            adopted.append((planned, other.name))
-            del wanted[trial_id]
+    for trial_id, source in sorted(sources.items()):
+        planned, other = wanted[trial_id], results_root / source
+        rows = pq.read_table(other / "parts" / f"{trial_id}.trial.parquet").to_pylist()
+        relabel = {"study": study.name, "arm": planned.arm, "seed": planned.seed}
+        # The source's axis columns name its own axes; this study's say where the run sits among its arms.
+        row = {k: v for k, v in rows[0].items() if "/" in k or k in META_COLUMNS} | relabel
+        row |= {name: axis_cell(value) for name, value in planned.axis_values.items()}
+        row["adopted_from"] = rows[0].get("adopted_from") or other.name  # the study that trained it
+        extra = {}
+        for kind in ("curves", "items"):
+            path = other / "parts" / f"{trial_id}.{kind}.parquet"
+            extra[kind] = (
+                [r | {"arm": planned.arm, "seed": planned.seed} for r in pq.read_table(path).to_pylist()]
+                if path.exists()
+                else []
+            )
+        store.save_trial(row, extra["curves"], extra["items"])
+        adopted.append((planned, other.name))
     if adopted:
         store.consolidate()
     return adopted

@@ -74,7 +74,6 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     assert shared["0shot/vqa"].iloc[0] == source["0shot/vqa"] and source.arm == "resolution=32"
     items = pd.read_parquet(tmp_path / "results" / "s-tok" / "items.parquet")
     assert set(items[items.trial_id == source.trial_id].arm) == {"image_tokens=4"}
-    # Only the two arms of its own were trained for the second study.
     assert (tmp_path / "results" / "s-tok" / "report.html").exists()
     index = (tmp_path / "results" / "index.html").read_text()
     assert "s-res" in index and "s-tok" in index and "F5" in index
