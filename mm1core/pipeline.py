@@ -82,9 +82,10 @@ def run_trial(
     )
     on_metrics("multimodal", 0, pretrained_probes)
     model.freeze(cfg.train.freeze)
-    # The trial's own images: a files-only study measures its files.
     if model.standardize and (images := _first_images(cfg, tokenizer, cache_dir)).shape[0]:
-        model.fit_feature_norm(images.to(device))
+        model.fit_feature_norm(
+            images.to(device)
+        )  # the trial's own images: a files-only study measures its files
     num_params = sum(p.numel() for p in model.parameters())
     law_lr = optimal_peak_lr(num_params)
     schedule = dataclasses.replace(cfg.train, lr=law_lr) if cfg.train.lr == "auto" else cfg.train
