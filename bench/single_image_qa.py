@@ -7,6 +7,7 @@ from the data mixture, the few-shot formats and the evaluation suite, at ~0.07 s
     .venv/bin/python bench/single_image_qa.py --steps 1500 --curriculum color:500
     .venv/bin/python bench/single_image_qa.py --steps 500 --one-object --override '{"lm.width": 256}'
     .venv/bin/python bench/single_image_qa.py --steps 500 --override '{"connector.feature_norm": "none"}'  # raw features
+    .venv/bin/python bench/single_image_qa.py --steps 2500 --attention --variant shift  # item 19
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from mm1core import blocks
 from mm1core.config import apply_overrides, config_from_dict, config_to_dict
 from mm1core.data.documents import IMAGE_PLACEHOLDER, Document
 from mm1core.data.sources import batch_from_documents, build_tokenizer
 from mm1core.data.text import qa_words, question
-from mm1core.data.world import sample_scene
+from mm1core.data.world import positions, sample_scene
 from mm1core.encoder_pretrain import pretrain_encoder
 from mm1core.losses import LOSSES
 from mm1core.mm1 import build_mm1
@@ -53,6 +55,17 @@ def main() -> None:
         "--constant-lr", action="store_true", help="hold the peak rate after warm-up (no decay)"
     )
     parser.add_argument("--input-norm", action="store_true", help="a LayerNorm on the encoder's features")
+    parser.add_argument(
+        "--variant",
+        default="",
+        help="comma-separated diagnostic question forms (not the world's): "
+        "count-total (counting never names a colour), shift (0-8 filler words before the image, so that no lookup can go by a fixed offset)",
+    )
+    parser.add_argument(
+        "--attention",
+        action="store_true",
+        help="report attention from the answer onto the asked cell's image token and onto all image tokens",
+    )
     parser.add_argument("--cache", type=Path, default=Path("results/cache"))
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -94,7 +107,24 @@ def main() -> None:
         connect = model.connector.forward
         model.connector.forward = lambda patches: model.connector_norm(connect(patches))
 
+    variants = set(filter(None, args.variant.split(",")))
+    unknown = variants - {"count-total", "shift"}
+    if unknown:
+        parser.error(f"--variant: unknown {sorted(unknown)}")
+
+    def ask(scene, category: str, rng: random.Random) -> tuple[str, str]:
+        q, a = question(scene, world, category, rng)
+        if category == "counting" and "count-total" in variants:
+            return "how many objects are there", str(len(scene.objects))
+        return q, a
+
+    names = positions(world.grid_size)
     categories = args.categories.split(",")
+
+    def page(scene, q: str, a: str, rng: random.Random) -> Document:
+        filler = "the " * rng.randint(0, 8) if "shift" in variants else ""
+        return Document(f"{filler}{IMAGE_PLACEHOLDER} {qa_words(q, a)}", (scene,), "i")
+
     schedule = [
         (int(until), part.split(","))
         for part, until in (p.split(":") for p in args.curriculum.split(";") if p)
@@ -106,32 +136,68 @@ def main() -> None:
         docs = []
         for _ in range(args.batch):
             scene = sample_scene(world, rng.getrandbits(60))
-            q, a = question(scene, world, rng.choice(pool), rng)
-            docs.append(Document(f"{IMAGE_PLACEHOLDER} {qa_words(q, a)}", (scene,), "i"))
+            q, a = ask(scene, rng.choice(pool), rng)
+            docs.append(page(scene, q, a, rng))
         return make(docs)
 
+    captured: list[torch.Tensor] = []
+
+    sdpa = blocks.F.scaled_dot_product_attention
+
+    def attention_probs(q, k, v, is_causal=False, attn_mask=None):
+        if not is_causal:  # the image encoder's attention
+            return sdpa(q, k, v, attn_mask=attn_mask)
+        scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, H, T, T)
+        T = scores.shape[-1]
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        probs = scores.softmax(-1)
+        captured.append(probs)
+        return probs @ v
+
     def heldout() -> dict[str, float]:
+        """Accuracy per category; with --attention, also each layer's attention (the head that puts most there) from
+        the position that predicts the answer onto the image token of the cell the question names."""
         model.eval()
         hits: dict[str, list[bool]] = defaultdict(list)
+        on_cell: dict[int, list[float]] = defaultdict(list)
+        on_image: dict[int, list[float]] = defaultdict(list)
+        if args.attention:
+            blocks.F.scaled_dot_product_attention = attention_probs
         with torch.no_grad():
             for rep in range(3):
                 rng = random.Random(f"held/{rep}")
-                docs, asked = [], []
+                docs, asked, cells = [], [], []
                 for i in range(20 * len(categories)):
                     scene = sample_scene(world, rng.getrandbits(60) + 10**12)
                     category = categories[i % len(categories)]
-                    q, a = question(scene, world, category, rng)
-                    docs.append(Document(f"{IMAGE_PLACEHOLDER} {qa_words(q, a)}", (scene,), "i"))
+                    q, a = ask(scene, category, rng)
+                    docs.append(page(scene, q, a, rng))
                     asked.append(category)
+                    cells.append(
+                        names.index(q.split()[-1]) if category in ("color", "shape", "size") else None
+                    )
                 b = make(docs)
+                captured.clear()
                 predicted = model(b.tokens, b.images).argmax(-1)
                 for i, category in enumerate(asked):
                     answer = (
                         (b.targets[i] != -100).nonzero().flatten()[:-2]
                     )  # the answer's words: no "." nor eos
                     hits[category].append(bool((predicted[i, answer] == b.targets[i, answer]).all()))
+                    image_at = (b.tokens[i] == tokenizer.image_id).nonzero().flatten()  # in cell order
+                    for layer, probs in enumerate(captured):
+                        at_answer = probs[i, :, int(answer[0])]  # (H, T)
+                        on_image[layer].append(at_answer[:, image_at].sum(-1).max().item())
+                        if cells[i] is not None:
+                            on_cell[layer].append(at_answer[:, image_at[cells[i]]].max().item())
+        blocks.F.scaled_dot_product_attention = sdpa
         model.train()
-        return {c: round(sum(v) / len(v), 2) for c, v in hits.items()}
+        scores = {c: round(sum(v) / len(v), 2) for c, v in hits.items()}
+        for layer, mass in on_cell.items():
+            scores[f"cell{layer}"] = round(sum(mass) / len(mass), 2)
+        for layer, mass in on_image.items():
+            scores[f"image{layer}"] = round(sum(mass) / len(mass), 2)
+        return scores
 
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0
