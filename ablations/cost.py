@@ -115,16 +115,25 @@ def slots_for(cpu_per_trial: float, cpus: float | None = None) -> int:
 
 
 def _finished_rates(results_root: Path, shapes: set[str]) -> dict[str, tuple[dict[str, float], int]]:
-    """Rates of each shape from finished trials that recorded their stage times: medians, and how many trials."""
+    """Rates of each shape from finished trials that recorded their stage times, and how many trials.
+
+    A trial adopted by several studies counts once. Of its shape's trials, the rate is the lower quartile, not the
+    median: load from outside a study (another run, a benchmark) only ever slows a trial, so on a busy machine the
+    slow half says more about that day than about the shape (measured: the findings suite's reference trials, run
+    four to a 2-core machine, took 0.35 s a step, the same shape 0.12-0.15 s with its study alone)."""
     import pandas as pd  # only where finished trials exist: planning a new study never loads it
 
     found: dict[str, list[dict[str, float]]] = {}
+    seen: set[str] = set()
     for path in results_root.glob("*/trials.parquet"):
         rows = pd.read_parquet(path)
         if "time/encoder_s" not in rows or "config_json" not in rows:
             continue
         done = rows[(rows["status"] == "finished") & rows["time/encoder_s"].notna()]
         for row in done.to_dict("records"):
+            if row["trial_id"] in seen:
+                continue
+            seen.add(row["trial_id"])
             config = json.loads(row["config_json"])
             shape = shape_key(config)
             if shape not in shapes:
@@ -146,7 +155,7 @@ def _finished_rates(results_root: Path, shapes: set[str]) -> dict[str, tuple[dic
         for key in RATE_KEYS:
             values = sorted(r[key] for r in rates if key in r)
             if values:
-                merged[key] = values[len(values) // 2]
+                merged[key] = values[len(values) // 4]
         out[shape] = (merged, len(rates))
     return out
 

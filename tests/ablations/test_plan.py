@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 from ablations.plan import plan
@@ -192,3 +193,39 @@ def test_imports_run_one_way():
                 )
                 wrong += [f"{path.relative_to(REPO)} imports {n}" for n in names if n.split(".")[0] in banned]
     assert not wrong, wrong
+
+
+def test_finished_trials_price_their_shape_once_each_and_past_a_busy_day(tmp_path):
+    """The plan's rates from finished trials: a trial two studies hold counts once, and trials slowed by load from
+    outside their study do not set the rate, even when they are half of the shape's trials."""
+    import pandas as pd
+
+    from ablations.cost import _finished_rates, shape_key
+    from mm1core.config import config_to_dict
+    from mm1core.presets import get_preset
+
+    config = config_to_dict(get_preset("tiny"))
+    steps = config["train"]["steps"]
+
+    def row(trial_id: str, step_s: float) -> dict:
+        return {
+            "trial_id": trial_id,
+            "status": "finished",
+            "config_json": json.dumps(config),
+            "time/encoder_s": 1.0,
+            "time/train_s": step_s * steps,
+            "time/data_s": 0.0,
+            "time/eval_s": 2.0,
+            "wall_time_s": step_s * steps + 4.0,
+            "built_encoder": True,
+        }
+
+    calm = [row("calm0", 0.10), row("calm1", 0.11)]
+    busy = [row("busy0", 0.35), row("busy1", 0.36)]
+    for study, rows in {"a": calm + busy, "b": busy, "c": busy}.items():  # b and c adopted a's busy trials
+        (tmp_path / study).mkdir()
+        pd.DataFrame(rows).to_parquet(tmp_path / study / "trials.parquet")
+    shape = shape_key(config)
+    rates, count = _finished_rates(tmp_path, {shape})[shape]
+    assert count == 4
+    assert rates["train_step_s"] == pytest.approx(0.11)
