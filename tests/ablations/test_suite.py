@@ -120,8 +120,9 @@ def test_a_suite_with_an_invalid_study_runs_nothing(tmp_path, write_study):
     assert not (tmp_path / "results" / "ok").exists()
 
 
-def test_the_findings_suite_validates():
-    suite = load_suite(Path(__file__).resolve().parents[2] / "studies" / "findings")
+@pytest.mark.parametrize("suite_name", ["findings", "long"])
+def test_the_shipped_suites_validate(suite_name):
+    suite = load_suite(Path(__file__).resolve().parents[2] / "studies" / suite_name)
     names = [s.name for s in suite.studies]
     assert len(names) == len(set(names)) and all(len(s.spec.seeds) >= 2 for s in suite.studies)
 
