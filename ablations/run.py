@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,6 +443,12 @@ def _run_study(
     print(f"[{study.name}] {what}; MLflow: {redacted(uri)}; results: {study_dir}", file=out, flush=True)
     if not to_run:
         _write_study_json(study, study_dir, trials)
+        if search is None and (adopted or not (study_dir / "report.html").exists()):
+            # Runs counted from another study are new rows of this one: its report must say what it holds now.
+            def report() -> None:
+                summary.report = write_report(study_dir, results_root, tracking_uri=redacted(uri))
+
+            _reported(study.name, study_dir, out, report)
         return summary
     resources = study.spec.resources
     address = address or os.environ.get("RAY_ADDRESS")
@@ -554,17 +561,12 @@ def _run_study(
             },
         )
         if store.trials_path.exists():
-            try:
-                _publish(study_dir, results_root, redacted(uri), tracker, summary)
-            except (
-                Exception
-            ) as err:  # the results are on disk: a report that fails costs the report, not the run
-                print(
-                    f"[{study.name}] the report failed ({type(err).__name__}: {err}); the results are in "
-                    f"{study_dir}, `mm1ablate report {study.name}` writes it again",
-                    file=out,
-                    flush=True,
-                )
+            _reported(
+                study.name,
+                study_dir,
+                out,
+                lambda: _publish(study_dir, results_root, redacted(uri), tracker, summary),
+            )
         ended = len(summary.finished) + len(summary.stopped) + len(summary.failed) + len(summary.diverged)
         tracker.end_study(
             failed=bool(summary.failed) or ended < to_run,
@@ -614,6 +616,19 @@ def _estimate(study: Study, todo: list[Trial], results_root: Path, out: TextIO) 
         "sources": sorted(set(estimate.sources)),
         "trials": {trial_id: e.total_s for trial_id, e in estimate.trials.items()},
     }
+
+
+def _reported(name: str, study_dir: Path, out: TextIO, write: Callable[[], None]) -> None:
+    """Write the report; the results are on disk, so a report that fails costs the report, not the run."""
+    try:
+        write()
+    except Exception as err:
+        print(
+            f"[{name}] the report failed ({type(err).__name__}: {err}); the results are in "
+            f"{study_dir}, `mm1ablate report {name}` writes it again",
+            file=out,
+            flush=True,
+        )
 
 
 def _publish(study_dir: Path, results_root: Path, uri: str, tracker: Tracker, summary: RunSummary) -> None:

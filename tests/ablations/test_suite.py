@@ -81,6 +81,15 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     again = run_cli("plan", "suite", "--no-estimate", cwd=tmp_path, timeout=120)
     assert "0 to train" in again.stdout, again.stdout
 
+    # A study whose every trial another study finished trains nothing, and still reports what it now holds.
+    (tmp_path / "suite" / "ref.yaml").write_text(
+        TINY.format(name="s-ref", axis="resolution", values="[32]").lstrip()
+    )
+    counted = run_cli("run", "suite/ref.yaml", cwd=tmp_path)
+    assert counted.returncode == 0, counted.stdout + counted.stderr
+    assert "1 trials planned, 1 already finished, 0 to run" in counted.stdout
+    assert (tmp_path / "results" / "s-ref" / "report.html").exists()
+
 
 def test_suite_file_mistakes_are_named_with_their_line(tmp_path, write_study):
     write_study(TINY.format(name="a", axis="resolution", values="[16]"), "a.yaml")
