@@ -567,9 +567,8 @@ def _run_study(
                 out,
                 lambda: _publish(study_dir, results_root, redacted(uri), tracker, summary),
             )
-        ended = len(summary.finished) + len(summary.stopped) + len(summary.failed) + len(summary.diverged)
         tracker.end_study(
-            failed=bool(summary.failed) or ended < to_run,
+            failed=bool(summary.failed) or summary.interrupted > 0,
             summary={
                 "planned": planned,
                 "finished": len(summary.finished) + summary.skipped,

@@ -23,15 +23,40 @@ def tiny_model(cfg):
     return build_mm1(cfg, tokenizer), tokenizer
 
 
+# A user's shell, without the tracking server or Ray cluster the test process may have been pointed at.
+CLI_ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+
+
 def run_cli(
     *args: str, cwd: Path, timeout: float = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """The real console script, in a fresh process, as a user runs it."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    full_env |= env or {}
     return subprocess.run(
-        [MM1ABLATE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+        [MM1ABLATE, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=CLI_ENV | (env or {}),
     )
+
+
+def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    """The console script started and left running, its output (stderr with stdout) read line by line by the test,
+    which may stop a server, kill or interrupt it meanwhile."""
+    return subprocess.Popen(
+        [MM1ABLATE, *args], cwd=cwd, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def read_until(driver: subprocess.Popen, marker: str) -> list[str]:
+    """The driver's lines up to and including the first that holds `marker`; fails if it ends first."""
+    seen = []
+    for line in driver.stdout:
+        seen.append(line)
+        if marker in line:
+            return seen
+    raise AssertionError(f"the run ended before {marker!r}:\n" + "".join(seen[-30:]))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import MM1ABLATE, run_cli
+from conftest import read_until, run_cli, start_cli
 from mlflow.tracking import MlflowClient
 
 from ablations.leftovers import descendants
@@ -63,32 +63,13 @@ def _alive(process: dict) -> bool:
     return stat.rsplit(")", 1)[1].split()[19] == process["start"]
 
 
-ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-
-
 def _study_dir(root: Path) -> Path:
     return root / "results" / "faults"
 
 
 def _start(root: Path) -> subprocess.Popen:
     (root / "s.yaml").write_text(STUDY.format(name="faults").lstrip())
-    return subprocess.Popen(
-        [MM1ABLATE, "run", "s.yaml"],
-        cwd=root,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _run_until(driver: subprocess.Popen, marker: str) -> list[str]:
-    seen = []
-    for line in driver.stdout:
-        seen.append(line)
-        if marker in line:
-            return seen
-    raise AssertionError(f"the run ended before {marker!r}:\n" + "".join(seen[-30:]))
+    return start_cli("run", "s.yaml", cwd=root)
 
 
 def _curves(root: Path, part: str) -> pd.DataFrame:
@@ -130,7 +111,7 @@ def test_a_killed_driver_resumes_to_the_same_study(tmp_path, uninterrupted, mark
     """SIGKILL of the driver, then `run` again: the study an uninterrupted run gives, one MLflow run per trial, whole
     learning curves, and none of the killed driver's processes left."""
     driver = _start(tmp_path)
-    _run_until(driver, marker)
+    read_until(driver, marker)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
     left_behind = json.loads((_study_dir(tmp_path) / ".ray-processes.json").read_text())
@@ -166,7 +147,7 @@ def test_a_killed_driver_resumes_to_the_same_study(tmp_path, uninterrupted, mark
 def test_a_killed_trial_process_is_retried_from_its_checkpoint(tmp_path, uninterrupted):
     """A trial's own process killed (as by the OOM killer): Tune retries it and the study goes on to the same end."""
     driver = _start(tmp_path)
-    seen = _run_until(driver, "multimodal step 250/400")
+    seen = read_until(driver, "multimodal step 250/400")
     workers = [pid for pid in descendants(driver.pid) if _cmdline(pid).startswith("ray::ImplicitFunc")]
     assert workers, "".join(seen[-20:])
     os.kill(workers[0], signal.SIGKILL)
@@ -311,16 +292,7 @@ def test_two_studies_at_once_share_the_cache_and_the_tracking_store(tmp_path):
         (tmp_path / f"{name}.yaml").write_text(
             STUDY.format(name=name).replace("values: [0.001, 0.002]", "values: [0.001]").lstrip()
         )
-        drivers.append(
-            subprocess.Popen(
-                [MM1ABLATE, "run", f"{name}.yaml"],
-                cwd=tmp_path,
-                env=ENV,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
+        drivers.append(start_cli("run", f"{name}.yaml", cwd=tmp_path))
     outputs = [driver.communicate(timeout=600)[0] for driver in drivers]
     assert [driver.returncode for driver in drivers] == [0, 0], outputs
     assert len(list((tmp_path / "results" / "cache").glob("encoder-*.pt"))) == 1  # the same stage, built once

@@ -3,14 +3,12 @@ share trained once, the scoreboard written, and a suite file's mistakes named at
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MM1ABLATE, run_cli
+from conftest import read_until, run_cli, start_cli
 
 from ablations.spec import StudyError
 from ablations.suite import is_suite, load_suite
@@ -141,21 +139,9 @@ def test_ctrl_c_stops_the_suite_not_only_its_study(tmp_path):
     folder = _write_suite(tmp_path)
     long = (folder / "res.yaml").read_text().replace("multimodal: {steps: 20}", "multimodal: {steps: 2000}")
     (folder / "res.yaml").write_text(long)
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    driver = subprocess.Popen(
-        [MM1ABLATE, "run", "suite"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    seen = []
-    for line in driver.stdout:
-        seen.append(line)
-        if "multimodal step" in line:
-            driver.send_signal(signal.SIGINT)
-            break
+    driver = start_cli("run", "suite", cwd=tmp_path)
+    seen = read_until(driver, "multimodal step")
+    driver.send_signal(signal.SIGINT)
     rest, _ = driver.communicate(timeout=300)
     out = "".join(seen) + rest
     assert driver.returncode == 130, out

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MM1ABLATE, run_cli
+from conftest import read_until, run_cli, start_cli
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -101,20 +101,8 @@ def test_a_server_that_is_down_is_said_at_once_in_one_line(tmp_path):
 def test_a_server_that_goes_down_mid_run_loses_nothing(tmp_path, server):
     (tmp_path / "s.yaml").write_text(STUDY.lstrip())
     server.start()
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
-    driver = subprocess.Popen(
-        [MM1ABLATE, "run", "s.yaml", "--tracking-uri", server.uri],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    seen = []
-    for line in driver.stdout:
-        seen.append(line)
-        if "multimodal step 100/300" in line:
-            break
+    driver = start_cli("run", "s.yaml", "--tracking-uri", server.uri, cwd=tmp_path)
+    seen = read_until(driver, "multimodal step 100/300")
     server.stop()
     rest, _ = driver.communicate(timeout=600)
     output = "".join(seen) + rest
