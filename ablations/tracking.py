@@ -17,15 +17,18 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
-
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 
 from ablations.plan import Trial
 from mm1core.config import flatten
 from mm1core.storage import append_jsonl, atomic_write_text, read_jsonl
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# mlflow is imported where a client is made, not here: it is half a second of the driver's start, and `run` makes its
+# client in a thread beside Ray's start (ablations.run), where that half second is hidden.
 
 __all__ = [
     "Tracker",
@@ -187,6 +190,8 @@ class _Calls:
         return self.run_ids[ref]
 
     def execute(self, op: dict[str, Any]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
         kind = op["op"]
         if kind == "start_trial":
             self._start_trial(op)
@@ -209,6 +214,8 @@ class _Calls:
             raise ValueError(f"unknown queued MLflow call {kind!r}")
 
     def _start_trial(self, op: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
         ref = f"trial:{op['trial_id']}"
         existing = self.existing_run(op["trial_id"])
         if existing is not None:  # reopened under this execution's parent run: one run per trial
@@ -244,6 +251,8 @@ class Tracker:
         self.uri = tracking_uri
         self.study_name = study_name
         self.out = out
+        from mlflow.tracking import MlflowClient
+
         with _store_lock(tracking_uri):
             self.client = MlflowClient(tracking_uri)
             experiment = self.client.get_experiment_by_name(study_name)
@@ -418,6 +427,8 @@ def sync(study_dir: Path, tracking_uri: str) -> tuple[int, int]:
     queued = outbox.pending()
     if not queued:
         return 0, 0
+    from mlflow.tracking import MlflowClient
+
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(study_dir.name)

@@ -22,6 +22,7 @@ __all__ = [
     "arm_flags",
     "at_chance",
     "banner_html",
+    "arm_rows",
     "comparison_note",
     "floor_levels",
     "floored_metrics",
@@ -197,9 +198,15 @@ def banner_html(table: pd.DataFrame, reference: str | None) -> str:
     return f"<div class='banner' role='alert'><b>⚠ {html.escape(text)}</b></div>" if text else ""
 
 
-def comparison_note(table: pd.DataFrame, arm: str, reference: str, metric: str) -> str:
-    """Which side of a paired comparison sits at chance on its metric: "", "arm", "reference" or "both"."""
-    rows = {str(r["arm"]): r for r in table.to_dict("records")}
+def arm_rows(table: pd.DataFrame) -> dict[str, dict]:
+    """The arm table as one record per arm, for `comparison_note`: built once per table, not once per comparison
+    (a wide table's records take milliseconds each, and a study has hundreds of comparisons)."""
+    return {str(r["arm"]): r for r in table.to_dict("records")}
+
+
+def comparison_note(rows: dict[str, dict], arm: str, reference: str, metric: str) -> str:
+    """Which side of a paired comparison sits at chance on its metric: "", "arm", "reference" or "both".
+    rows: `arm_rows` of the arm table."""
     low = [
         side
         for side, name in (("arm", arm), ("reference", reference))

@@ -20,6 +20,7 @@ from dashboards.findings import assess_all
 from dashboards.floors import (
     RELIANCE,
     arm_flags,
+    arm_rows,
     at_chance,
     banner_html,
     comparison_note,
@@ -193,12 +194,13 @@ def _comparisons_html(table: pd.DataFrame, reference: str, arms: pd.DataFrame) -
     if table.empty:
         return "<p class='muted'>Only one arm: nothing to compare.</p>"
     head = "".join(f"<th>{h}</th>" for h in _COMPARISON_HEAD)
+    rows = arm_rows(arms)
     body = "".join(
         f"<tr><td>{html.escape(str(r.arm))}</td><td>{html.escape(r.metric)}</td><td>{r.delta:+.3f}</td>"
         f"<td>[{_num(r.ci_low, '+.3f')}, {_num(r.ci_high, '+.3f')}]</td><td>{r.seeds}</td>"
         f"<td>{_num(r.run_sd, '.3f')}</td><td>{_num(r.detectable, '.3f')}</td><td>{_num(r.p_value, '.3g')}</td>"
         f"<td>{_num(r.p_holm, '.3g')}</td><td class='verdict-{r.verdict.split()[0]}'>{_what_it_would_take(r)}</td>"
-        f"<td class='missing'>{comparison_note(arms, str(r.arm), reference, r.metric)}</td></tr>\n"
+        f"<td class='missing'>{comparison_note(rows, str(r.arm), reference, r.metric)}</td></tr>\n"
         for r in table.itertuples()
     )
     return (
@@ -525,10 +527,11 @@ def _write_summary(
             "| at chance |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
+        rows = arm_rows(table)
         lines += [
             f"| {r.arm} | {r.metric} | {r.delta:+.3f} | [{_num(r.ci_low, '+.3f')}, {_num(r.ci_high, '+.3f')}] "
             f"| {r.seeds} | {_num(r.run_sd, '.3f')} | {_num(r.detectable, '.3f')} | {_num(r.p_holm, '.2g')} "
-            f"| {html.unescape(_what_it_would_take(r))} | {comparison_note(table, str(r.arm), str(reference), r.metric)} |"
+            f"| {html.unescape(_what_it_would_take(r))} | {comparison_note(rows, str(r.arm), str(reference), r.metric)} |"
             for r in compared.itertuples()
         ]
         atomic_write(study_dir / "comparisons.csv", lambda tmp: compared.to_csv(tmp, index=False))

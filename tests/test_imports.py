@@ -79,3 +79,17 @@ def test_imports_run_one_way():
         or (module.startswith(("mm1core", "ablations")) and target.startswith("dashboards"))
     ]
     assert backwards == []
+
+
+def test_the_driver_starts_without_the_heavy_packages():
+    """A study's driver starts Ray and MLflow's store side by side (ablations.run): torch belongs in the workers,
+    plotly in the report's own process, and mlflow in the thread that makes the client; any of them imported at the
+    top of a driver module is seconds added to every run's start (bench/README.md, run overhead)."""
+    import subprocess
+    import sys
+
+    code = "import sys, ablations.cli, ablations.run; print(sorted({'torch', 'mlflow', 'plotly'} & set(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
