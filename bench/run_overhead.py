@@ -1,11 +1,13 @@
 """What running a study costs beyond its trials' own work: a study of many short `tiny` trials on 2 slots.
 
-    .venv/bin/python bench/run_overhead.py [--trials 16] [--steps 200] [--repeats 3]
+    .venv/bin/python bench/run_overhead.py [--trials 16 48] [--steps 200] [--repeats 3]
 
 Runs `mm1ablate run` on a fresh results folder (the real CLI: Ray, MLflow, Parquet, the report; the machine's
 calibration of the trial shape, once per machine, is done before the clock starts), and compares its
 wall time with the ideal: the trials' own recorded work (each trial's wall time inside its worker) spread over the
-slots. The ratio is the overhead a search or ASHA multiplies.
+slots. With two study sizes it splits what is left into a fixed cost per study (Ray's and Tune's start, the first
+worker's imports, the report) and a cost per trial (what a search or ASHA multiplies): overhead = fixed + per trial
+x trials / slots.
 """
 
 from __future__ import annotations
@@ -53,15 +55,26 @@ def one_run(trials: int, steps: int) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--trials", type=int, nargs="+", default=[16])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    runs = [one_run(args.trials, args.steps) for _ in range(args.repeats)]
-    ratios = [wall / ideal for wall, ideal, _ in runs]
-    for wall, ideal, slots in runs:
-        print(f"wall {wall:.1f} s, ideal {ideal:.1f} s on {slots} slots: {wall / ideal:.2f}x")
-    print(f"median {statistics.median(ratios):.2f}x over {len(runs)} runs")
+    overheads: dict[int, float] = {}
+    for trials in args.trials:
+        runs = [one_run(trials, args.steps) for _ in range(args.repeats)]
+        for wall, ideal, slots in runs:
+            print(
+                f"{trials} trials: wall {wall:.1f} s, ideal {ideal:.1f} s on {slots} slots: {wall / ideal:.2f}x"
+            )
+        print(
+            f"{trials} trials: median {statistics.median(w / i for w, i, _ in runs):.2f}x over {len(runs)} runs"
+        )
+        overheads[trials] = statistics.median(w - i for w, i, _ in runs)
+    if len(overheads) >= 2:
+        (few, o_few), (many, o_many) = min(overheads.items()), max(overheads.items())
+        per_slot_trial = (o_many - o_few) / (many - few) * (os.cpu_count() or 1)
+        fixed = o_few - per_slot_trial * few / (os.cpu_count() or 1)
+        print(f"overhead: {fixed:.1f} s fixed per study, {per_slot_trial:+.2f} s per trial on its slot")
 
 
 if __name__ == "__main__":
