@@ -41,6 +41,11 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class _Stopped(BaseException):
+    """Raised in a training thread at its next report once Tune has stopped its trial (a scheduler's decision), so
+    that the run ends there. A BaseException: nothing in the core that catches Exception may swallow it."""
+
+
 def train_trial(tune_config: dict[str, Any]) -> None:
     # torch and the core are imported here, in the worker: the driver only names this function, and a study's
     # driver starts seconds sooner without them.
@@ -55,6 +60,12 @@ def train_trial(tune_config: dict[str, Any]) -> None:
     device = _device()
     objective = payload.get("objective")  # the metric the scheduler or searcher reads, None without either
     events: queue.Queue = queue.Queue()
+    # A stopped trial's runs must end where the scheduler stopped them: with reused actors, runs that trained on
+    # after their trial was stopped piled up in the worker, each holding its model and data, until the node ran out
+    # of memory, and they moved their checkpoints past the step they were stopped at. So a run waits at each
+    # intermediate round until Tune has weighed it, and ends at its next report once stopped.
+    stop = threading.Event()
+    rounds = _Rounds()
 
     def train_one(index: int, run: dict[str, Any]) -> None:
         cfg = config_from_dict(run["config"])
@@ -69,12 +80,18 @@ def train_trial(tune_config: dict[str, Any]) -> None:
             events.put((index, event))
 
         def report(stage: str, step: int, metrics: dict[str, float]) -> None:
+            if stop.is_set():
+                raise _Stopped
             total = {"encoder": cfg.encoder_pretrain.steps, "sft": cfg.sft.steps}.get(stage, cfg.train.steps)
             if stage == "multimodal":
                 last_step[0] = step
             event = {"step": step, "total_steps": total, "stage": stage, **metrics}
             append_jsonl(log, event)
             events.put((index, event))
+            if objective and objective in metrics and stage == "multimodal" and step < cfg.train.steps:
+                rounds.wait(step)
+                if stop.is_set():
+                    raise _Stopped
 
         try:
             outcome = run_trial(
@@ -84,6 +101,8 @@ def train_trial(tune_config: dict[str, Any]) -> None:
                 checkpoint_path=Path(payload["checkpoint_dir"]) / f"{run['trial_id']}.pt",
                 cache_dir=Path(payload["cache_dir"]),
             )
+        except _Stopped:
+            return
         except FloatingPointError as err:
             # Diverged: an outcome of the recipe, not a fault. Reported, not raised, so that Tune does not retry it.
             events.put((index, {"step": last_step[0], "stage": "multimodal", DIVERGED_KEY: str(err)}))
@@ -125,8 +144,51 @@ def train_trial(tune_config: dict[str, Any]) -> None:
     threads = [threading.Thread(target=train_one, args=(i, run), daemon=True) for i, run in enumerate(runs)]
     for thread in threads:
         thread.start()
-    # Each run's value of the objective at each evaluation round, reported as their mean once all runs have it.
-    rounds: dict[int, dict[int, float]] = {}
+    try:
+        _report_until_ended(runs, events, objective, rounds)
+    finally:
+        # Stopped by Tune (its report raised SystemExit), failed, or done: no run trains on past this trial.
+        stop.set()
+        rounds.release_all()
+        for thread in threads:
+            thread.join()
+
+
+class _Rounds:
+    """Where a trial's runs wait at an intermediate round until Tune has weighed the objective's report of it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._decided: dict[int, threading.Event] = {}
+        self._released = False
+
+    def wait(self, step: int) -> None:
+        with self._lock:
+            if self._released:
+                return
+            decided = self._decided.setdefault(step, threading.Event())
+        decided.wait()
+
+    def go_on(self, step: int) -> None:
+        with self._lock:
+            self._decided.setdefault(step, threading.Event()).set()
+
+    def release_all(self) -> None:
+        """No run waits any more: the trial ended, or it has no objective left (a run diverged)."""
+        with self._lock:
+            self._released = True
+            for decided in self._decided.values():
+                decided.set()
+
+
+def _report_until_ended(
+    runs: list[dict[str, Any]], events: queue.Queue, objective: str | None, rounds: _Rounds
+) -> None:
+    """Hand every run's reports to Tune until each run has ended.
+
+    Each run's value of the objective at each evaluation round goes to the scheduler as their mean once all runs have
+    it; that report returns only if the scheduler lets the trial go on, and then the runs do (`rounds`)."""
+    objective_at: dict[int, dict[int, float]] = {}  # step -> run index -> its value of the objective
     finals: dict[int, float] = {}
     ended = 0
     while ended < len(runs):
@@ -137,6 +199,7 @@ def train_trial(tune_config: dict[str, Any]) -> None:
         if DIVERGED_KEY in event:  # no objective from this configuration: its searcher trial ends without one
             ended += 1
             objective = None
+            rounds.release_all()
         elif event.get(FINAL_KEY):
             ended += 1
             if objective:
@@ -147,10 +210,12 @@ def train_trial(tune_config: dict[str, Any]) -> None:
             and int(event["step"]) < int(runs[index]["config"]["train"]["steps"])
         ):
             # An intermediate round (the final metrics also pass through once before the final report: not a round).
-            step_values = rounds.setdefault(int(event["step"]), {})
+            step = int(event["step"])
+            step_values = objective_at.setdefault(step, {})
             step_values[index] = float(event[objective])
             if len(step_values) == len(runs):
-                tune.report({"step": int(event["step"]), OBJECTIVE: sum(step_values.values()) / len(runs)})
+                tune.report({"step": step, OBJECTIVE: sum(step_values.values()) / len(runs)})
+                rounds.go_on(step)
     if objective:
         steps = max(int(run["config"]["train"]["steps"]) for run in runs)
         tune.report({"step": steps, OBJECTIVE: sum(finals.values()) / len(runs), OBJECTIVE_FINAL: True})

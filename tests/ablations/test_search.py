@@ -82,6 +82,27 @@ def test_a_search_samples_in_bounds_stops_some_and_stores_every_trial(searched):
             assert row["heldout/loss"].iloc[0] == pytest.approx(t.value)
 
 
+def test_a_stopped_run_trains_no_further_than_where_it_was_stopped(searched):
+    """With reused actors, a run that trained on after ASHA stopped it piled up in the worker beside the next trial
+    (workers of 7 GB, until Ray's memory monitor killed one and the study with it) and moved its checkpoint past the
+    step it was stopped at."""
+    root, done = searched
+    study_dir = root / "results" / "tiny-search"
+    rows = pd.read_parquet(study_dir / "trials.parquet")
+    stopped = rows[rows["status"] == "stopped"]
+    assert len(stopped)
+    for trial_id, at_step in zip(stopped["trial_id"], stopped["stopped_at_step"], strict=True):
+        log = study_dir / "checkpoints" / f"{trial_id}.reports.jsonl"
+        steps = [
+            event["step"]
+            for event in map(json.loads, log.read_text().splitlines())
+            if event.get("stage") == "multimodal"
+        ]
+        assert max(steps) == at_step, (
+            f"{trial_id} was stopped at step {at_step:g} and trained to {max(steps)}"
+        )
+
+
 def test_the_search_report_names_the_best_configuration_and_keeps_stopped_runs_apart(searched):
     root, _ = searched
     report = (root / "results" / "tiny-search" / "report.html").read_text()
