@@ -9,7 +9,10 @@ back through `tune.report`, each report naming its run; the driver does the book
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
+import os
 import queue
 import resource
 import threading
@@ -44,6 +47,28 @@ def _cpu_seconds() -> float:
 class _Stopped(BaseException):
     """Raised in a training thread at its next report once Tune has stopped its trial (a scheduler's decision), so
     that the run ends there. A BaseException: nothing in the core that catches Exception may swallow it."""
+
+
+def _resident_mb() -> float:
+    """This worker's resident memory now (Linux; 0 where /proc is not there)."""
+    try:
+        pages = int(Path(f"/proc/{os.getpid()}/statm").read_text().split()[1])
+    except OSError:
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _release_freed_memory() -> None:
+    """Hand what a trial freed back to the system before the worker takes the next one. glibc keeps memory freed by
+    a thread in that thread's arena, and a reused worker trains each trial on new threads: a search's worker grew by
+    0.5-1 GB a trial (7 GB after 7 trials of `small`, until Ray's memory monitor killed a worker and Tune ended the
+    study), and malloc_trim took it from 6.9 to 1.5 GB at once (bench/README.md, run overhead)."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: its allocator is not this one
+        return
+    libc.malloc_trim(0)
 
 
 def train_trial(tune_config: dict[str, Any]) -> None:
@@ -123,6 +148,8 @@ def train_trial(tune_config: dict[str, Any]) -> None:
                     **outcome.metrics,
                     "cost/wall_s": wall,
                     "cost/cpu_s": cpu,
+                    # What the worker holds at the run's end, the trial's own memory included: what a slot needs.
+                    "cost/worker_rss_mb": _resident_mb(),
                     "cost/gpu_s": wall * float(payload.get("num_gpus", 0)) / len(runs)
                     if device.type == "cuda"
                     else 0.0,
@@ -152,6 +179,7 @@ def train_trial(tune_config: dict[str, Any]) -> None:
         rounds.release_all()
         for thread in threads:
             thread.join()
+        _release_freed_memory()
 
 
 class _Rounds:

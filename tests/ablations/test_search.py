@@ -150,6 +150,8 @@ def test_finished_trials_record_their_cost(searched):
     ):
         assert done[column].notna().all(), column
     assert (done["cost/cpu_s"] > 0).all() and (done["cost/gpu_s"] == 0).all()
+    # The worker's memory at the run's end: torch and the model alone are a few hundred MB.
+    assert (done["cost/worker_rss_mb"] > 100).all()
 
 
 def test_seeds_per_configuration_are_averaged_for_the_searcher(tmp_path):
