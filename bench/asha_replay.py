@@ -136,8 +136,10 @@ def main() -> None:
                 summarise(
                     f"synthetic: {args.configs} configurations, trend {trend}, noise {noise}", draws, args
                 )
-    for path in args.curves:
-        frame = pd.read_parquet(path)
+    frames = [(str(path), pd.read_parquet(path)) for path in args.curves]
+    if args.merge and frames:
+        frames = [(" + ".join(name for name, _ in frames), pd.concat([f for _, f in frames]))]
+    for path, frame in frames:
         frame = frame[frame["metric"] == args.metric]
         curves = {
             trial: rows.groupby("step")["value"].last().sort_index()
