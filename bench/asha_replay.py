@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/asha_replay.py results/lr-width-search-to-the-end/curves.parquet [more curves.parquet]
     .venv/bin/python bench/asha_replay.py --synthetic --every 50 --grace 50 100
+    .venv/bin/python bench/asha_replay.py --merge SEARCH/curves.parquet SEARCH-to-the-end/curves.parquet
 
 
 Each curves file holds configurations run to their last step with the search metric at every evaluation round (as
@@ -119,6 +120,11 @@ def main() -> None:
     parser.add_argument("--configs", type=int, default=24)
     parser.add_argument("--max-t", type=int, default=600)
     parser.add_argument("--every", type=int, default=100, help="steps between evaluation rounds (synthetic)")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="the files hold parts of the same curves (a search's rounds and its runs resumed to the end)",
+    )
     parser.add_argument("--trend", type=float, nargs="+", default=[0.0, 1.5])
     parser.add_argument("--noise", type=float, nargs="+", default=[0.3, 1.0])
     args = parser.parse_args()
