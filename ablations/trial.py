@@ -62,7 +62,7 @@ def _release_freed_memory() -> None:
     """Hand what a trial freed back to the system before the worker takes the next one. glibc keeps memory freed by
     a thread in that thread's arena, and a reused worker trains each trial on new threads: a search's worker grew by
     0.5-1 GB a trial (7 GB after 7 trials of `small`, until Ray's memory monitor killed a worker and Tune ended the
-    study), and malloc_trim took it from 6.9 to 1.5 GB at once (bench/README.md, run overhead)."""
+    study), and malloc_trim took it from 6.9 to 1.5 GB at once (bench/README.md, a worker's memory across trials)."""
     gc.collect()
     try:
         libc = ctypes.CDLL("libc.so.6")
