@@ -247,12 +247,12 @@ class Tracker:
         results_root: Path,
         out: TextIO = sys.stdout,
     ) -> None:
+        from mlflow.tracking import MlflowClient
+
         check_reachable(tracking_uri)
         self.uri = tracking_uri
         self.study_name = study_name
         self.out = out
-        from mlflow.tracking import MlflowClient
-
         with _store_lock(tracking_uri):
             self.client = MlflowClient(tracking_uri)
             experiment = self.client.get_experiment_by_name(study_name)

@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     overheads: dict[int, float] = {}
+    slots = 1
     for trials in args.trials:
         runs = [one_run(trials, args.steps) for _ in range(args.repeats)]
         for wall, ideal, slots in runs:
@@ -72,8 +73,8 @@ def main() -> None:
         overheads[trials] = statistics.median(w - i for w, i, _ in runs)
     if len(overheads) >= 2:
         (few, o_few), (many, o_many) = min(overheads.items()), max(overheads.items())
-        per_slot_trial = (o_many - o_few) / (many - few) * (os.cpu_count() or 1)
-        fixed = o_few - per_slot_trial * few / (os.cpu_count() or 1)
+        per_slot_trial = (o_many - o_few) / (many - few) * slots
+        fixed = o_few - per_slot_trial * few / slots
         print(f"overhead: {fixed:.1f} s fixed per study, {per_slot_trial:+.2f} s per trial on its slot")
 
 

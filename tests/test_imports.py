@@ -5,6 +5,8 @@ and neither imports the other (running a study and reporting it meet in the resu
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 from conftest import REPO
@@ -85,9 +87,6 @@ def test_the_driver_starts_without_the_heavy_packages():
     """A study's driver starts Ray and MLflow's store side by side (ablations.run): torch belongs in the workers,
     plotly in the report's own process, and mlflow in the thread that makes the client; any of them imported at the
     top of a driver module is seconds added to every run's start (bench/README.md, run overhead)."""
-    import subprocess
-    import sys
-
     code = "import sys, ablations.cli, ablations.run; print(sorted({'torch', 'mlflow', 'plotly'} & set(sys.modules)))"
     loaded = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
