@@ -4,6 +4,7 @@ through `tune.report` (the words the trainable, the driver and the searcher agre
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ __all__ = [
     "OBJECTIVE",
     "OBJECTIVE_FINAL",
     "RUN_KEY",
+    "Reporter",
     "write_report",
 ]
 
@@ -29,10 +31,50 @@ DIVERGED_KEY = "diverged"  # the last report of a run whose loss or gradient bec
 def write_report(study_dir: Path, results_root: Path, *, tracking_uri: str | None) -> Path:
     """The study's report and the results index, written by `python -m dashboards` from the results files alone
     (ablations never imports dashboards). Raises RuntimeError with the reporter's last words when it fails."""
-    command = [sys.executable, "-m", "dashboards", str(study_dir), "--index", str(results_root)]
-    if tracking_uri:
-        command += ["--tracking-uri", tracking_uri]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(last_line(done.stderr) or f"python -m dashboards exited with {done.returncode}")
-    return Path(done.stdout.splitlines()[0])
+    return Reporter(study_dir, results_root, tracking_uri=tracking_uri).write()
+
+
+class Reporter:
+    """`python -m dashboards` started before its report is due, so that a run ends with the report to make and not
+    also a second of imports (pandas, scipy, plotly) to pay: they load at low priority while the trials train
+    (bench/README.md, run overhead). It writes when told to (`write`); closed untold, it ends having written nothing.
+    """
+
+    def __init__(
+        self, study_dir: Path, results_root: Path, *, tracking_uri: str | None, nice: int = 0
+    ) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "dashboards",
+            str(study_dir),
+            "--index",
+            str(results_root),
+            "--when-told",
+        ]
+        if tracking_uri:
+            command += ["--tracking-uri", tracking_uri]
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
+            # Not in the terminal's process group: a Ctrl-C meant for the run must not take its report with it.
+            start_new_session=True,
+        )
+
+    def write(self) -> Path:
+        """The report's path, once written. Raises RuntimeError with the reporter's last words when it fails."""
+        stdout, stderr = self.process.communicate("write\n")
+        if self.process.returncode != 0:
+            raise RuntimeError(
+                last_line(stderr) or f"python -m dashboards exited with {self.process.returncode}"
+            )
+        return Path(stdout.splitlines()[0])
+
+    def close(self) -> None:
+        """No report after all: the reporter reads the end of its input and ends."""
+        if self.process.poll() is None:
+            self.process.communicate("")

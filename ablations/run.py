@@ -38,6 +38,7 @@ from ablations.handoff import (
     OBJECTIVE,
     OBJECTIVE_FINAL,
     RUN_KEY,
+    Reporter,
     write_report,
 )
 from ablations.leftovers import end_leftovers, forget_processes, record_processes
@@ -135,14 +136,16 @@ class _StudyCallback(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         for planned in self._runs(trial):
-            if planned.trial_id not in self.tracker.child_ids:
-                self.tracker.start_trial(planned, config_hash=planned.trial_id)
+            journal = []
             if planned.trial_id not in self.curves:
                 self.curves[planned.trial_id] = []
                 self.received[planned.trial_id] = set()
                 # What a killed driver of this study had received: not logged again.
-                for step, metrics in self.store.journal_read(planned.trial_id):
+                journal = self.store.journal_read(planned.trial_id)
+                for step, metrics in journal:
                     self._add_points(planned, step, metrics)
+            if planned.trial_id not in self.tracker.child_ids:
+                self.tracker.start_trial(planned, config_hash=planned.trial_id, received=journal)
             self.running[planned.trial_id] = 0
             self._progress(f"started {planned.arm} seed={planned.seed} ({planned.trial_id})")
 
@@ -473,6 +476,9 @@ def _run_study(
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
+                # Workers Ray starts ahead for tasks would import Ray on every core while Tune starts, and Tune's
+                # trial actors never use them (an actor with Tune's runtime env gets a process of its own).
+                **({} if address else {"_system_config": {"prestart_worker_first_driver": False}}),
             )
             if not address:
                 record_processes(study_dir)
@@ -537,6 +543,7 @@ def _run_study(
             verbose=0,
         ),
     )
+    reporter = Reporter(study_dir, results_root, tracking_uri=redacted(uri), nice=10)
     try:
         tuner.fit()
     finally:
@@ -565,8 +572,9 @@ def _run_study(
                 study.name,
                 study_dir,
                 out,
-                lambda: _publish(study_dir, results_root, redacted(uri), tracker, summary),
+                lambda: _publish(study_dir, reporter, tracker, summary),
             )
+        reporter.close()
         tracker.end_study(
             failed=bool(summary.failed) or summary.interrupted > 0,
             summary={
@@ -630,9 +638,9 @@ def _reported(name: str, study_dir: Path, out: TextIO, write: Callable[[], None]
         )
 
 
-def _publish(study_dir: Path, results_root: Path, uri: str, tracker: Tracker, summary: RunSummary) -> None:
+def _publish(study_dir: Path, reporter: Reporter, tracker: Tracker, summary: RunSummary) -> None:
     """The report, the index, and both as artifacts of the study's MLflow run."""
-    summary.report = write_report(study_dir, results_root, tracking_uri=uri)
+    summary.report = reporter.write()
     for name in ("report.html", "summary.md", "arms.csv", "comparisons.csv", "findings.csv"):
         if (study_dir / name).exists():
             tracker.log_artifact(study_dir / name)

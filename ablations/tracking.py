@@ -10,9 +10,11 @@ import contextlib
 import fcntl
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -41,6 +43,7 @@ __all__ = [
 ]
 
 _BATCH = 100  # MLflow's log_batch limit on params per call
+_METRICS_PER_CALL = 1000  # MLflow's log_batch limit on metrics per call
 # A server that is down must cost seconds, not MLflow's default of minutes of retries per call: the call is queued on
 # disk instead (Tracker), and sent when the server is back.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -213,6 +216,24 @@ class _Calls:
         else:
             raise ValueError(f"unknown queued MLflow call {kind!r}")
 
+    def _log_missing(self, run_id: str, received: list[list]) -> None:
+        """The points a killed driver had received (its journal) but not yet sent: sent now, once each."""
+        from mlflow.entities import Metric
+
+        if not received:
+            return
+        keys = {key for _, metrics in received for key in metrics}
+        have = {(key, m.step) for key in keys for m in self.client.get_metric_history(run_id, key)}
+        now = int(time.time() * 1000)
+        missing = [
+            Metric(key, float(value), now, int(step))
+            for step, metrics in received
+            for key, value in metrics.items()
+            if (key, int(step)) not in have
+        ]
+        for i in range(0, len(missing), _METRICS_PER_CALL):
+            self.client.log_batch(run_id, metrics=missing[i : i + _METRICS_PER_CALL])
+
     def _start_trial(self, op: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -222,6 +243,7 @@ class _Calls:
             self.client.update_run(existing, status="RUNNING")
             self.client.set_tag(existing, "mlflow.parentRunId", op["parent_id"])
             self.run_ids[ref] = existing
+            self._log_missing(existing, op.get("received", []))
             return
         run = self.client.create_run(self.experiment_id, run_name=op["run_name"], tags=op["tags"])
         run_id = run.info.run_id
@@ -232,12 +254,37 @@ class _Calls:
         self.client.log_dict(run_id, op["config"], "config.json")
 
 
+def _merged(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same calls in fewer: each run's metrics that arrived together go in one log_batch, placed where its first
+    one was, so every call still comes after everything the run was sent before it (a terminate after its metrics)."""
+    out: list[dict[str, Any]] = []
+    open_batch: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        metrics_only = op["op"] == "log_batch" and not op.get("params") and not op.get("tags")
+        if not metrics_only:
+            open_batch.clear()
+            out.append(op)
+            continue
+        batch = open_batch.get(op["ref"])
+        if batch is not None and len(batch["metrics"]) + len(op["metrics"]) <= _METRICS_PER_CALL:
+            batch["metrics"] = batch["metrics"] + op["metrics"]
+        else:
+            open_batch[op["ref"]] = batch = dict(op)
+            out.append(batch)
+    return out
+
+
 class Tracker:
     """The study's MLflow runs. Results reach Parquet first (the callers); a tracking server that goes down in the
     middle of a run costs nothing: the calls it missed wait in `<study>/mlflow-queue.jsonl` and are sent, in order,
-    once it answers again, on the next call, at the next run of the study or by `mm1ablate sync <study>`."""
+    once it answers again, on the next call, at the next run of the study or by `mm1ablate sync <study>`.
+
+    Calls are sent by a thread of their own, gathered for GATHER_S and merged (`_merged`): sent one by one from the
+    driver's event loop, a SQLite store's commit per report took a tenth of a CPU core from the trials and held up
+    Tune's handling of the next report (bench/README.md, run overhead)."""
 
     RETRY_EVERY_S = 10.0
+    GATHER_S = 0.25
 
     def __init__(
         self,
@@ -290,6 +337,21 @@ class Tracker:
         self.parent_id = parent.info.run_id
         self.child_ids: dict[str, str | None] = {}
         self._retry_at = 0.0
+        self._start_sender()
+
+    def _start_sender(self) -> None:
+        self._calls: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._now = threading.Event()  # someone waits for what is queued: no gathering
+        self._sender = threading.Thread(target=self._send_queued, name="mlflow-sender", daemon=True)
+        self._sender.start()
+
+    # Tune pickles its callbacks, and so this tracker, with the experiment's state: without the sending thread.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_calls", "_now", "_sender")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._start_sender()
 
     @property
     def experiment_url_path(self) -> str:
@@ -305,6 +367,38 @@ class Tracker:
             self.client.set_terminated(run.info.run_id, status="KILLED")
 
     def _send(self, op: dict[str, Any]) -> None:
+        self._calls.put(op)
+
+    def _wait_sent(self) -> None:
+        """Until every call made so far has been sent to MLflow, or queued on disk for a server that is down."""
+        self._now.set()
+        self._calls.join()
+        self._now.clear()
+
+    def _send_queued(self) -> None:
+        while True:
+            first = self._calls.get()
+            if first is None:
+                self._calls.task_done()
+                return
+            self._now.wait(self.GATHER_S)
+            ops = [first]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    ops.append(self._calls.get_nowait())
+            closing = ops[-1] is None
+            try:
+                for op in _merged([op for op in ops if op is not None]):
+                    self._send_now(op)
+            except Exception as err:  # the outbox itself failed (a full disk): said, and the calls are lost
+                print(f"[{self.study_name}] MLflow calls lost: {err}", file=self.out, flush=True)
+            finally:
+                for _ in ops:
+                    self._calls.task_done()
+            if closing:
+                return
+
+    def _send_now(self, op: dict[str, Any]) -> None:
         """Run the call now, or queue it (behind whatever is queued already) while the server does not answer."""
         if self.outbox.pending():
             if time.monotonic() < self._retry_at or self._flush():
@@ -339,9 +433,14 @@ class Tracker:
             )
         return left
 
-    def start_trial(self, trial: Trial, config_hash: str) -> None:
+    def start_trial(
+        self, trial: Trial, config_hash: str, received: list[tuple[int, dict[str, float]]] = ()
+    ) -> None:
         """The trial's MLflow run: its own from an earlier execution (interrupted, failed or stopped early), reopened
-        under this execution's parent run, or a new one. One run per trial, however often the study is resumed."""
+        under this execution's parent run, or a new one. One run per trial, however often the study is resumed.
+
+        received: the points an earlier driver of the study had received for it (its journal); those that driver was
+        killed before sending are sent now."""
         self._send(
             {
                 "op": "start_trial",
@@ -363,8 +462,10 @@ class Tracker:
                     for k, v in flatten(trial.config).items()
                 ],
                 "config": trial.config,
+                "received": [[step, metrics] for step, metrics in received],
             }
         )
+        self._wait_sent()  # the trial's row names its MLflow run
         self.child_ids[trial.trial_id] = self.calls.run_ids.get(f"trial:{trial.trial_id}")
 
     def log_metrics(self, trial_id: str, step: int, metrics: dict[str, float]) -> None:
@@ -417,6 +518,9 @@ class Tracker:
             }
         )
         self._send({"op": "terminate", "ref": self.parent_id, "status": "FAILED" if failed else "FINISHED"})
+        self._calls.put(None)
+        self._wait_sent()
+        self._sender.join()
         if self.outbox.pending():
             self._flush()
 

@@ -5,6 +5,7 @@ files are all that passes between running a study and reporting it."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from dashboards.index import write_index
@@ -18,7 +19,14 @@ def main(argv: list[str] | None = None) -> None:
         "--tracking-uri", default=None, help="named in the report, credentials already redacted"
     )
     parser.add_argument("--index", type=Path, default=None, help="also write RESULTS_ROOT/index.html")
+    parser.add_argument(
+        "--when-told",
+        action="store_true",
+        help="load, then write only once a line arrives on standard input (its end: write nothing)",
+    )
     args = parser.parse_args(argv)
+    if args.when_told and not sys.stdin.readline():
+        return
     print(write_report(args.study_dir, tracking_uri=args.tracking_uri))
     if args.index is not None:
         print(write_index(args.index))

@@ -134,3 +134,60 @@ def test_a_server_that_goes_down_mid_run_loses_nothing(tmp_path, server):
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report.html", "summary.md"} <= artifacts
     assert "nothing queued" in run_cli("sync", "served", "--tracking-uri", server.uri, cwd=tmp_path).stdout
+
+
+def test_calls_gathered_into_fewer_keep_each_runs_order():
+    """Each run's metrics that arrive together become one call, placed before anything sent to that run after
+    them: a run is never terminated before the metrics that preceded its end."""
+    from ablations.tracking import _merged
+
+    def metrics(ref, step):
+        return {"op": "log_batch", "ref": ref, "metrics": [["loss", 1.0, 0, step]]}
+
+    ops = [
+        metrics("trial:a", 1),
+        metrics("trial:b", 1),
+        metrics("trial:a", 2),
+        {"op": "terminate", "ref": "trial:a", "status": "FINISHED"},
+        metrics("trial:b", 2),
+        metrics("trial:a", 3),
+    ]
+    merged = _merged(ops)
+    assert [(op["op"], op["ref"]) for op in merged] == [
+        ("log_batch", "trial:a"),
+        ("log_batch", "trial:b"),
+        ("terminate", "trial:a"),
+        ("log_batch", "trial:b"),
+        ("log_batch", "trial:a"),
+    ]
+    assert [m[3] for m in merged[0]["metrics"]] == [1, 2] and ops[0]["metrics"] == [["loss", 1.0, 0, 1]]
+    many = _merged([metrics("trial:a", step) for step in range(2500)])
+    assert [len(op["metrics"]) for op in many] == [1000, 1000, 500]  # MLflow's limit per call
+
+
+def test_every_metric_sent_in_the_background_reaches_its_run(tmp_path):
+    """The tracker sends from a thread of its own: what the driver logged is all in MLflow, under the right run and
+    step, once the study ends, and the trial's MLflow run id is known as soon as it starts."""
+    from ablations.plan import Trial
+    from ablations.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "background", "", tmp_path)
+    trials = [Trial(name, "arm", {}, 0, {"train": {"lr": 0.001}}) for name in ("t1", "t2")]
+    for trial in trials:
+        tracker.start_trial(trial, config_hash=trial.trial_id)
+        assert tracker.child_ids[trial.trial_id]
+    for step in range(50):
+        for trial in trials:
+            tracker.log_metrics(trial.trial_id, step, {"train/loss": 1.0 / (step + 1), "step_seen": step})
+    for trial in trials:
+        tracker.end_trial(trial.trial_id, status="finished")
+    tracker.end_study(failed=False, summary={"planned": 2})
+    client = MlflowClient(uri)
+    for trial in trials:
+        run = client.get_run(tracker.child_ids[trial.trial_id])
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        assert sorted(m.step for m in history) == list(range(50))
+        assert all(m.value == 1.0 / (m.step + 1) for m in history)
+    assert client.get_run(tracker.parent_id).info.status == "FINISHED"

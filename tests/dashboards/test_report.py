@@ -344,3 +344,20 @@ def test_a_one_at_a_time_study_blocks_arms_that_leave_other_axes_at_the_referenc
     trials["train.lr"] = float("nan")  # a second axis, not set by these arms
     f1 = next(f for f in load_findings() if f["id"] == "F1")
     assert assess(f1, trials, items, ["resolution", "train.lr"])["ours"] == "agrees"
+
+
+def test_a_reporter_started_ahead_writes_only_when_told(tmp_path):
+    """`mm1ablate run` starts `python -m dashboards` with its trials, so that its imports are paid while they train:
+    told, it writes the report and the index; closed untold (the run ended with nothing to report), nothing."""
+    from ablations.handoff import Reporter
+
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
+    untold = Reporter(study_dir, tmp_path, tracking_uri=None)
+    untold.close()
+    assert untold.process.returncode == 0
+    assert not (study_dir / "report.html").exists() and not (tmp_path / "index.html").exists()
+
+    told = Reporter(study_dir, tmp_path, tracking_uri="http://127.0.0.1:5000", nice=5)
+    assert told.write() == study_dir / "report.html"
+    assert "127.0.0.1:5000" in (study_dir / "report.html").read_text()
+    assert (tmp_path / "index.html").exists()
