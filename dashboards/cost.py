@@ -1,5 +1,6 @@
 """What a study cost, beside what its plan said it would: per arm, the trials' wall time, CPU- and GPU-seconds and
-where the time went (encoder, training with its data, evaluation), and the study's total."""
+where the time went (encoder, training with its data, evaluation), the most memory a trial's worker held (what a slot
+needs), and the study's total."""
 
 from __future__ import annotations
 
@@ -35,12 +36,18 @@ def cost_table(trials: pd.DataFrame, estimate: dict) -> pd.DataFrame:
     }
     present = {k: v for k, v in columns.items() if k in done}
     table = done.groupby("arm", sort=False)[list(present)].sum(min_count=1).rename(columns=present)
+    if "cost/worker_rss_mb" in done:  # a maximum, not a sum: what one slot must hold
+        table["worker_mb"] = done.groupby("arm", sort=False)["cost/worker_rss_mb"].max()
     table.insert(0, "trials", done.groupby("arm", sort=False).size())
     return table.reset_index()
 
 
 def _minutes(seconds: float) -> str:
     return "—" if pd.isna(seconds) else f"{seconds / 60:.1f}"
+
+
+def _gigabytes(megabytes: float) -> str:
+    return "—" if pd.isna(megabytes) else f"{megabytes / 1024:.1f}"
 
 
 def cost_html(trials: pd.DataFrame, spec: dict) -> str:
@@ -62,16 +69,24 @@ def cost_html(trials: pd.DataFrame, spec: dict) -> str:
         "training_s": "training",
         "evaluation_s": "evaluation",
     }
-    head = "<th>arm</th><th>trials</th>" + "".join(f"<th>{labels[c]}</th>" for c in shown)
+    memory = "worker_mb" in table
+    head = (
+        "<th>arm</th><th>trials</th>"
+        + "".join(f"<th>{labels[c]}</th>" for c in shown)
+        + ("<th>worker memory, most (GB)</th>" if memory else "")
+    )
     body = "".join(
         f"<tr><td>{html.escape(str(r['arm']))}</td><td>{int(r['trials'])}</td>"
         + "".join(f"<td>{_minutes(r[c])}</td>" for c in shown)
+        + (f"<td>{_gigabytes(r['worker_mb'])}</td>" if memory else "")
         + "</tr>"
         for _, r in table.iterrows()
     )
     total = table[shown].sum(min_count=1)
-    body += "<tr><td><b>all trials</b></td><td>{}</td>{}</tr>".format(
-        int(table["trials"].sum()), "".join(f"<td><b>{_minutes(total[c])}</b></td>" for c in shown)
+    body += "<tr><td><b>all trials</b></td><td>{}</td>{}{}</tr>".format(
+        int(table["trials"].sum()),
+        "".join(f"<td><b>{_minutes(total[c])}</b></td>" for c in shown),
+        f"<td><b>{_gigabytes(table['worker_mb'].max())}</b></td>" if memory else "",
     )
     runs = spec.get("runs", [])
     study_line = ""
@@ -86,7 +101,6 @@ def cost_html(trials: pd.DataFrame, spec: dict) -> str:
     return (
         "<h2>Cost</h2><p class='muted'>Minutes, summed over each arm's finished trials; the stages split a trial's "
         "time into building or loading its encoder, training (data included) and evaluation (intermediate rounds "
-        "included). Planned: `mm1ablate plan`'s estimate for the trial.</p>"
-        + study_line
-        + f"<table><tr>{head}</tr>{body}</table>"
+        "included). Planned: `mm1ablate plan`'s estimate for the trial. Worker memory: the most a trial's worker "
+        "held at its end, what each slot needs.</p>" + study_line + f"<table><tr>{head}</tr>{body}</table>"
     )

@@ -361,3 +361,22 @@ def test_a_reporter_started_ahead_writes_only_when_told(tmp_path):
     assert told.write() == study_dir / "report.html"
     assert "127.0.0.1:5000" in (study_dir / "report.html").read_text()
     assert (tmp_path / "index.html").exists()
+
+
+def test_the_cost_table_sums_time_per_arm_and_gives_the_most_memory_a_worker_held(tmp_path):
+    from dashboards.cost import cost_table
+
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0}, seeds=(0, 1))
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    trials["wall_time_s"] = [60.0, 120.0, 600.0, 660.0]
+    trials["cost/cpu_s"] = [50.0, 100.0, 500.0, 550.0]
+    trials["cost/worker_rss_mb"] = [1500.0, 1800.0, 2048.0, 3072.0]
+    trials.to_parquet(study_dir / "trials.parquet")
+    table = cost_table(trials, {}).set_index("arm")
+    assert table.loc["res=32", "wall_s"] == 180.0 and table.loc["res=64", "cpu_s"] == 1050.0
+    assert table.loc["res=32", "worker_mb"] == 1800.0 and table.loc["res=64", "worker_mb"] == 3072.0
+    write_report(study_dir)
+    cost = (study_dir / "report.html").read_text().split("<h2>Cost</h2>")[1].split("</table>")[0]
+    assert "worker memory, most (GB)" in cost
+    assert "<td>res=64</td><td>2</td><td>21.0</td>" in cost and "<td>3.0</td>" in cost
+    assert cost.split("all trials")[1].count("<b>3.0</b>") == 1
