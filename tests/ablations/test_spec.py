@@ -39,9 +39,18 @@ def test_valid_study_loads(write_study):
     assert study.spec.resources.gpu == 0.5
 
 
-def test_shipped_studies_load():
-    for path in sorted((REPO / "studies").glob("*.yaml")):
-        load_study(path)
+def test_shipped_studies_and_suites_load():
+    """Every YAML file under studies/, its folders included (the findings and long suites, their re-runs with fresh
+    seeds, bring-your-own data): a study validates, and a suite validates with every study it lists."""
+    from ablations.suite import is_suite, load_suite
+
+    paths = sorted((REPO / "studies").rglob("*.yaml"))
+    assert len([p for p in paths if p.parent != REPO / "studies"]) >= 10
+    for path in paths:
+        if is_suite(path):
+            assert load_suite(path).studies
+        else:
+            load_study(path)
 
 
 def test_budget_in_tokens_becomes_steps(write_study):
