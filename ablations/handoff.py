@@ -4,7 +4,7 @@ through `tune.report` (the words the trainable, the driver and the searcher agre
 
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +43,10 @@ class Reporter:
     def __init__(
         self, study_dir: Path, results_root: Path, *, tracking_uri: str | None, nice: int = 0
     ) -> None:
+        # `nice` rather than a preexec_fn: the driver has threads by now, and a child must not run Python before exec.
+        lower = ["nice", "-n", str(nice)] if nice and shutil.which("nice") else []
         command = [
+            *lower,
             sys.executable,
             "-m",
             "dashboards",
@@ -60,7 +63,6 @@ class Reporter:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
             # Not in the terminal's process group: a Ctrl-C meant for the run must not take its report with it.
             start_new_session=True,
         )
