@@ -140,7 +140,8 @@ class _StudyCallback(tune.Callback):
             if planned.trial_id not in self.curves:
                 self.curves[planned.trial_id] = []
                 self.received[planned.trial_id] = set()
-                # What a killed driver of this study had received: not logged again.
+                # What a killed driver of this study had received: kept, not logged again (start_trial sends MLflow
+                # the part of it that driver had not sent yet).
                 journal = self.store.journal_read(planned.trial_id)
                 for step, metrics in journal:
                     self._add_points(planned, step, metrics)
