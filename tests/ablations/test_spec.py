@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import runpy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,9 +41,10 @@ def test_valid_study_loads(write_study):
     assert study.spec.resources.gpu == 0.5
 
 
-def test_shipped_studies_and_suites_load():
+def test_shipped_studies_and_suites_load(tmp_path):
     """Every YAML file under studies/, its folders included (the findings and long suites, their re-runs with fresh
-    seeds, bring-your-own data): a study validates, and a suite validates with every study it lists."""
+    seeds, bring-your-own data): a study validates, and a suite validates with every study it lists. A study whose
+    files a script beside it makes (make_data.py, as its README says) is loaded from a copy with its files made."""
     from ablations.suite import is_suite, load_suite
 
     paths = sorted((REPO / "studies").rglob("*.yaml"))
@@ -49,6 +52,11 @@ def test_shipped_studies_and_suites_load():
     for path in paths:
         if is_suite(path):
             assert load_suite(path).studies
+        elif (path.parent / "make_data.py").exists():
+            copy = tmp_path / path.parent.name
+            copy.mkdir()
+            runpy.run_path(str(path.parent / "make_data.py"))["write"](copy / "data")
+            load_study(shutil.copy(path, copy / path.name))
         else:
             load_study(path)
 
