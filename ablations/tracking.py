@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -386,7 +386,7 @@ class Tracker:
             with contextlib.suppress(queue.Empty):
                 while True:
                     ops.append(self._calls.get_nowait())
-            closing = ops[-1] is None
+            closing = None in ops
             try:
                 for op in _merged([op for op in ops if op is not None]):
                     self._send_now(op)
@@ -434,7 +434,7 @@ class Tracker:
         return left
 
     def start_trial(
-        self, trial: Trial, config_hash: str, received: list[tuple[int, dict[str, float]]] = ()
+        self, trial: Trial, config_hash: str, received: Iterable[tuple[int, dict[str, float]]] = ()
     ) -> None:
         """The trial's MLflow run: its own from an earlier execution (interrupted, failed or stopped early), reopened
         under this execution's parent run, or a new one. One run per trial, however often the study is resumed.
