@@ -7,13 +7,16 @@ its error and the others go on.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -100,7 +103,7 @@ class _StudyCallback(tune.Callback):
         self,
         study: Study,
         trials: list[Trial],
-        tracker: Tracker,
+        tracker: Future[Tracker],
         store: ResultsStore,
         summary: RunSummary,
         out: TextIO,
@@ -109,7 +112,7 @@ class _StudyCallback(tune.Callback):
     ) -> None:
         self.study = study
         self.by_id = {t.trial_id: t for t in trials}
-        self.tracker = tracker
+        self._tracker = tracker
         self.store = store
         self.summary = summary
         self.out = out
@@ -121,6 +124,17 @@ class _StudyCallback(tune.Callback):
         self.last_step: dict[str, int] = {}
         self.recorded: set[str] = set()
         self.running: dict[str, int] = {}
+
+    @property
+    def tracker(self) -> Tracker:
+        """MLflow's store is opened beside Ray's and Tune's start (MLflow's import alone is a second of the driver):
+        the first trial to start waits for it if it is not ready yet; the trial's worker is starting meanwhile."""
+        return self._tracker.result()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment's folder for Tuner.restore, which a study never uses (it
+        # resumes from its own records): the live tracker stays out.
+        return {k: v for k, v in self.__dict__.items() if k != "_tracker"}
 
     def _runs(self, tune_trial: Any) -> list[Trial]:
         if tune_trial.trial_id not in self.runs_of:
@@ -349,6 +363,32 @@ def _gpus_per_trial(requested: float, out: TextIO, study_name: str) -> float:
     return requested
 
 
+@contextlib.contextmanager
+def _without_unused_helpers() -> Any:
+    """ray.init, for an embedded Ray without two helper processes that a study never uses: the autoscaler's monitor
+    (an embedded Ray has nothing to scale) and the log monitor (the driver does not take its workers' output:
+    log_to_driver=False; it stays in Ray's session logs). Each is a Python process that imports Ray while the study
+    starts (0.7-0.9 CPU-s each, on 2 cores beside the driver), and ending them gracefully was 1.3 s of Ray's
+    shutdown (bench/README.md, run overhead). ray.init has no argument for them; RayParams, which it builds, has had
+    both since Ray 1.x, and a Ray that renamed them just starts its helpers as before."""
+    params = ray._private.parameter.RayParams
+    original = params.__init__
+    if not {"no_monitor", "include_log_monitor"} <= inspect.signature(original).parameters.keys():
+        yield
+        return
+
+    def lean(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("no_monitor", True)
+        kwargs.setdefault("include_log_monitor", False)
+        original(self, *args, **kwargs)
+
+    params.__init__ = lean
+    try:
+        yield
+    finally:
+        params.__init__ = original
+
+
 def _skipped(study: Study, statuses: dict[str, str], trials: list[Trial], rerun_diverged: bool) -> set[str]:
     """Trials a run leaves alone: finished ones; while the study still has its scheduler, those it stopped (its
     decision stands; without the scheduler they resume from their checkpoints and run to the end); and diverged
@@ -457,12 +497,17 @@ def _run_study(
     resources = study.spec.resources
     address = address or os.environ.get("RAY_ADDRESS")
     started_ray = not ray.is_initialized()
-    # Ray's start takes seconds, and so do the estimate and MLflow's store: side by side, a study of short trials
-    # does not pay for both (bench/README.md, run overhead).
-    with ThreadPoolExecutor(max_workers=1) as setup:
-        prepared = setup.submit(
-            _prepare, study, todo if search is None else [], trials, uri, results_root, out
-        )
+    # Ray's and Tune's starts take seconds, and so do the estimate and MLflow's store: side by side, a study of short
+    # trials does not pay for both (bench/README.md, run overhead).
+    setup = ThreadPoolExecutor(max_workers=1)
+    estimated = setup.submit(
+        _estimate_and_record, study, todo if search is None else [], trials, results_root, out
+    )
+    # The trials' callback waits for the tracker when the first trial starts, and the rest of this function at
+    # its end; Ray and Tune start meanwhile.
+    opened = setup.submit(Tracker, uri, study.name, study.spec.description, results_root)
+    setup.shutdown(wait=False)  # its two tasks go on, in order; the executor takes no others
+    try:
         if started_ray:
             left = end_leftovers(study_dir)
             if left:
@@ -471,24 +516,27 @@ def _run_study(
                     file=out,
                     flush=True,
                 )
-            # "local": never attach to a cluster some earlier process left behind
-            ray.init(
-                address=address or "local",
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-                # Workers Ray starts ahead for tasks would import Ray on every core while Tune starts, and Tune's
-                # trial actors never use them (an actor with Tune's runtime env gets a process of its own).
-                **({} if address else {"_system_config": {"prestart_worker_first_driver": False}}),
-            )
+            with contextlib.nullcontext() if address else _without_unused_helpers():
+                # "local": never attach to a cluster some earlier process left behind
+                ray.init(
+                    address=address or "local",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                    # Workers Ray starts ahead for tasks would import Ray on every core while Tune starts, and
+                    # Tune's trial actors never use them (an actor with Tune's runtime env gets a process of its own).
+                    **({} if address else {"_system_config": {"prestart_worker_first_driver": False}}),
+                )
             if not address:
                 record_processes(study_dir)
-        try:
-            estimate, tracker = prepared.result()
-        except BaseException:
-            if started_ray:
-                ray.shutdown()
-            raise
+        # A calibration of the trial shape, where the estimate needs one, measures an idle machine: no trial starts
+        # before it ends.
+        estimate = estimated.result()
+    except BaseException:
+        futures_wait([estimated, opened])
+        if started_ray:
+            ray.shutdown()
+        raise
     cluster = ray.cluster_resources()
     where = f"joined the Ray cluster at {address}" if address else "started an embedded Ray"
     print(
@@ -499,7 +547,7 @@ def _run_study(
     )
     too_large = _larger_than_any_node(resources.cpu, address or "embedded on this machine")
     if too_large:
-        tracker.end_study(failed=True, summary={"planned": planned, "refused": too_large})
+        opened.result().end_study(failed=True, summary={"planned": planned, "refused": too_large})
         if started_ray:
             ray.shutdown()
         raise ClusterTooSmall(f"study {study.name!r}: {too_large}")
@@ -521,7 +569,7 @@ def _run_study(
         param_space = {"trial": common | {"study": spec_json}}
         search_alg, num_samples = make_searcher(study, storage), configurations
     callback = _StudyCallback(
-        study, todo if search is None else [], tracker, store, summary, out, gpu=gpus_per_trial > 0
+        study, todo if search is None else [], opened, store, summary, out, gpu=gpus_per_trial > 0
     )
     tuner = tune.Tuner(
         tune.with_resources(train_trial, {"cpu": resources.cpu, "gpu": gpus_per_trial}),
@@ -552,6 +600,13 @@ def _run_study(
         stopping = threading.Thread(target=ray.shutdown, daemon=True) if started_ray else None
         if stopping is not None:
             stopping.start()
+        try:
+            tracker = opened.result()
+        except BaseException:
+            if stopping is not None:
+                stopping.join()
+                forget_processes(study_dir)
+            raise
         summary.wall_time_s = time.time() - started
         store.consolidate()
         _write_study_json(
@@ -592,13 +647,13 @@ def _run_study(
     return summary
 
 
-def _prepare(
-    study: Study, todo: list[Trial], trials: list[Trial], uri: str, results_root: Path, out: TextIO
-) -> tuple[dict[str, Any], Tracker]:
-    """The estimate, the study's record of it, and its MLflow parent run."""
+def _estimate_and_record(
+    study: Study, todo: list[Trial], trials: list[Trial], results_root: Path, out: TextIO
+) -> dict[str, Any]:
+    """The estimate, and the study's record of it."""
     estimate = _estimate(study, todo, results_root, out)
     _write_study_json(study, results_root / study.name, trials, estimate=estimate)
-    return estimate, Tracker(uri, study.name, study.spec.description, results_root)
+    return estimate
 
 
 def _estimate(study: Study, todo: list[Trial], results_root: Path, out: TextIO) -> dict[str, Any]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -51,8 +53,13 @@ GOOD_ARMS = {"resolution=16,train.lr=0.003", "resolution=32,train.lr=0.003"}
 def finished_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     (root / "tiny.yaml").write_text(STUDY.lstrip())
-    done = run_cli("run", "tiny.yaml", cwd=root)
-    return root, done
+    # Ray's own folder for this run, where its logs say which processes it started (outside tmp_path, whose long
+    # name would not fit the Unix sockets Ray makes there); root/ray-tmp points to it.
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    (root / "ray-tmp").symlink_to(ray_tmp)
+    done = run_cli("run", "tiny.yaml", cwd=root, env={"RAY_TMPDIR": str(ray_tmp)})
+    yield root, done
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def _client(root: Path) -> MlflowClient:
@@ -69,6 +76,16 @@ def test_run_reports_progress_and_failures(finished_study):
     assert "2 finished, 0 failed, 2 diverged" in done.stdout
     assert "the Ray cluster has no GPU: running the trials on CPU" in done.stdout
     assert "DIVERGED" in done.stdout and "non-finite gradient norm" in done.stdout
+
+
+def test_the_embedded_ray_starts_no_helper_a_study_does_not_use(finished_study):
+    """No autoscaler monitor (an embedded Ray has nothing to scale) and no log monitor (the driver takes no worker
+    output): two Python processes fewer at every study's start, and a second less at its end (bench/README.md)."""
+    root, _ = finished_study
+    (logs,) = (root / "ray-tmp").glob("ray/session_2*/logs")
+    started = {p.name for p in logs.iterdir()}
+    assert {"gcs_server.out", "raylet.out"} <= started  # the folder of the study's Ray, which did start
+    assert not started & {"monitor.out", "monitor.log", "log_monitor.out", "log_monitor.log"}
 
 
 def test_mlflow_holds_parent_and_child_runs(finished_study):
