@@ -5,7 +5,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# MLflow 3 sends usage reports to its makers' servers from every process that imports it, `mlflow ui` included
+# (which inherits this environment): a study talks to the tracking server it is given and to nothing else.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from ablations.plan import plan
 from ablations.spec import load_study

@@ -107,11 +107,22 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 
 class TrackingUnreachable(RuntimeError):
-    """The tracking server does not answer when a run starts."""
+    """The tracking server does not answer when a run starts, or its URI names no store MLflow has."""
+
+
+# The tracking stores MLflow has (its `mlflow.tracking` store registry; a database URI may name its driver: mysql+pymysql).
+_STORE_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "http", "https")
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """A tracking server that is down is said at once, in one line naming it, not after minutes of retries."""
+    """A tracking URI that names no store, or a server that is down, is said at once, in one line naming it, not
+    after minutes of retries or in a traceback from inside MLflow once the study's trials are starting."""
+    scheme = urlsplit(uri).scheme.partition("+")[0]
+    if scheme not in _STORE_SCHEMES:
+        raise TrackingUnreachable(
+            f"the MLflow tracking URI {redacted(uri)} names no store MLflow has (scheme {scheme!r}; it takes "
+            f"{', '.join(repr(s + '://') for s in _STORE_SCHEMES if s)} or a path)"
+        )
     if not uri.startswith(("http://", "https://")):
         return
     parts = urlsplit(uri)
@@ -337,21 +348,10 @@ class Tracker:
         self.parent_id = parent.info.run_id
         self.child_ids: dict[str, str | None] = {}
         self._retry_at = 0.0
-        self._start_sender()
-
-    def _start_sender(self) -> None:
         self._calls: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._now = threading.Event()  # someone waits for what is queued: no gathering
         self._sender = threading.Thread(target=self._send_queued, name="mlflow-sender", daemon=True)
         self._sender.start()
-
-    # Tune pickles its callbacks, and so this tracker, with the experiment's state: without the sending thread.
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_calls", "_now", "_sender")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._start_sender()
 
     @property
     def experiment_url_path(self) -> str:

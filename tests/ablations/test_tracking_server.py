@@ -98,6 +98,15 @@ def test_a_server_that_is_down_is_said_at_once_in_one_line(tmp_path):
     assert not (tmp_path / "results" / "served" / "trials.parquet").exists()
 
 
+def test_a_uri_that_names_no_store_is_said_at_once_in_one_line(tmp_path):
+    (tmp_path / "s.yaml").write_text(STUDY.lstrip())
+    done = run_cli("run", "s.yaml", "--tracking-uri", "htp://127.0.0.1:5000", cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "htp://127.0.0.1:5000 names no store MLflow has (scheme 'htp'" in done.stderr
+    assert not (tmp_path / "results" / "served" / "study.json").exists()
+
+
 def test_a_server_that_goes_down_mid_run_loses_nothing(tmp_path, server):
     (tmp_path / "s.yaml").write_text(STUDY.lstrip())
     server.start()
