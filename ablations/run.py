@@ -602,48 +602,44 @@ def _run_study(
             stopping.start()
         try:
             tracker = opened.result()
-        except BaseException:
+            summary.wall_time_s = time.time() - started
+            store.consolidate()
+            _write_study_json(
+                study,
+                study_dir,
+                store.trials_of_search(search_name(study)) if search is not None else trials,
+                estimate=estimate,
+                ran={
+                    "started_at": started,
+                    "wall_s": time.time() - started,
+                    "trials_run": to_run,
+                    "estimated_wall_s": estimate.get("wall_s"),
+                    "mlflow_experiment_id": tracker.experiment_id,
+                    "mlflow_run_id": tracker.parent_id,
+                },
+            )
+            if store.trials_path.exists():
+                _reported(
+                    study.name,
+                    study_dir,
+                    out,
+                    lambda: _publish(study_dir, reporter, tracker, summary),
+                )
+            reporter.close()
+            tracker.end_study(
+                failed=bool(summary.failed) or summary.interrupted > 0,
+                summary={
+                    "planned": planned,
+                    "finished": len(summary.finished) + summary.skipped,
+                    "stopped": len(summary.stopped),
+                    "failed": len(summary.failed),
+                    "diverged": len(summary.diverged),
+                },
+            )
+        finally:
             if stopping is not None:
                 stopping.join()
                 forget_processes(study_dir)
-            raise
-        summary.wall_time_s = time.time() - started
-        store.consolidate()
-        _write_study_json(
-            study,
-            study_dir,
-            store.trials_of_search(search_name(study)) if search is not None else trials,
-            estimate=estimate,
-            ran={
-                "started_at": started,
-                "wall_s": time.time() - started,
-                "trials_run": to_run,
-                "estimated_wall_s": estimate.get("wall_s"),
-                "mlflow_experiment_id": tracker.experiment_id,
-                "mlflow_run_id": tracker.parent_id,
-            },
-        )
-        if store.trials_path.exists():
-            _reported(
-                study.name,
-                study_dir,
-                out,
-                lambda: _publish(study_dir, reporter, tracker, summary),
-            )
-        reporter.close()
-        tracker.end_study(
-            failed=bool(summary.failed) or summary.interrupted > 0,
-            summary={
-                "planned": planned,
-                "finished": len(summary.finished) + summary.skipped,
-                "stopped": len(summary.stopped),
-                "failed": len(summary.failed),
-                "diverged": len(summary.diverged),
-            },
-        )
-        if stopping is not None:
-            stopping.join()
-            forget_processes(study_dir)
     return summary
 
 

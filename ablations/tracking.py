@@ -110,7 +110,8 @@ class TrackingUnreachable(RuntimeError):
     """The tracking server does not answer when a run starts, or its URI names no store MLflow has."""
 
 
-# The tracking stores MLflow has (its `mlflow.tracking` store registry; a database URI may name its driver: mysql+pymysql).
+# The tracking stores MLflow has (its `mlflow.tracking` store registry; a database URI may name its driver:
+# mysql+pymysql).
 _STORE_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "http", "https")
 
 
