@@ -159,7 +159,7 @@ class _StudyCallback(tune.Callback):
                 journal = self.store.journal_read(planned.trial_id)
                 for step, metrics in journal:
                     self._add_points(planned, step, metrics)
-            if planned.trial_id not in self.tracker.child_ids:
+            if planned.trial_id not in self.tracker.started:
                 self.tracker.start_trial(planned, config_hash=planned.trial_id, received=journal)
             self.running[planned.trial_id] = 0
             self._progress(f"started {planned.arm} seed={planned.seed} ({planned.trial_id})")
@@ -301,7 +301,7 @@ class _StudyCallback(tune.Callback):
                 "wall_time_s": None,
                 "num_params": None,
                 "device": None,
-                "mlflow_run_id": self.tracker.child_ids.get(planned.trial_id),
+                "mlflow_run_id": self.tracker.run_id(planned.trial_id),
                 "finished_at": time.time(),
                 "config_json": config_json(planned.config),
                 # What produced the row: the repository's commit (where there is one) and the core's own source hash.
@@ -365,28 +365,34 @@ def _gpus_per_trial(requested: float, out: TextIO, study_name: str) -> float:
 
 @contextlib.contextmanager
 def _without_unused_helpers() -> Any:
-    """ray.init, for an embedded Ray without two helper processes that a study never uses: the autoscaler's monitor
-    (an embedded Ray has nothing to scale) and the log monitor (the driver does not take its workers' output:
-    log_to_driver=False; it stays in Ray's session logs). Each is a Python process that imports Ray while the study
-    starts (0.7-0.9 CPU-s each, on 2 cores beside the driver), and ending them gracefully was 1.3 s of Ray's
-    shutdown (bench/README.md, run overhead). ray.init has no argument for them; RayParams, which it builds, has had
-    both since Ray 1.x, and a Ray that renamed them just starts its helpers as before."""
+    """ray.init, for an embedded Ray without three helper processes that a study never uses: the autoscaler's
+    monitor (an embedded Ray has nothing to scale), the log monitor (the driver does not take its workers' output:
+    log_to_driver=False; it stays in Ray's session logs) and the API server (with include_dashboard=False it serves
+    only Ray's usage stats, which ray.init turns off; nothing of a study talks to it). Each is a Python process that
+    imports Ray while the study starts (0.7-0.9 CPU-s each, on 2 cores beside the driver); ending the first two
+    gracefully was 1.3 s of Ray's shutdown, and ray.init waited 2 s for the API server to publish its address
+    (bench/README.md, run overhead). ray.init has no argument for them: the monitors are fields of the RayParams it
+    builds (since Ray 1.x) and the API server is a method of the head Node it makes; a Ray that renamed them starts
+    its helpers as before."""
     params = ray._private.parameter.RayParams
-    original = params.__init__
-    if not {"no_monitor", "include_log_monitor"} <= inspect.signature(original).parameters.keys():
-        yield
-        return
+    node = ray._private.node.Node
+    original_params, original_api_server = params.__init__, getattr(node, "start_api_server", None)
+    if {"no_monitor", "include_log_monitor"} <= inspect.signature(original_params).parameters.keys():
 
-    def lean(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("no_monitor", True)
-        kwargs.setdefault("include_log_monitor", False)
-        original(self, *args, **kwargs)
+        def lean(self: Any, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("no_monitor", True)
+            kwargs.setdefault("include_log_monitor", False)
+            original_params(self, *args, **kwargs)
 
-    params.__init__ = lean
+        params.__init__ = lean
+    if original_api_server is not None:
+        node.start_api_server = lambda self, **kwargs: None
     try:
         yield
     finally:
-        params.__init__ = original
+        params.__init__ = original_params
+        if original_api_server is not None:
+            node.start_api_server = original_api_server
 
 
 def _skipped(study: Study, statuses: dict[str, str], trials: list[Trial], rerun_diverged: bool) -> set[str]:

@@ -347,7 +347,7 @@ class Tracker:
             },
         )
         self.parent_id = parent.info.run_id
-        self.child_ids: dict[str, str | None] = {}
+        self.started: set[str] = set()  # trials whose run was opened by this execution
         self._retry_at = 0.0
         self._calls: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._now = threading.Event()  # someone waits for what is queued: no gathering
@@ -466,8 +466,17 @@ class Tracker:
                 "received": [[step, metrics] for step, metrics in received],
             }
         )
-        self._wait_sent()  # the trial's row names its MLflow run
-        self.child_ids[trial.trial_id] = self.calls.run_ids.get(f"trial:{trial.trial_id}")
+        # Not waited for: the trial's next training call waits on this callback, and the run's id is wanted only
+        # by its results row, at its end (`run_id`).
+        self.started.add(trial.trial_id)
+
+    def run_id(self, trial_id: str) -> str | None:
+        """The MLflow run of a started trial; None while the server does not answer (its calls wait in the
+        outbox). Sent by its end, so this waits only where the trial ended at once."""
+        ref = f"trial:{trial_id}"
+        if ref not in self.calls.run_ids:
+            self._wait_sent()
+        return self.calls.run_ids.get(ref)
 
     def log_metrics(self, trial_id: str, step: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)

@@ -176,7 +176,7 @@ def test_calls_gathered_into_fewer_keep_each_runs_order():
 
 def test_every_metric_sent_in_the_background_reaches_its_run(tmp_path):
     """The tracker sends from a thread of its own: what the driver logged is all in MLflow, under the right run and
-    step, once the study ends, and the trial's MLflow run id is known as soon as it starts."""
+    step, once the study ends, and the trial's MLflow run id is there to be asked for once it has started."""
     from ablations.plan import Trial
     from ablations.tracking import Tracker
 
@@ -185,7 +185,7 @@ def test_every_metric_sent_in_the_background_reaches_its_run(tmp_path):
     trials = [Trial(name, "arm", {}, 0, {"train": {"lr": 0.001}}) for name in ("t1", "t2")]
     for trial in trials:
         tracker.start_trial(trial, config_hash=trial.trial_id)
-        assert tracker.child_ids[trial.trial_id]
+        assert tracker.run_id(trial.trial_id)
     for step in range(50):
         for trial in trials:
             tracker.log_metrics(trial.trial_id, step, {"train/loss": 1.0 / (step + 1), "step_seen": step})
@@ -194,7 +194,7 @@ def test_every_metric_sent_in_the_background_reaches_its_run(tmp_path):
     tracker.end_study(failed=False, summary={"planned": 2})
     client = MlflowClient(uri)
     for trial in trials:
-        run = client.get_run(tracker.child_ids[trial.trial_id])
+        run = client.get_run(tracker.run_id(trial.trial_id))
         assert run.info.status == "FINISHED"
         history = client.get_metric_history(run.info.run_id, "train/loss")
         assert sorted(m.step for m in history) == list(range(50))
