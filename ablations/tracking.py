@@ -507,14 +507,19 @@ class Tracker:
         self._send({"op": "log_artifact", "ref": self.parent_id, "path": str(path.resolve())})
 
     def log_arm_aggregates(self, arms: list[dict[str, Any]]) -> None:
-        """Per-arm mean and CI of every metric as metrics of the study's parent run, so the MLflow UI shows them:
-        `arm/<arm>/<metric> mean`. MLflow keys allow only [A-Za-z0-9_-. /], so other characters become '_'."""
+        """Per-arm mean and CI of every metric the arms measured as metrics of the study's parent run, so the MLflow
+        UI shows them: `arm/<arm>/<metric> mean`. Not the floors (`floor/...`: the evaluation's chance and oracle
+        levels, the same for every arm), which were half of them and half of the study's last MLflow calls (0.5 s
+        for 16 arms in a SQLite store); they stay on the trials' runs and in arms.csv. MLflow keys allow only
+        [A-Za-z0-9_-. /], so other characters become '_'."""
         now = int(time.time() * 1000)
         batch = [
             [f"arm/{_key(str(row['arm']))}/{_key(column)}", float(value), now, 0]
             for row in arms
             for column, value in row.items()
-            if column.endswith((" mean", " ci95")) and value == value  # NaN (one seed: no CI) is not logged
+            if column.endswith((" mean", " ci95"))
+            and not column.startswith("floor/")
+            and value == value  # NaN (one seed: no CI) is not logged
         ]
         for i in range(0, len(batch), _BATCH):
             self._send({"op": "log_batch", "ref": self.parent_id, "metrics": batch[i : i + _BATCH]})
