@@ -265,6 +265,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_one(study: Study, args: argparse.Namespace) -> int:
+    from ablations.handoff import REPORTER_NICE, prestart_reporter
+    from ablations.tracking import redacted, resolve_tracking_uri
+
+    root = _results_root(args)
+    uri = redacted(resolve_tracking_uri(args.tracking_uri, root))
+    prestart_reporter(root / study.name, root, tracking_uri=uri, nice=REPORTER_NICE)  # before Ray's import
     from ablations.results import StudyBusy
     from ablations.run import ClusterTooSmall, run_study
     from ablations.tracking import TrackingUnreachable

@@ -34,9 +34,28 @@ def write_report(study_dir: Path, results_root: Path, *, tracking_uri: str | Non
     return Reporter(study_dir, results_root, tracking_uri=tracking_uri).write()
 
 
+# A run's reporter waits at low priority: it must not slow the driver, which hands the trials their work.
+REPORTER_NICE = 10
+
+_prestarted: dict[tuple[str, str, str | None, int], Reporter] = {}
+
+
+def prestart_reporter(
+    study_dir: Path, results_root: Path, *, tracking_uri: str | None, nice: int = 0
+) -> Reporter:
+    """Start the reporter of a study about to run now, before its driver imports Ray and Tune: its own imports (2
+    CPU-s) then take the core that the driver's leave idle, and not one that the first trials' workers need while
+    they start (bench/README.md, run overhead). `Reporter.started` takes it; one never taken ends with its driver."""
+    key = (str(study_dir), str(results_root), tracking_uri, nice)
+    if key not in _prestarted:
+        _prestarted[key] = Reporter(study_dir, results_root, tracking_uri=tracking_uri, nice=nice)
+    return _prestarted[key]
+
+
 class Reporter:
     """`python -m dashboards` started before its report is due, so that a run ends with the report to make and not
-    also a second of imports (pandas, scipy, plotly) to pay: they load at low priority while the trials train
+    also a second of imports (pandas, scipy, plotly) to pay: they load at low priority, beside the driver's own
+    imports where `mm1ablate run` starts it (`prestart_reporter`), otherwise while Ray and the trials start
     (bench/README.md, run overhead). It writes when told to (`write`); closed untold, it ends having written nothing.
     """
 
@@ -65,6 +84,16 @@ class Reporter:
             text=True,
             # Not in the terminal's process group: a Ctrl-C meant for the run must not take its report with it.
             start_new_session=True,
+        )
+
+    @classmethod
+    def started(
+        cls, study_dir: Path, results_root: Path, *, tracking_uri: str | None, nice: int = 0
+    ) -> Reporter:
+        """The one `prestart_reporter` started for this study, or a new one."""
+        key = (str(study_dir), str(results_root), tracking_uri, nice)
+        return _prestarted.pop(key, None) or cls(
+            study_dir, results_root, tracking_uri=tracking_uri, nice=nice
         )
 
     def write(self) -> Path:

@@ -40,6 +40,7 @@ from ablations.handoff import (
     FINAL_KEY,
     OBJECTIVE,
     OBJECTIVE_FINAL,
+    REPORTER_NICE,
     RUN_KEY,
     Reporter,
     write_report,
@@ -598,7 +599,7 @@ def _run_study(
             verbose=0,
         ),
     )
-    reporter = Reporter(study_dir, results_root, tracking_uri=redacted(uri), nice=10)
+    reporter = Reporter.started(study_dir, results_root, tracking_uri=redacted(uri), nice=REPORTER_NICE)
     try:
         tuner.fit()
     finally:

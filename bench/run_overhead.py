@@ -10,6 +10,10 @@ slots. With two study sizes it splits what is left into a fixed cost per study (
 worker's imports, the report) and a cost per trial (what a search or ASHA multiplies): overhead = fixed + per trial
 x trials / slots.
 
+Each run also says where its overhead went: before the first trial's clock started (Python, Ray's and Tune's start,
+the first workers' imports), between the trials (a slot idle between two trials, or while the last trial finishes
+alone) and after the last trial (Tune's end, the report, MLflow's last calls).
+
 The trials' wall time counts as work whatever slowed it, the driver's own use of the CPU included; their CPU time
 (one thread each) does not, so it is printed beside as a stricter ideal.
 """
@@ -41,8 +45,8 @@ resources: {{cpu: 1}}
 """
 
 
-def one_run(trials: int, steps: int, fresh_store: bool) -> tuple[float, float, int, float]:
-    """(wall seconds of the CLI, ideal seconds, slots, ideal seconds from the trials' CPU time)."""
+def one_run(trials: int, steps: int, fresh_store: bool) -> tuple[float, float, int, float, str]:
+    """(wall seconds of the CLI, ideal seconds, slots, ideal seconds from the trials' CPU time, where the rest went)."""
     lrs = ", ".join(f"{1e-3 * (1 + i / trials):.6f}" for i in range(trials))
     with tempfile.TemporaryDirectory() as root:
         (Path(root) / "study.yaml").write_text(STUDY.format(steps=steps, lrs=lrs))
@@ -57,12 +61,28 @@ def one_run(trials: int, steps: int, fresh_store: bool) -> tuple[float, float, i
                 check=True,
                 capture_output=True,
             )
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         subprocess.run([cli, "run", "study.yaml"], cwd=root, check=True, capture_output=True)
-        wall = time.perf_counter() - started
+        wall, ended_at = time.perf_counter() - started, time.time()
         rows = pd.read_parquet(Path(root) / "results" / "overhead" / "trials.parquet")
     slots = os.cpu_count() or 1
-    return wall, rows["wall_time_s"].sum() / slots, slots, rows["cost/cpu_s"].sum() / slots
+    return (
+        wall,
+        rows["wall_time_s"].sum() / slots,
+        slots,
+        rows["cost/cpu_s"].sum() / slots,
+        _breakdown(rows, started_at, ended_at, slots),
+    )
+
+
+def _breakdown(rows: pd.DataFrame, started_at: float, ended_at: float, slots: int) -> str:
+    """Where the overhead went: before the first trial's clock started, between the trials (the slots' idle time
+    while trials ran: the gaps between two trials on a slot, and the last trial's slot working alone), and after
+    the last trial's result reached the driver. A trial's start is taken as its recorded end less its wall time."""
+    ends = rows["finished_at"]
+    starts = ends - rows["wall_time_s"]
+    between = (slots * (ends.max() - starts.min()) - rows["wall_time_s"].sum()) / slots
+    return f"start {starts.min() - started_at:.1f} s, between trials {between:.1f} s, end {ended_at - ends.max():.1f} s"
 
 
 def main() -> None:
@@ -78,16 +98,17 @@ def main() -> None:
     slots = 1
     for trials in args.trials:
         runs = [one_run(trials, args.steps, args.fresh_store) for _ in range(args.repeats)]
-        for wall, ideal, slots, cpu in runs:
+        for wall, ideal, slots, cpu, breakdown in runs:
             print(
                 f"{trials} trials of {args.steps} steps: wall {wall:.1f} s, ideal {ideal:.1f} s on {slots} slots: "
-                f"{wall / ideal:.2f}x (from their CPU time: {cpu:.1f} s, {wall / cpu:.2f}x)"
+                f"{wall / ideal:.2f}x (from their CPU time: {cpu:.1f} s, {wall / cpu:.2f}x); overhead "
+                f"{wall - ideal:.1f} s: {breakdown}"
             )
         print(
-            f"{trials} trials: median {statistics.median(w / i for w, i, _, _ in runs):.2f}x over {len(runs)} runs"
-            f" (from their CPU time: {statistics.median(w / c for w, _, _, c in runs):.2f}x)"
+            f"{trials} trials: median {statistics.median(r[0] / r[1] for r in runs):.2f}x over {len(runs)} runs"
+            f" (from their CPU time: {statistics.median(r[0] / r[3] for r in runs):.2f}x)"
         )
-        overheads[trials] = statistics.median(w - i for w, i, _, _ in runs)
+        overheads[trials] = statistics.median(r[0] - r[1] for r in runs)
     if len(overheads) >= 2:
         (few, o_few), (many, o_many) = min(overheads.items()), max(overheads.items())
         per_slot_trial = (o_many - o_few) / (many - few) * slots
