@@ -40,13 +40,20 @@ REPORTER_NICE = 10
 _prestarted: dict[tuple[str, str, str | None, int], Reporter] = {}
 
 
+def _reporter_key(
+    study_dir: Path, results_root: Path, tracking_uri: str | None, nice: int
+) -> tuple[str, str, str | None, int]:
+    """What a reporter's process was started with: a prestarted one serves only a run that would start the same."""
+    return (str(study_dir), str(results_root), tracking_uri, nice)
+
+
 def prestart_reporter(
     study_dir: Path, results_root: Path, *, tracking_uri: str | None, nice: int = 0
 ) -> Reporter:
     """Start the reporter of a study about to run now, before its driver imports Ray and Tune: its own imports (2
     CPU-s) then take the core that the driver's leave idle, and not one that the first trials' workers need while
     they start (bench/README.md, run overhead). `Reporter.started` takes it; one never taken ends with its driver."""
-    key = (str(study_dir), str(results_root), tracking_uri, nice)
+    key = _reporter_key(study_dir, results_root, tracking_uri, nice)
     if key not in _prestarted:
         _prestarted[key] = Reporter(study_dir, results_root, tracking_uri=tracking_uri, nice=nice)
     return _prestarted[key]
@@ -91,7 +98,7 @@ class Reporter:
         cls, study_dir: Path, results_root: Path, *, tracking_uri: str | None, nice: int = 0
     ) -> Reporter:
         """The one `prestart_reporter` started for this study, or a new one."""
-        key = (str(study_dir), str(results_root), tracking_uri, nice)
+        key = _reporter_key(study_dir, results_root, tracking_uri, nice)
         return _prestarted.pop(key, None) or cls(
             study_dir, results_root, tracking_uri=tracking_uri, nice=nice
         )
