@@ -23,6 +23,7 @@ import pytest
 from conftest import MM1ABLATE, run_cli
 from mlflow.tracking import MlflowClient
 
+from ablations.leftovers import descendants
 from mm1core import schema
 
 pytestmark = pytest.mark.slow
@@ -225,6 +226,13 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # ended since it was listed
+        return b""
+
+
 def _start_ui(root: Path, port: int, *study: str) -> subprocess.Popen:
     return subprocess.Popen(
         [MM1ABLATE, "ui", *study, "--port", str(port)],
@@ -257,6 +265,9 @@ def test_ui_serves_the_study(finished_study):
         )["runs"]
         roles = [next(t["value"] for t in r["data"]["tags"] if t["key"] == "mm1ablate.role") for r in runs]
         assert roles.count("study") >= 1 and roles.count("trial") >= 4
+        # Without MLflow's GenAI job runner: it would be seven more processes importing MLflow beside the UI.
+        started = [_cmdline(pid) for pid in descendants(ui.pid)]
+        assert started and not [c for c in started if b"huey" in c or b"_job_runner" in c], started
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)

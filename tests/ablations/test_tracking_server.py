@@ -61,6 +61,7 @@ class _Server:
                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
             ],
             start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as `mm1ablate ui` starts it
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
