@@ -315,6 +315,24 @@ def figure_html(fig: go.Figure) -> str:
     return "<div class='figure'>" + fig.to_html(full_html=False, include_plotlyjs=False) + "</div>"
 
 
+def warm_up_figures() -> None:
+    """Build and render one small figure of each kind a report draws, for nothing: plotly loads the validators of a
+    trace type and of the layout at their first use, 0.1-0.2 s of a study's last report, which a reporter started
+    ahead (`python -m dashboards --when-told`) pays while it waits instead (bench/README.md, run overhead)."""
+    fig = make_subplots(rows=1, cols=2)
+    fig.add_trace(
+        go.Scatter(
+            x=["a"], y=[1.0], error_y={"type": "data", "array": [0.1]}, mode="lines+markers", text=["t"]
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(go.Bar(x=["a"], y=[1.0]), row=1, col=2)
+    fig.add_trace(go.Heatmap(z=[[1.0]], x=["a"], y=["b"], text=[["t"]], texttemplate="%{text}"))
+    fig.update_layout(title="t", xaxis_title="x", yaxis_title="y", height=380, xaxis={"type": "category"})
+    figure_html(fig)
+
+
 def encoder_table_html(trials: pd.DataFrame, axes: list[str]) -> str | None:
     encoders = encoder_table(trials, axes)
     if encoders is None:
