@@ -95,6 +95,8 @@ def assess(
     if finding["check"] == "view":
         return base | {"ours": "see the view", "detail": f"drawn as the {finding['view']} view"}
     done = trials[trials["status"] == "finished"]
+    if finding.get("values"):  # the arms the paper compared: another value of the axis does not speak to it
+        done = done[done[axis].astype(str).isin([str(v) for v in finding["values"]])]
     values = _ordered(list(done[axis].drop_duplicates()), finding.get("order"))
     shown = [str(v) for v in values]
     check = finding["check"]

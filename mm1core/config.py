@@ -172,6 +172,11 @@ CONNECTORS = Registry(
         ),
         Choice("attn-pool", "mm1core.connectors.attn_pool:AttnPoolConnector", check=_at_most_patches),
         Choice(
+            "attn-pool-local",
+            "mm1core.connectors.attn_pool:LocalAttnPoolConnector",
+            check=_square_within_grid("attn-pool-local"),
+        ),
+        Choice(
             "c-abstractor",
             "mm1core.connectors.c_abstractor:CAbstractorConnector",
             check=_square_within_grid("c-abstractor"),

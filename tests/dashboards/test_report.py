@@ -104,6 +104,25 @@ def test_the_paper_beside_us_says_agrees_disagrees_or_inconclusive(tmp_path):
     assert "The paper beside us" in page and "F1" in page and "approx." not in page.split("F1")[1][:300]
 
 
+def test_a_finding_weighs_only_the_arms_the_paper_compared(tmp_path):
+    """F6 is about the paper's three connectors: a fourth of ours in the same study (attn-pool-local, far below the
+    others here) leaves its verdict as the three alone give it."""
+    from dashboards.findings import assess, load_findings
+
+    f6 = next(f for f in load_findings() if f["id"] == "F6")
+    names = {32: "avg-pool", 48: "attn-pool", 64: "c-abstractor", 96: "attn-pool-local"}
+    study_dir = _study(tmp_path, {"res=32": 0.0, "res=48": 0.0, "res=64": 0.0, "res=96": -0.4})
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    trials["connector"] = trials.pop("resolution").map(names)
+    items = pd.read_parquet(study_dir / "items.parquet")
+    with_ours = assess(f6, trials, items, ["connector"])
+    theirs = trials[trials["connector"] != "attn-pool-local"]
+    assert with_ours == assess(f6, theirs, items[items["trial_id"].isin(theirs["trial_id"])], ["connector"])
+    assert "attn-pool-local" not in with_ours["detail"] and "c-abstractor" in with_ours["detail"]
+    everything = assess(f6 | {"values": None}, trials, items, ["connector"])
+    assert "attn-pool-local" in everything["detail"] and everything["ours"] == "disagrees"
+
+
 def test_markdown_summary_and_csv_tables(tmp_path):
     study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
     write_report(study_dir)

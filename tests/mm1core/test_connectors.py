@@ -80,6 +80,34 @@ def test_every_attention_pool_token_reads_every_patch():
         assert (moved > 1e-4).all()
 
 
+def _reach(connector, grid_size: int) -> torch.Tensor:
+    """How much each output token moves when the top-left patch changes: (K,), the mean over a batch."""
+    patches = torch.randn(8, grid_size**2, 24)
+    changed = patches.clone()
+    changed[:, 0] += 3.0
+    with torch.no_grad():
+        return (connector(patches) - connector(changed)).abs().mean(dim=(0, 2))
+
+
+def test_local_attention_pool_queries_start_on_their_own_cell():
+    """attn-pool's queries start as copies of a global average: a corner patch moves every token alike. Those of
+    attn-pool-local start on their cells: it moves the token of its own corner, and the far corner's hardly."""
+    grid_size = 8  # 16 tokens over 8x8 patches: cells of 2x2, as `small` at 64 px
+    plain = _reach(_connector("attn-pool", num_image_tokens=16, grid_size=grid_size).eval(), grid_size)
+    local = _reach(_connector("attn-pool-local", num_image_tokens=16, grid_size=grid_size).eval(), grid_size)
+    assert plain.max() / plain.min() < 1.5
+    assert local[0] > 20 * local[-1] and local[0] > 3 * plain[0]
+
+
+def test_the_locality_is_learned_and_never_decayed():
+    """Its strength per head is trained (the loss may take it towards content alone) and 1-D, so the optimizer's
+    weight decay, which pulls 2-D parameters towards zero, leaves it alone."""
+    connector = _connector("attn-pool-local", num_image_tokens=16, grid_size=8)
+    strength = dict(connector.named_parameters())["log_strength"]
+    assert strength.ndim == 1 and strength.shape == (connector.num_heads,)
+    assert "distance" not in connector.state_dict()  # a function of the shape, not a learned or saved value
+
+
 @pytest.mark.parametrize("name", ["avg-pool", "c-abstractor"])
 def test_grid_connectors_keep_spatial_layout(name):
     # 12x12 pooled to 4x4: a corner patch reaches 2 patches further before pooling (still inside the top-left
