@@ -72,10 +72,10 @@ class LocalAttnPoolConnector(AttnPoolConnector):
         cell = grid_size / side  # a cell's side, in patches
         centres = (torch.arange(side) + 0.5) * cell - 0.5  # patch coordinates of the cells' centres
         offsets = (centres[:, None] - torch.arange(grid_size)[None, :]).square()  # (side, G)
-        squared = (
-            offsets[:, None, :, None] + offsets[None, :, None, :]
-        )  # (side, side, G, G): rows, then columns
+        # (side, side, G, G): a query's row and column of cells, a patch's row and column
+        squared = offsets[:, None, :, None] + offsets[None, :, None, :]
         sigma = cell / 2
+        # d^2 / (2 sigma^2), (K, N): a function of the shapes, so not saved with the weights
         self.register_buffer(
             "distance", squared.reshape(num_image_tokens, grid_size**2) / (2 * sigma**2), persistent=False
         )
