@@ -28,10 +28,11 @@ OBJECTIVE_FINAL = "objective_final"  # set on the report of the objective from t
 DIVERGED_KEY = "diverged"  # the last report of a run whose loss or gradient became non-finite: why, in words
 
 
-def write_report(study_dir: Path, results_root: Path, *, tracking_uri: str | None) -> Path:
+def write_report(study_dir: Path, results_root: Path, *, tracking_uri: str | None, nice: int = 0) -> Path:
     """The study's report and the results index, written by `python -m dashboards` from the results files alone
-    (ablations never imports dashboards). Raises RuntimeError with the reporter's last words when it fails."""
-    return Reporter(study_dir, results_root, tracking_uri=tracking_uri).write()
+    (ablations never imports dashboards): by the reporter `prestart_reporter` started for it, if there is one. Raises
+    RuntimeError with the reporter's last words when it fails."""
+    return Reporter.started(study_dir, results_root, tracking_uri=tracking_uri, nice=nice).write()
 
 
 # A run's reporter waits at low priority: it must not slow the driver, which hands the trials their work.

@@ -497,7 +497,10 @@ def _run_study(
         if search is None and (adopted or not (study_dir / "report.html").exists()):
             # Runs counted from another study are new rows of this one: its report must say what it holds now.
             def report() -> None:
-                summary.report = write_report(study_dir, results_root, tracking_uri=redacted(uri))
+                # The reporter `mm1ablate run` started ahead, not a second one beside it.
+                summary.report = write_report(
+                    study_dir, results_root, tracking_uri=redacted(uri), nice=REPORTER_NICE
+                )
 
             _reported(study.name, study_dir, out, report)
         return summary

@@ -391,6 +391,19 @@ def test_a_reporter_started_ahead_writes_only_when_told(tmp_path):
     assert (tmp_path / "index.html").exists()
 
 
+def test_a_report_due_where_a_reporter_was_started_ahead_is_written_by_that_one(tmp_path):
+    """A run with nothing left to train still reports (runs counted from another study are new rows): with the
+    reporter `mm1ablate run` started before its imports, not with a second one importing beside it."""
+    from ablations.handoff import REPORTER_NICE, prestart_reporter, write_report
+
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
+    ahead = prestart_reporter(study_dir, tmp_path, tracking_uri=None, nice=REPORTER_NICE)
+    assert (
+        write_report(study_dir, tmp_path, tracking_uri=None, nice=REPORTER_NICE) == study_dir / "report.html"
+    )
+    assert ahead.process.poll() == 0  # it was told to write, wrote, and ended
+
+
 def test_the_cost_table_sums_time_per_arm_and_gives_the_most_memory_a_worker_held(tmp_path):
     from dashboards.cost import cost_table
 
