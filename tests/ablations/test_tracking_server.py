@@ -24,8 +24,8 @@ name: served
 reference:
   preset: tiny
   overrides:
-    train.steps: 300
-    train.eval_every: 100
+    train.steps: 150
+    train.eval_every: 50
 axes:
   - name: train.lr
     values: [0.001, 0.002]
@@ -112,7 +112,7 @@ def test_a_server_that_goes_down_mid_run_loses_nothing(tmp_path, server):
     (tmp_path / "s.yaml").write_text(STUDY.lstrip())
     server.start()
     driver = start_cli("run", "s.yaml", "--tracking-uri", server.uri, cwd=tmp_path)
-    seen = read_until(driver, "multimodal step 100/300")
+    seen = read_until(driver, "multimodal step 50/150")
     server.stop()
     rest, _ = driver.communicate(timeout=600)
     output = "".join(seen) + rest
@@ -139,7 +139,7 @@ def test_a_server_that_goes_down_mid_run_loses_nothing(tmp_path, server):
     assert parent.info.status == "FINISHED"
     for run in trial_runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-        assert sorted(steps) == list(range(5, 301, 5))
+        assert sorted(steps) == list(range(5, 151, 5))
         assert "0shot/avg" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"report.html", "summary.md"} <= artifacts
