@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mm1core.data.documents import IMAGE_PLACEHOLDER, Document
-from mm1core.data.sources import batch_from_documents, build_tokenizer
+from mm1core.data.render import render_scene
+from mm1core.data.sources import build_tokenizer, images_to_tensor
 from mm1core.data.world import COLORS, sample_scene
 from mm1core.encoder_pretrain import pretrain_encoder
 from mm1core.hardware import cpu_model_name
@@ -94,17 +94,10 @@ def main() -> None:
         rng = random.Random(base)
         scenes = [sample_scene(world, rng.getrandbits(60) + base) for _ in range(n)]
         asked = [rng.choice(s.objects) for s in scenes]
-        batch = batch_from_documents(
-            [Document(f"{IMAGE_PLACEHOLDER} question", (s,), "i") for s in scenes],
-            tokenizer,
-            world,
-            resolution=cfg.encoder.resolution,
-            num_image_tokens=cfg.connector.num_image_tokens,
-            max_seq_len=cfg.data.max_seq_len,
-        )
+        resolution = cfg.encoder.resolution
         colours = sorted(COLORS)
         return (
-            batch.images,
+            images_to_tensor([render_scene(s, world, resolution) for s in scenes], resolution),
             torch.tensor([o.cell for o in asked]),
             torch.tensor([colours.index(o.color) for o in asked]),
         )
