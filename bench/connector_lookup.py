@@ -54,8 +54,10 @@ class CellReadout(nn.Module):
         return self.head(torch.einsum("bk,bkd->bd", scores.softmax(-1), self.value(tokens)))
 
 
-def locality(connector: nn.Module, features: torch.Tensor, grid: int, cells_side: int) -> float | None:
-    """Mean over queries of the largest share of its attention on one cell (uniform 1/cells); None: no queries."""
+def cell_attention(
+    connector: nn.Module, features: torch.Tensor, grid: int, cells_side: int
+) -> torch.Tensor | None:
+    """How much of each query's attention falls on each of the world's cells, (B, H, K, cells); None: no queries."""
     if not hasattr(connector, "queries"):
         return None
     B, N, _ = features.shape
@@ -73,8 +75,13 @@ def locality(connector: nn.Module, features: torch.Tensor, grid: int, cells_side
             for c in range(grid)
         ]
     )
-    per_cell = torch.zeros(*attention.shape[:3], cells_side**2).index_add_(3, patch_cell, attention)
-    return per_cell.amax(-1).mean().item()
+    return torch.zeros(*attention.shape[:3], cells_side**2).index_add_(3, patch_cell, attention)
+
+
+def locality(connector: nn.Module, features: torch.Tensor, grid: int, cells_side: int) -> float | None:
+    """Mean over queries of the largest share of its attention on one cell (uniform 1/cells); None: no queries."""
+    per_cell = cell_attention(connector, features, grid, cells_side)
+    return None if per_cell is None else per_cell.amax(-1).mean().item()
 
 
 def main() -> None:
