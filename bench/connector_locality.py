@@ -47,18 +47,15 @@ def main() -> None:
         resolution = cfg.encoder.resolution
         images = images_to_tensor([render_scene(s, world, resolution) for s in scenes], resolution)
         with torch.no_grad():
-            features = model.image_encoder(images)
-            if model.standardize:
-                features = (features - model.feature_mean) / model.feature_std
+            features = model.image_features(images)
             grid = int(features.shape[1] ** 0.5)
             per_cell = cell_attention(model.connector, features, grid, world.grid_size)  # (B, H, K, cells)
         if per_cell is None:
             print(f"{path}: connector {cfg.connector.name} has no queries")
             continue
         share = per_cell.amax(-1).mean().item()
-        favourites = len(
-            set(per_cell.mean((0, 1)).argmax(-1).tolist())
-        )  # each query's, over heads and images
+        # Each query's favourite cell, its attention averaged over heads and images.
+        favourites = len(set(per_cell.mean((0, 1)).argmax(-1).tolist()))
         print(
             f"{path}: connector {cfg.connector.name}, step {saved['step']}: a query's largest share on one cell "
             f"{share:.3f} (uniform {1 / world.grid_size**2:.4f}); {favourites} of {world.grid_size**2} cells are "

@@ -119,10 +119,7 @@ def main() -> None:
     with torch.no_grad():
         if base.standardize:
             base.fit_feature_norm(train_images[:512])
-        features, test_features = base.image_encoder(train_images), base.image_encoder(test_images)
-        if base.standardize:
-            features = (features - base.feature_mean) / base.feature_std
-            test_features = (test_features - base.feature_mean) / base.feature_std
+        features, test_features = base.image_features(train_images), base.image_features(test_images)
     grid = int(features.shape[1] ** 0.5)
     for name in CONNECTORS:
         for seed in args.seeds:

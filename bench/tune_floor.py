@@ -24,10 +24,9 @@ from pathlib import Path
 DRIVER = r"""
 import os, sys, time
 started = time.time()
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+from ablations.run import _without_unused_helpers  # first: it sets Tune's environment as a study's driver has it
 import ray
 from ray import tune
-from ablations.run import _without_unused_helpers
 
 trials, work, with_torch, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "torch", sys.argv[4]
 
@@ -61,8 +60,8 @@ print(started, time.time())
 
 
 def one_run(trials: int, work: float, with_torch: bool) -> tuple[float, float, float]:
-    """(wall seconds from the driver's first line to Ray's shutdown, ideal seconds, seconds before the first trial's
-    work began)."""
+    """(wall seconds from the driver's launch to Ray's shutdown, ideal seconds, seconds from its launch until the
+    first trial's work began)."""
     with tempfile.TemporaryDirectory() as out:
         launched = time.time()
         done = subprocess.run(
@@ -92,7 +91,7 @@ def main() -> None:
         wall, ideal, start = one_run(args.trials, args.work, not args.no_torch)
         ratios.append(wall / ideal)
         print(
-            f"{args.trials} trials of {args.work:g} s{'' if not args.no_torch else ' (no torch)'}: wall {wall:.1f} s, "
+            f"{args.trials} trials of {args.work:g} s{' (no torch)' if args.no_torch else ''}: wall {wall:.1f} s, "
             f"ideal {ideal:.1f} s: {wall / ideal:.2f}x; overhead {wall - ideal:.1f} s, of which {start:.1f} s "
             "before the first trial's work",
             flush=True,

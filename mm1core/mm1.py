@@ -71,12 +71,14 @@ class MM1(nn.Module):
         """tokens (B, T), images (M, 3, R, R) -> logits (B, T, V)."""
         return self.lm(self.embed_inputs(tokens, images))
 
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """images (M, 3, R, R) -> the encoder's patch features as the connector receives them (M, N, Dv)."""
+        features = self.image_encoder(images)
+        return (features - self.feature_mean) / self.feature_std if self.standardize else features
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """images (M, 3, R, R) -> the connector's image tokens (M, K, D)."""
-        features = self.image_encoder(images)  # (M, N, Dv)
-        if self.standardize:
-            features = (features - self.feature_mean) / self.feature_std
-        tokens = self.connector(features)  # (M, K, D)
+        tokens = self.connector(self.image_features(images))  # (M, K, D)
         return tokens if self.image_token_pos is None else tokens + self.image_token_pos
 
     @torch.no_grad()
