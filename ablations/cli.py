@@ -318,14 +318,45 @@ def _consolidate(study_dir: Path) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from ablations.results import study_runner, unended_progress
+
     study_dir = _results_root(args) / args.study
     _consolidate(study_dir)
-    path = study_dir / "trials.parquet"
-    if not path.exists():
+    path, spec_path = study_dir / "trials.parquet", study_dir / "study.json"
+    if not path.exists() and not spec_path.exists():
         print(f"no results for study {args.study!r} in {study_dir}", file=sys.stderr)
         return 2
-    trials = pd.read_parquet(path)
+    recorded = (
+        pd.read_parquet(path)
+        if path.exists()
+        else pd.DataFrame(columns=["trial_id", "arm", "seed", "status"])
+    )
+    spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
+    runner = study_runner(study_dir)
+    progress = unended_progress(study_dir, set(recorded["trial_id"]))
+    # The planned trials that have no row yet, and any run reporting beyond the plan (a search's configurations).
+    unrecorded = [p for p in spec.get("planned", []) if p["trial_id"] not in set(recorded["trial_id"])]
+    unrecorded += [{"trial_id": t} for t in progress if t not in {p["trial_id"] for p in unrecorded}]
+    pending = []
+    for trial in unrecorded:
+        done = progress.get(trial["trial_id"])
+        if done is None:
+            state, how_far = "to run", ""
+        else:
+            state = "running" if runner else "interrupted"
+            ago = time.time() - done.reported_at
+            how_far = f"{done.stage} {done.step}/{done.total_steps}, {_duration(ago)} ago"
+        pending.append(trial | {"status": state, "progress": how_far})
+    trials = pd.concat([recorded, pd.DataFrame(pending)], ignore_index=True) if pending else recorded
+    print(f"{args.study}: " + (f"running ({runner})" if runner else "not running"))
     print(trials.groupby("status").size().to_string())
+    left = _time_left(spec.get("estimate"), unrecorded, progress)
+    if left:
+        print(left)
+    if runner is None and any(p["status"] != "to run" for p in pending):
+        print(
+            "`mm1ablate run` on the study's file resumes the interrupted trials from their last checkpoints"
+        )
     cols = [
         c
         for c in (
@@ -333,6 +364,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "seed",
             "trial_id",
             "status",
+            "progress",
             "stopped_at_step",
             "wall_time_s",
             *HEADLINE_METRICS,
@@ -340,8 +372,36 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         if c in trials
     ]
-    print(trials[cols].to_string(index=False))
+    if "seed" in trials:
+        trials["seed"] = trials["seed"].astype("Int64")  # a search's unplanned runs have none yet
+    print(trials[cols].to_string(index=False, na_rep=""))
     return 0
+
+
+def _duration(seconds: float) -> str:
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 90
+        else f"{seconds / 60:.0f} min"
+        if seconds < 5400
+        else f"{seconds / 3600:.1f} h"
+    )
+
+
+def _time_left(estimate: dict | None, unrecorded: list[dict], progress: dict) -> str:
+    """The plan's estimate of the trials left, less what their runs have done, over the study's slots: rough, since
+    the last trials may run alone, but what a user watching a long study wants to know."""
+    if not estimate or not unrecorded:
+        return ""
+    per_trial = estimate.get("trials", {})
+    seconds = sum(
+        per_trial[t["trial_id"]]
+        * (1 - (progress[t["trial_id"]].multimodal_share if t["trial_id"] in progress else 0))
+        for t in unrecorded
+        if t["trial_id"] in per_trial
+    )
+    slots = max(int(estimate.get("slots", 1)), 1)
+    return f"about {_duration(seconds / slots)} of trials left on {slots} slot{'s' * (slots > 1)} (the plan's estimate)"
 
 
 def cmd_report(args: argparse.Namespace) -> int:

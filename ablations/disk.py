@@ -11,7 +11,6 @@ A study's planned trials are read back from its `study.json`, recorded ones from
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ablations.plan import plan, stage_cache_dir
+from ablations.results import RUN_LOCK, study_runner
 from ablations.spec import StudyError, study_from_dict
 from mm1core.stage_cache import encoder_stage_key
 
@@ -134,15 +134,9 @@ def removals(results_root: Path) -> list[Removal]:
 
 def running_studies(results_root: Path) -> list[str]:
     """Studies whose runner holds their lock now: nothing is removed beside a running study."""
-    running = []
-    for lock_path in sorted(results_root.glob("*/.run.lock")):
-        with open(lock_path, "a+") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(lock, fcntl.LOCK_UN)
-            except BlockingIOError:
-                running.append(lock_path.parent.name)
-    return running
+    return [
+        path.parent.name for path in sorted(results_root.glob(f"*/{RUN_LOCK}")) if study_runner(path.parent)
+    ]
 
 
 def remove(found: list[Removal]) -> int:

@@ -18,6 +18,7 @@ __all__ = [
     "OBJECTIVE_FINAL",
     "RUN_KEY",
     "Reporter",
+    "reports_log",
     "write_report",
 ]
 
@@ -26,6 +27,13 @@ RUN_KEY = "run"  # the trial id of the training run a report is about
 OBJECTIVE = "objective"  # the searcher's and the scheduler's metric: the mean over a Tune trial's runs
 OBJECTIVE_FINAL = "objective_final"  # set on the report of the objective from the runs' final evaluations
 DIVERGED_KEY = "diverged"  # the last report of a run whose loss or gradient became non-finite: why, in words
+REPORTS_LOG_SUFFIX = ".reports.jsonl"
+
+
+def reports_log(checkpoint_dir: Path, trial_id: str) -> Path:
+    """Every report of a run, one JSON line each, beside its checkpoint: what a resumed run replays to its new driver
+    and what `status` reads a running trial's progress from."""
+    return checkpoint_dir / f"{trial_id}{REPORTS_LOG_SUFFIX}"
 
 
 def write_report(study_dir: Path, results_root: Path, *, tracking_uri: str | None, nice: int = 0) -> Path:

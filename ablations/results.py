@@ -16,24 +16,31 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ablations.handoff import REPORTS_LOG_SUFFIX
 from mm1core.storage import append_jsonl, atomic_write, quarantine, read_jsonl
 
 __all__ = [
     "CONSOLIDATE_EVERY_S",
+    "Progress",
+    "RUN_LOCK",
     "ResultsStore",
     "axis_cell",
     "StudyBusy",
     "config_json",
+    "study_runner",
     "trial_statuses",
+    "unended_progress",
 ]
 
 CONSOLIDATE_EVERY_S = 20.0
+RUN_LOCK = ".run.lock"  # held by the study's one runner for the whole run
 
 
 def trial_statuses(study_dir: Path) -> dict[str, str]:
@@ -43,6 +50,53 @@ def trial_statuses(study_dir: Path) -> dict[str, str]:
         return {}
     table = pq.read_table(path, columns=["trial_id", "status"]).to_pydict()
     return dict(zip(table["trial_id"], table["status"], strict=True))
+
+
+def study_runner(study_dir: Path) -> str | None:
+    """Who runs the study now, as its runner wrote it on the lock it holds ("pid 12 on host, since ..."), or None."""
+    path = study_dir / RUN_LOCK
+    if not path.exists():
+        return None
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            return lock.read().strip() or "another process"
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run that has not ended got, by its last report."""
+
+    stage: str  # encoder, multimodal or sft
+    step: int
+    total_steps: int
+    reported_at: float  # seconds since the epoch
+
+    @property
+    def multimodal_share(self) -> float:
+        """The share of its multimodal training done: what is left of a run is mostly that stage."""
+        if self.stage == "multimodal":
+            return self.step / max(self.total_steps, 1)
+        return 1.0 if self.stage == "sft" else 0.0
+
+
+def unended_progress(study_dir: Path, ended: set[str]) -> dict[str, Progress]:
+    """trial id -> the progress of each run that has reported and not ended, read from the log each trial keeps beside
+    its checkpoint (what a resumed run starts from; the driver's journal lacks the stage)."""
+    found = {}
+    for log in sorted((study_dir / "checkpoints").glob(f"*{REPORTS_LOG_SUFFIX}")):
+        trial_id = log.name.removesuffix(REPORTS_LOG_SUFFIX)
+        events = [] if trial_id in ended else read_jsonl(log)
+        if events:
+            last = events[-1]
+            found[trial_id] = Progress(
+                last["stage"], int(last["step"]), int(last["total_steps"]), log.stat().st_mtime
+            )
+    return found
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
@@ -79,7 +133,7 @@ class ResultsStore:
         """One runner per study: held for the whole run by a lock on `.run.lock`, which the kernel releases when the
         process ends, however it ends (POSIX locks: also on shared storage). A second runner is refused at once,
         told who holds the study, instead of training every trial twice."""
-        path = self.dir / ".run.lock"
+        path = self.dir / RUN_LOCK
         with open(path, "a+") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -23,7 +23,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from ablations.handoff import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY
+from ablations.handoff import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY, reports_log
 from mm1core.config import config_from_dict
 from mm1core.storage import append_jsonl, read_jsonl
 
@@ -104,7 +104,7 @@ def train_trial(tune_config: dict[str, Any]) -> None:
         # Every report also goes to a log beside the run's checkpoint. A run resumed after its driver was killed
         # starts from its checkpoint, which may be ahead of what that driver had received: replaying the log first
         # gives the new driver the whole curve (it drops what it already has).
-        log = Path(payload["checkpoint_dir"]) / f"{run['trial_id']}.reports.jsonl"
+        log = reports_log(Path(payload["checkpoint_dir"]), run["trial_id"])
         for event in read_jsonl(log):
             events.put((index, event))
 

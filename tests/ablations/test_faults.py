@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -127,7 +128,16 @@ def test_a_killed_driver_resumes_to_the_same_study(tmp_path, uninterrupted):
         seen = read_until(driver, marker)
         assert any("Ray processes a killed run had left behind" in line for line in seen), "".join(seen)
         assert not any(_alive(p) for p in left_behind)
+        if marker.startswith("multimodal step 250"):
+            watching = run_cli("status", "faults", cwd=tmp_path, timeout=120)
+            assert f"faults: running (pid {driver.pid} " in watching.stdout, watching.stdout + watching.stderr
+            assert re.search(r" running +multimodal \d+/400, \d+ s ago", watching.stdout), watching.stdout
         left_behind = _kill(driver, tmp_path)
+        if marker.startswith("multimodal step 250"):
+            after = run_cli("status", "faults", cwd=tmp_path, timeout=120)
+            assert "faults: not running" in after.stdout, after.stdout + after.stderr
+            assert re.search(r" interrupted +multimodal \d+/400", after.stdout), after.stdout
+            assert "resumes the interrupted trials" in after.stdout
 
     again = run_cli("run", "s.yaml", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
