@@ -389,19 +389,20 @@ def _duration(seconds: float) -> str:
 
 
 def _time_left(estimate: dict | None, unrecorded: list[dict], progress: dict) -> str:
-    """The plan's estimate of the trials left, less what their runs have done, over the study's slots: rough, since
-    the last trials may run alone, but what a user watching a long study wants to know."""
-    if not estimate or not unrecorded:
-        return ""
-    per_trial = estimate.get("trials", {})
-    seconds = sum(
+    """The plan's estimate of the trials left, less what their runs have done, spread over the study's slots (a trial
+    uses one, so the longest left is a floor): rough, but what a user watching a long study wants to know."""
+    per_trial = (estimate or {}).get("trials", {})
+    left = [
         per_trial[t["trial_id"]]
         * (1 - (progress[t["trial_id"]].multimodal_share if t["trial_id"] in progress else 0))
         for t in unrecorded
         if t["trial_id"] in per_trial
-    )
+    ]
+    if not left:
+        return ""
     slots = max(int(estimate.get("slots", 1)), 1)
-    return f"about {_duration(seconds / slots)} of trials left on {slots} slot{'s' * (slots > 1)} (the plan's estimate)"
+    wall = max(sum(left) / slots, max(left))
+    return f"about {_duration(wall)} of trials left on {slots} slot{'s' * (slots > 1)} (the plan's estimate)"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
