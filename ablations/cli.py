@@ -333,10 +333,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     spec = json.loads(spec_path.read_text()) if spec_path.exists() else {}
     runner = study_runner(study_dir)
-    progress = unended_progress(study_dir, set(recorded["trial_id"]))
+    ended = set(recorded["trial_id"])
+    progress = unended_progress(study_dir, ended)
     # The planned trials that have no row yet, and any run reporting beyond the plan (a search's configurations).
-    unrecorded = [p for p in spec.get("planned", []) if p["trial_id"] not in set(recorded["trial_id"])]
-    unrecorded += [{"trial_id": t} for t in progress if t not in {p["trial_id"] for p in unrecorded}]
+    unrecorded = [p for p in spec.get("planned", []) if p["trial_id"] not in ended]
+    planned_ids = {p["trial_id"] for p in unrecorded}
+    unrecorded += [{"trial_id": t} for t in progress if t not in planned_ids]
     pending = []
     for trial in unrecorded:
         done = progress.get(trial["trial_id"])
