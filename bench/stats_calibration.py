@@ -11,7 +11,12 @@ run's mean, seed effects removed) holds both the shift and the item sample's own
 the spread leaves after the item sampling, and effects are given in units of the whole spread. Each simulated
 study goes through `dashboards.stats.compare_to_reference`, the function the report calls.
 
-    python bench/stats_calibration.py results/aa/items.parquet --metric 0shot/vqa --studies 1000
+Arms that are equal on average can still differ item by item (two connectors that answer different questions): with
+`--interaction-from` a second study's arm x item component (its arms differ) gives each simulated arm its own item
+profile, drawn afresh per study, g_ai ~ N(0, that component's SD), added to p; the null studies are then run again.
+
+    python bench/stats_calibration.py results/aa/items.parquet --metric 0shot/vqa --studies 1000 \
+        --interaction-from results/long-connector-local/items.parquet
 """
 
 from __future__ import annotations
@@ -41,6 +46,14 @@ def noise_of(items: pd.DataFrame, metric: str) -> tuple[np.ndarray, float, float
     return difficulty, float(np.sqrt(run_var)), float(np.sqrt(seed_var))
 
 
+def interaction_of(items: pd.DataFrame, metric: str) -> float:
+    """The SD of a study's arm x item component: how far its arms differ item by item beyond their means."""
+    model = fit_runs(items, metric)
+    if model.components is None:
+        raise SystemExit(f"{metric}: the arm x item component needs two or more arms and seeds")
+    return float(np.sqrt(model.components.arm_item))
+
+
 def simulate(
     difficulty: np.ndarray,
     run_sd: float,
@@ -48,6 +61,7 @@ def simulate(
     effects: list[float],
     seeds: int,
     rng: np.random.Generator,
+    interaction_sd: float = 0.0,
 ) -> pd.DataFrame:
     """One study: arm k has the given effect; the long items table the evaluation writes."""
     seed_effects = rng.normal(0, seed_sd, size=seeds)
@@ -55,8 +69,9 @@ def simulate(
     shift_sd = float(np.sqrt(max(run_sd**2 - item_sampling, 0.0)))
     frames = []
     for k, effect in enumerate(effects):
+        profile = rng.normal(0, interaction_sd, size=len(difficulty)) if interaction_sd else 0.0
         for seed in range(seeds):
-            p = np.clip(difficulty + seed_effects[seed] + rng.normal(0, shift_sd) + effect, 0, 1)
+            p = np.clip(difficulty + profile + seed_effects[seed] + rng.normal(0, shift_sd) + effect, 0, 1)
             scores = (rng.uniform(size=len(difficulty)) < p).astype(float)
             frames.append(
                 pd.DataFrame(
@@ -76,6 +91,7 @@ def calls(
     seeds: int,
     studies: int,
     seed: int,
+    interaction_sd: float = 0.0,
 ) -> tuple[pd.Series, float]:
     """(share of studies in which each arm is called better or worse, share with at least one such call)."""
     rng = np.random.default_rng(seed)
@@ -83,7 +99,7 @@ def calls(
     any_call = 0
     for _ in range(studies):
         table = compare_to_reference(
-            simulate(difficulty, run_sd, seed_sd, effects, seeds, rng), "arm0", ["m"]
+            simulate(difficulty, run_sd, seed_sd, effects, seeds, rng, interaction_sd), "arm0", ["m"]
         ).set_index("arm")
         called = table["verdict"].isin(["better", "worse"])
         per_arm += called.reindex(per_arm.index, fill_value=False).astype(float)
@@ -96,6 +112,11 @@ def main() -> None:
     parser.add_argument("items", type=Path, help="a real study's items.parquet")
     parser.add_argument("--metric", default="0shot/vqa")
     parser.add_argument("--studies", type=int, default=1000)
+    parser.add_argument(
+        "--interaction-from",
+        type=Path,
+        help="a study whose arms differ: its arm x item component for the nulls",
+    )
     args = parser.parse_args()
     difficulty, run_sd, seed_sd = noise_of(pd.read_parquet(args.items), args.metric)
     print(
@@ -108,6 +129,27 @@ def main() -> None:
         print(
             f"  {seeds} seeds: false-positive rate {per_arm.mean():.3f} per comparison, {per_study:.3f} per study"
         )
+    if args.interaction_from:
+        interaction_sd = interaction_of(pd.read_parquet(args.interaction_from), args.metric)
+        print(
+            f"null studies with arm x item interaction (SD {interaction_sd:.3f}, from {args.interaction_from}):"
+        )
+        for arms in (2, 3):
+            for seeds in (2, 3, 5):
+                per_arm, per_study = calls(
+                    difficulty,
+                    run_sd,
+                    seed_sd,
+                    [0.0] * arms,
+                    seeds,
+                    args.studies,
+                    200 + seeds,
+                    interaction_sd,
+                )
+                print(
+                    f"  {arms} arms, {seeds} seeds: false-positive rate {per_arm.mean():.3f} per comparison, "
+                    f"{per_study:.3f} per study"
+                )
     for arms in (2, 3):
         print(f"power ({arms} arms, the last better by k x the run-to-run spread):")
         for k in (1, 2, 3, 5):

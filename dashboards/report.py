@@ -171,8 +171,8 @@ _COMPARISON_HEAD = (
 )
 _STATS_TEXT = (
     "a mixed model of every score, arms x seeds x items: seeds are blocks, the training run and the arm x item "
-    "interaction are random, their variance pooled over every arm (Satterthwaite's degrees of freedom): the "
-    "training run is the unit of replication, and the items are a sample too"
+    "interaction are random, their variance pooled over every arm (Satterthwaite's degrees of freedom, at most the "
+    "runs' (arms - 1)(seeds - 1)): the training run is the unit of replication, and the items are a sample too"
 )
 
 

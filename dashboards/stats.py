@@ -14,7 +14,7 @@ particular items, which more seeds never average away (only more items do). A co
 arms' means (arm minus reference, or the slope over ordered arms); its variance is estimated from the balanced
 three-way ANOVA's mean squares, MS(arm:seed) + MS(arm:item) - MS(residual), each pooled over every arm of the study,
 with Satterthwaite's degrees of freedom: the quasi-F test of crossed random effects (Clark 1973), negative variance
-components truncated at zero. So hundreds of items cannot make a run-level difference look certain (the run term
+components truncated at zero, the degrees of freedom never more than the run term's (`_capped_df`). So hundreds of items cannot make a run-level difference look certain (the run term
 has (arms - 1)(seeds - 1) degrees of freedom), runs that agree by chance cannot make a difference on a few hundred
 items look certain either, and a study with more arms estimates both better. Seeds that not every arm ran, and items
 that not every run answered, are left out. With one seed there is an estimate and no test.
@@ -118,6 +118,16 @@ class Components:
         return (self.noise + items * self.run, self.noise + seeds * self.arm_item, self.noise)
 
 
+def _capped_df(satterthwaite_df, df_runs):
+    """A contrast's degrees of freedom: Satterthwaite's, never more than the run term's, (arms - 1)(seeds - 1).
+    Satterthwaite's df rests on the observed MS(arm:seed); with few seeds that is barely known, and an MS(arm:seed)
+    low by chance shrinks the standard error and swells the df together (2 arms x 2 seeds called a 0.30 difference
+    at p 1e-58 from a df of 531; null studies whose arms differ item by item and whose runs land apart were called
+    "better" or "worse" at 0.07-0.14 for a nominal 0.05, tests/dashboards/test_stats.py and bench/README.md). Many
+    items can narrow the variance's estimate; they cannot add training runs."""
+    return np.minimum(satterthwaite_df, df_runs)
+
+
 def _satterthwaite(mean_squares: tuple, dfs: tuple, signs: tuple) -> float | np.ndarray:
     """Degrees of freedom of a linear combination of independent mean squares."""
     total = sum(sign * ms for sign, ms in zip(signs, mean_squares, strict=True))
@@ -173,10 +183,12 @@ class RunModel:
         arms = self.run_means.shape[1]
         c, m = self.components, self.items
         variance = scale * c.contrast_var(seeds, m)
-        df = _satterthwaite(
-            c.mean_squares(seeds, m),
-            ((arms - 1) * (seeds - 1), (arms - 1) * (m - 1), (arms - 1) * (seeds - 1) * (m - 1)),
-            (1, 1, -1),
+        df_runs = (arms - 1) * (np.asarray(seeds) - 1)
+        df = _capped_df(
+            _satterthwaite(
+                c.mean_squares(seeds, m), (df_runs, (arms - 1) * (m - 1), df_runs * (m - 1)), (1, 1, -1)
+            ),
+            df_runs,
         )
         reach = (stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * np.sqrt(variance)
         return float(reach) if np.ndim(reach) == 0 else reach
@@ -229,15 +241,13 @@ def fit_runs(items: pd.DataFrame, metric: str) -> RunModel:
     )
     # nm/2 x Var(arm - reference) = MS(arm:seed) + MS(arm:item) - MS(residual). Where the arm x item component
     # estimates at or below zero, that is MS(arm:seed) alone (never taken below MS(arm:item), which the run
-    # component cannot be), on the run term's degrees of freedom. Otherwise the sum is
-    # floored at MS(arm:item) (the run component truncated at zero), and its degrees of freedom are Satterthwaite's
-    # for all three terms: a run term estimated low by chance still costs its uncertainty.
+    # component cannot be). Otherwise the sum is floored at MS(arm:item) (the run component truncated at zero).
     if ms_ai <= ms_e:
         combined, df = max(ms_as, ms_ai), float(df_runs)
     else:
         terms = ((ms_as, ms_ai, ms_e), (df_runs, df_ai, df_e))
         combined = max(ms_as + ms_ai - ms_e, ms_ai)
-        df = float(combined**2 / sum(ms**2 / d for ms, d in zip(*terms, strict=True) if d > 0))
+        df = float(_capped_df(_satterthwaite(*terms, (1, 1, -1)), df_runs))
     variance = combined / (seeds * m)
     return RunModel(arm_means, run_means, components, seeds, m, df_runs, variance, df)
 

@@ -215,3 +215,33 @@ def test_a_seed_that_not_every_arm_ran_is_left_out():
     lost = table[~((table["arm"] == "arm") & (table["seed"] == 3))]
     c = paired_comparison(lost, "arm", "ref", "0shot/vqa")
     assert c.seeds == 3 and c.df == 2 and c.delta == pytest.approx(0.1, abs=0.02) and c.p_value < 0.01
+
+
+def test_two_runs_that_agree_are_no_more_than_one_degree_of_freedom():
+    """Two arms that answer different items (a large arm x item interaction), two seeds whose run terms came out
+    low: Satterthwaite's df from the observed mean squares was the items' (531 on the long-connector runs, p 1e-58).
+    Two seeds give one run-level degree of freedom, and the verdict cannot rest on more."""
+    rng = np.random.default_rng(13)
+    base = rng.uniform(0, 1, size=700)
+    strengths = rng.normal(0, 0.3, size=700)  # the arm is better on some items, worse on others
+    ref = base + rng.normal(0, 0.25, size=(2, 700))
+    arm = base + strengths + 0.1 + rng.normal(0, 0.25, size=(2, 700))
+    c = paired_comparison(_items({"ref": ref, "arm": arm}), "arm", "ref", "0shot/vqa")
+    assert c.seeds == 2 and c.df == 1
+    assert c.p_value > 0.05 and c.ci_low < 0.1 < c.ci_high
+
+
+def test_identical_recipes_with_item_interaction_are_called_different_at_most_at_the_nominal_rate():
+    """Null studies, 2 arms x 3 seeds x 300 items: each run lands apart (SD 0.04) and the arms differ item by item
+    with no difference on average over the item population. With Satterthwaite's df alone, 20 of these 300 were
+    called "better" or "worse"."""
+    rng = np.random.default_rng(14)
+    calls = 0
+    studies = 300
+    for _ in range(studies):
+        base = rng.uniform(0, 1, size=300)
+        strengths = rng.normal(0, 0.3, size=300)
+        ref = base + rng.normal(0, 0.04, size=(3, 1)) + rng.normal(0, 0.25, size=(3, 300))
+        arm = base + strengths + rng.normal(0, 0.04, size=(3, 1)) + rng.normal(0, 0.25, size=(3, 300))
+        calls += paired_comparison(_items({"ref": ref, "arm": arm}), "arm", "ref", "0shot/vqa").p_value < 0.05
+    assert calls / studies <= 0.05
