@@ -134,6 +134,7 @@ def _minutes(seconds: float) -> str:
 
 def _print_estimate(study, todo, results_root: Path) -> None:
     from ablations.cost import estimate_search, estimate_study
+    from ablations.results import multimodal_shares_done
 
     cpu = study.spec.resources.cpu
     if study.spec.search is not None:
@@ -147,7 +148,10 @@ def _print_estimate(study, todo, results_root: Path) -> None:
     if not todo:
         print("estimate: nothing to run")
         return
-    estimate = estimate_study(todo, results_root=results_root, cpu_per_trial=cpu, out=sys.stdout)
+    resumed = multimodal_shares_done(results_root / study.name)
+    estimate = estimate_study(
+        todo, results_root=results_root, cpu_per_trial=cpu, out=sys.stdout, multimodal_share_done=resumed
+    )
     rows = [
         [
             t.arm,
@@ -163,6 +167,13 @@ def _print_estimate(study, todo, results_root: Path) -> None:
     print()
     print(_table(rows, ["arm", "seed", "encoder", "training", "evaluation", "trial"]))
     trial_s = sum(e.total_s for e in estimate.trials.values())
+    resuming = [t for t in todo if resumed.get(t.trial_id, 0) > 0]
+    if resuming:
+        print(
+            f"{len(resuming)} of them resume from their checkpoints ("
+            + ", ".join(f"{t.arm} seed {t.seed} at {resumed[t.trial_id]:.0%}" for t in resuming)
+            + "): the study's time counts what is left of them"
+        )
     print(
         f"estimate: {len(todo)} trials, {_minutes(trial_s)} of trial time; the study about "
         f"{_minutes(estimate.wall_s)} of wall time on {estimate.slots} slots "

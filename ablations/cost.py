@@ -22,7 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -93,6 +94,13 @@ class Estimate:
     @property
     def total_s(self) -> float:
         return self.encoder_s + self.train_s + self.eval_s + self.fixed_s + TRIAL_OVERHEAD_S
+
+    def left(self, multimodal_share_done: float) -> Estimate:
+        """What is left of a run that resumes from a checkpoint this far into its multimodal stage: its encoder is
+        in the stage cache, its evaluation and start-up still to pay."""
+        if multimodal_share_done <= 0:
+            return self
+        return replace(self, encoder_s=0.0, train_s=self.train_s * (1 - min(multimodal_share_done, 1.0)))
 
 
 @dataclass(frozen=True)
@@ -207,8 +215,11 @@ def estimate_study(
     results_root: Path,
     cpu_per_trial: float,
     out: TextIO | None = None,
+    multimodal_share_done: Mapping[str, float] | None = None,
 ) -> StudyEstimate:
-    """Every trial's estimate and the study's wall time; calibrates shapes that nothing else covers."""
+    """Every trial's estimate and the study's wall time; calibrates shapes that nothing else covers. A trial with a
+    share of its multimodal stage done (trial id -> share, from its checkpoint's reports) resumes there, and the
+    study's wall time counts only what is left of it; its own estimate stays the whole trial's."""
     threads = max(1, int(cpu_per_trial))
     slots = slots_for(cpu_per_trial)
     configs = {shape_key(t.config): t.config for t in trials}
@@ -230,7 +241,9 @@ def estimate_study(
             rates[shape] = measured
             sources.append(f"calibration on {cpu_model_name()} ({measured.get('measured', '?')})")
     estimates = {t.trial_id: _priced(t.config, rates[shape_key(t.config)]) for t in trials}
-    wall = _replay(run_order(trials), estimates, encoder_plan(trials, stage_cache_dir(results_root)), slots)
+    done = multimodal_share_done or {}
+    left = {trial_id: e.left(done.get(trial_id, 0.0)) for trial_id, e in estimates.items()}
+    wall = _replay(run_order(trials), left, encoder_plan(trials, stage_cache_dir(results_root)), slots)
     return StudyEstimate(estimates, wall + STUDY_OVERHEAD_S, slots, sources)
 
 

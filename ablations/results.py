@@ -99,6 +99,12 @@ def unended_progress(study_dir: Path, ended: set[str]) -> dict[str, Progress]:
     return found
 
 
+def multimodal_shares_done(study_dir: Path) -> dict[str, float]:
+    """trial id -> the share of its multimodal stage that a run left in its checkpoint (resumed from there)."""
+    found = unended_progress(study_dir, set())
+    return {trial_id: p.multimodal_share for trial_id, p in found.items() if p.multimodal_share > 0}
+
+
 def _write_atomic(table: pa.Table, path: Path) -> None:
     # Per-process temporary names (atomic_write): a `status` may consolidate beside a running driver.
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))

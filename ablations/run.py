@@ -47,7 +47,7 @@ from ablations.handoff import (
 )
 from ablations.leftovers import end_leftovers, forget_processes, record_processes
 from ablations.plan import Trial, plan, run_order, stage_cache_dir
-from ablations.results import ResultsStore, axis_cell, config_json
+from ablations.results import ResultsStore, axis_cell, config_json, multimodal_shares_done
 from ablations.search import (
     configuration_runs,
     make_searcher,
@@ -668,14 +668,21 @@ def _estimate(study: Study, todo: list[Trial], results_root: Path, out: TextIO) 
         if study.spec.search is not None:
             search = estimate_search(study, results_root=results_root, out=out)
             return {"wall_s": search.wall_s, "per_run_s": search.per_run_s, "sources": search.sources}
+        resumed = multimodal_shares_done(results_root / study.name)
         estimate = estimate_study(
-            todo, results_root=results_root, cpu_per_trial=study.spec.resources.cpu, out=out
+            todo,
+            results_root=results_root,
+            cpu_per_trial=study.spec.resources.cpu,
+            out=out,
+            multimodal_share_done=resumed,
         )
     except RuntimeError as err:  # a calibration that fails costs the estimate, never the study
         print(f"[{study.name}] no estimate: {err}", file=out, flush=True)
         return {}
+    resuming = sum(t.trial_id in resumed for t in todo)
     print(
-        f"[{study.name}] estimate: about {estimate.wall_s / 60:.1f} min on {estimate.slots} slots",
+        f"[{study.name}] estimate: about {estimate.wall_s / 60:.1f} min on {estimate.slots} slots"
+        + (f" ({resuming} of the trials resume from their checkpoints)" if resuming else ""),
         file=out,
         flush=True,
     )

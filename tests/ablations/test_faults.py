@@ -128,6 +128,8 @@ def test_a_killed_driver_resumes_to_the_same_study(tmp_path, uninterrupted):
         seen = read_until(driver, marker)
         assert any("Ray processes a killed run had left behind" in line for line in seen), "".join(seen)
         assert not any(_alive(p) for p in left_behind)
+        if marker.endswith("400/400"):  # killed mid-training: the estimate prices what is left of the runs
+            assert any("resume from their checkpoints" in line for line in seen), "".join(seen)
         if marker.startswith("multimodal step 250"):
             watching = run_cli("status", "faults", cwd=tmp_path, timeout=120)
             assert f"faults: running (pid {driver.pid} " in watching.stdout, watching.stdout + watching.stderr

@@ -229,3 +229,15 @@ def test_finished_trials_price_their_shape_once_each_and_past_a_busy_day(tmp_pat
     rates, count = _finished_rates(tmp_path, {shape})[shape]
     assert count == 4
     assert rates["train_step_s"] == pytest.approx(0.11)
+
+
+def test_a_resumed_trial_is_priced_at_what_is_left_of_it():
+    """A run killed 75% into its multimodal stage resumes there, its encoder cached: the study's time counts a
+    quarter of its training, all of its evaluation and start-up, and no encoder."""
+    from ablations.cost import TRIAL_OVERHEAD_S, Estimate
+
+    whole = Estimate(encoder_s=100.0, train_s=800.0, eval_s=60.0, fixed_s=10.0)
+    left = whole.left(0.75)
+    assert (left.encoder_s, left.train_s, left.eval_s, left.fixed_s) == (0.0, 200.0, 60.0, 10.0)
+    assert left.total_s == 270.0 + TRIAL_OVERHEAD_S
+    assert whole.left(0.0) == whole and whole.left(1.5).train_s == 0.0
