@@ -89,7 +89,7 @@ class Comparison:
     )  # seeds to detect |delta| with 80% power (NaN when delta is 0, or when no number of seeds would)
     p_holm: float = float("nan")
     verdict: str = ""
-    df: float = 0.0  # degrees of freedom of the contrast's error (Satterthwaite)
+    df: float = 0.0  # degrees of freedom of the contrast's error (Satterthwaite's, at most the runs')
 
 
 _POWER = 0.8
@@ -148,7 +148,7 @@ class RunModel:
     items: int  # items every run answered
     df_runs: int  # (arms - 1)(seeds - 1)
     variance: float = float("nan")  # a contrast's estimated variance per unit of sum(w^2)
-    df: float = float("nan")  # its Satterthwaite degrees of freedom
+    df: float = float("nan")  # its degrees of freedom (Satterthwaite's, at most the runs')
 
     def contrast(self, label: str, reference: str, metric: str, weights: dict[str, float]) -> Comparison:
         nan = float("nan")
