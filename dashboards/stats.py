@@ -14,9 +14,10 @@ particular items, which more seeds never average away (only more items do). A co
 arms' means (arm minus reference, or the slope over ordered arms); its variance is estimated from the balanced
 three-way ANOVA's mean squares, MS(arm:seed) + MS(arm:item) - MS(residual), each pooled over every arm of the study,
 with Satterthwaite's degrees of freedom: the quasi-F test of crossed random effects (Clark 1973), negative variance
-components truncated at zero, the degrees of freedom never more than the run term's (`_capped_df`). So hundreds of items cannot make a run-level difference look certain (the run term
-has (arms - 1)(seeds - 1) degrees of freedom), runs that agree by chance cannot make a difference on a few hundred
-items look certain either, and a study with more arms estimates both better. Seeds that not every arm ran, and items
+components truncated at zero, the degrees of freedom never more than the run term's (`_capped_df`). So hundreds of
+items cannot make a run-level difference look certain (the run term has (arms - 1)(seeds - 1) degrees of freedom),
+runs that agree by chance cannot make a difference on a few hundred items look certain either, and a study with more
+arms estimates both better. Seeds that not every arm ran, and items
 that not every run answered, are left out. With one seed there is an estimate and no test.
 
 Each comparison states the run-to-run spread, the smallest difference its seeds can detect (80% power at the 5%
