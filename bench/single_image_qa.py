@@ -1,6 +1,6 @@
-"""Diagnosis for the reference recipe (docs/reference-recipe.md, items 11-16): the `small` model trained on single-image
-questions only (answer-only loss, batch 32, the encoder frozen after its cached pre-training), with held-out accuracy
-per category every 250 steps. Outside `mm1ablate run` on purpose: it isolates the multimodal LM's question answering
+"""Diagnosis for the reference recipe (docs/reference-recipe.md, items 11-19 and 22-23): the `small` model trained on
+single-image questions only (answer-only loss, batch 32, the encoder frozen after its cached pre-training), with
+held-out accuracy per category every 250 steps. Outside `mm1ablate run` on purpose: it isolates the multimodal LM's question answering
 from the data mixture, the few-shot formats and the evaluation suite, at ~0.07 s a step on one core.
 
     .venv/bin/python bench/single_image_qa.py --steps 500 --one-object --categories color,shape,size
@@ -8,6 +8,7 @@ from the data mixture, the few-shot formats and the evaluation suite, at ~0.07 s
     .venv/bin/python bench/single_image_qa.py --steps 500 --one-object --override '{"lm.width": 256}'
     .venv/bin/python bench/single_image_qa.py --steps 500 --override '{"connector.feature_norm": "none"}'  # raw features
     .venv/bin/python bench/single_image_qa.py --steps 2500 --attention --variant shift  # item 19
+    .venv/bin/python bench/single_image_qa.py --steps 2000 --categories reading --override '{"encoder.resolution": 32}'
 """
 
 from __future__ import annotations
@@ -159,6 +160,9 @@ def main() -> None:
         the position that predicts the answer onto the image token of the cell the question names."""
         model.eval()
         hits: dict[str, list[bool]] = defaultdict(list)
+        digits_right: list[
+            float
+        ] = []  # reading: the share of a sign's digits read right, which exact match hides
         on_cell: dict[int, list[float]] = defaultdict(list)
         on_image: dict[int, list[float]] = defaultdict(list)
         if args.attention:
@@ -183,7 +187,10 @@ def main() -> None:
                     answer = (
                         (b.targets[i] != -100).nonzero().flatten()[:-2]
                     )  # the answer's words: no "." nor eos
-                    hits[category].append(bool((predicted[i, answer] == b.targets[i, answer]).all()))
+                    right = predicted[i, answer] == b.targets[i, answer]
+                    hits[category].append(bool(right.all()))
+                    if category == "reading":
+                        digits_right.append(right.float().mean().item())
                     image_at = (b.tokens[i] == tokenizer.image_id).nonzero().flatten()  # in cell order
                     for layer, probs in enumerate(captured):
                         at_answer = probs[i, :, int(answer[0])]  # (H, T)
@@ -193,6 +200,8 @@ def main() -> None:
         blocks.F.scaled_dot_product_attention = sdpa
         model.train()
         scores = {c: round(sum(v) / len(v), 2) for c, v in hits.items()}
+        if digits_right:
+            scores["reading_digits"] = round(sum(digits_right) / len(digits_right), 2)
         for layer, mass in on_cell.items():
             scores[f"cell{layer}"] = round(sum(mass) / len(mass), 2)
         for layer, mass in on_image.items():
