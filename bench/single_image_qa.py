@@ -1,7 +1,8 @@
 """Diagnosis for the reference recipe (docs/reference-recipe.md, items 11-19 and 22-23): the `small` model trained on
 single-image questions only (answer-only loss, batch 32, the encoder frozen after its cached pre-training), with
-held-out accuracy per category every 250 steps. Outside `mm1ablate run` on purpose: it isolates the multimodal LM's question answering
-from the data mixture, the few-shot formats and the evaluation suite, at ~0.07 s a step on one core.
+held-out accuracy per category every 250 steps. Outside `mm1ablate run` on purpose: it isolates the multimodal LM's
+question answering from the data mixture, the few-shot formats and the evaluation suite, at ~0.07 s a step on one
+core.
 
     .venv/bin/python bench/single_image_qa.py --steps 500 --one-object --categories color,shape,size
     .venv/bin/python bench/single_image_qa.py --steps 1500 --curriculum color:500
