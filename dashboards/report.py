@@ -137,14 +137,19 @@ def _axis_figure(trials: pd.DataFrame, axis: str, metric: str) -> go.Figure:
 
 
 def reference_arm(trials: pd.DataFrame, reference_values: dict) -> str | None:
-    """The arm whose axis values are the reference config's; else the first arm in axis order."""
+    """The arm whose axis values are the reference config's; else the first arm in axis order.
+
+    An arm that leaves an axis unset (one_at_a_time: each arm sets only the axis it varies, and the reference arm
+    none) has that axis at the reference's value.
+    """
     done = trials[trials["status"] == "finished"]
     if done.empty:
         return None
     for arm, group in done.groupby("arm", sort=False):
         row = group.iloc[0]
         if reference_values and all(
-            axis in row and str(row[axis]) == str(value) for axis, value in reference_values.items()
+            axis not in row or pd.isna(row[axis]) or str(row[axis]) == str(value)
+            for axis, value in reference_values.items()
         ):
             return str(arm)
     return str(done.sort_values(list(reference_values) or ["arm"], kind="stable")["arm"].iloc[0])

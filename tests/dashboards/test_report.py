@@ -71,6 +71,22 @@ def test_reference_arm_is_the_one_with_the_reference_values(tmp_path):
     assert reference_arm(trials, {"resolution": 999}) == "res=32"  # none matches: the first in axis order
 
 
+def test_reference_arm_of_a_one_at_a_time_study_is_the_arm_that_varies_nothing():
+    """Each arm of one_at_a_time sets only its own axis (the others are missing from its row, NaN in the table), so
+    the arm that sets none is the reference, not the first arm in axis order."""
+    trials = pd.DataFrame(
+        {
+            "arm": ["resolution=32", "encoder.patch_size=16", "reference"],
+            "status": "finished",
+            "resolution": [32, None, None],
+            "encoder.patch_size": [None, 16, None],
+        }
+    )
+    values = {"resolution": 64, "encoder.patch_size": 8}
+    assert reference_arm(trials, values) == "reference"
+    assert reference_arm(trials[trials["arm"] != "reference"], values) == "resolution=32"  # none matches
+
+
 def test_comparisons_give_verdicts_against_the_reference(tmp_path):
     study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0, "res=96": 0.0, "res=128": 0.25})
     page = write_report(study_dir).read_text()
