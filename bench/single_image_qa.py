@@ -161,9 +161,8 @@ def main() -> None:
         the position that predicts the answer onto the image token of the cell the question names."""
         model.eval()
         hits: dict[str, list[bool]] = defaultdict(list)
-        digits_right: list[
-            float
-        ] = []  # reading: the share of a sign's digits read right, which exact match hides
+        # reading: the share of a sign's digits read right, which exact match hides
+        digits_right: list[float] = []
         on_cell: dict[int, list[float]] = defaultdict(list)
         on_image: dict[int, list[float]] = defaultdict(list)
         if args.attention:
