@@ -18,10 +18,10 @@ import yaml
 from scipy import stats
 
 from dashboards.floors import at_chance
-from dashboards.stats import ALPHA, equivalent, holm, paired_comparison, trend_comparison
+from dashboards.stats import ALPHA, equivalent, fit_lr_law, holm, paired_comparison, trend_comparison
 from mm1core.axes import resolve_axis
 
-__all__ = ["assess", "assess_all", "load_findings", "stand_in_metrics"]
+__all__ = ["assess", "assess_all", "law_runs", "load_findings", "stand_in_metrics"]
 
 
 @cache
@@ -92,8 +92,8 @@ def assess(
     if axis is None or axis not in trials.columns:
         return None
     base = {k: finding.get(k) for k in ("id", "claim", "evidence", "tag")}
-    if finding["check"] == "view":
-        return base | {"ours": "see the view", "detail": f"drawn as the {finding['view']} view"}
+    if finding["check"] == "law":
+        return base | _assess_law(finding, trials, axis)
     done = trials[trials["status"] == "finished"]
     if finding.get("values"):  # the arms the paper compared: another value of the axis does not speak to it
         done = done[done[axis].astype(str).isin([str(v) for v in finding["values"]])]
@@ -190,6 +190,57 @@ def assess(
             for (rival, metric, gap, _), p in zip(ranked, p_ranked, strict=True)
         )
     return base | {"ours": ours, "detail": detail + diverged} | headline
+
+
+def law_runs(trials: pd.DataFrame, lr_axis: str, loss: str = "heldout/loss") -> pd.DataFrame:
+    """The finished runs of a learning-rate sweep at a fixed peak LR, as fit_lr_law takes them."""
+    done = trials[trials["status"] == "finished"] if "status" in trials else trials
+    if loss not in done.columns or "num_params" not in done.columns:
+        return pd.DataFrame(columns=["size", "lr", "seed", "loss"])
+    return pd.DataFrame(
+        {
+            "size": pd.to_numeric(done["num_params"], errors="coerce"),
+            # "auto" arms take the law's own LR: no fixed rate to place on the curve
+            "lr": pd.to_numeric(done[lr_axis], errors="coerce"),
+            "seed": done["seed"].astype(str),
+            "loss": pd.to_numeric(done[loss], errors="coerce"),
+        }
+    ).dropna()
+
+
+def _assess_law(finding: dict, trials: pd.DataFrame, axis: str) -> dict:
+    """F12: does the optimal peak LR fall with model size? The sign of the law's slope, fitted to every run's
+    held-out loss (dashboards.stats.fit_lr_law), beside the paper's slope."""
+    fit = fit_lr_law(law_runs(trials, axis))
+    if fit is None:
+        return {
+            "ours": "not tested",
+            "detail": "needs two or more model sizes, each swept at three or more peak LRs, and a run to spare"
+            + _diverged_note(trials, axis),
+        }
+    paper = finding["law"]["a"]
+    comparison = "slope of ln(optimal peak LR) against ln N"
+    if fit.p_value != fit.p_value:  # NaN
+        ours, said = "inconclusive", "a sweep without curvature pins no optimum at its size"
+    else:
+        ours = "inconclusive" if fit.p_value >= ALPHA else "agrees" if fit.slope < 0 else "disagrees"
+        inside = fit.ci_low <= paper <= fit.ci_high
+        said = (
+            f"{fit.slope:+.3f} [{fit.ci_low:+.3f}, {fit.ci_high:+.3f}] p {fit.p_value:.2g}, {fit.df} df, "
+            f"from {fit.runs} runs at {fit.sizes} sizes; the paper's {paper:+.4f} is "
+            + ("inside" if inside else "outside")
+            + " that interval"
+        )
+    return {
+        "ours": ours,
+        "detail": f"{comparison}: {said}" + _diverged_note(trials, axis),
+        "comparison": comparison,
+        "effect": fit.slope,
+        "ci_low": fit.ci_low,
+        "ci_high": fit.ci_high,
+        "p_holm": fit.p_value,  # one test: nothing to correct for
+        "seeds": fit.seeds,
+    }
 
 
 def _diverged_note(trials: pd.DataFrame, axis: str) -> str:

@@ -34,7 +34,7 @@ def _studies(results_root: Path) -> list[Path]:
 def _effect(f) -> str:
     """The finding's leading comparison: effect [95% interval], corrected p, seeds."""
     effect = getattr(f, "effect", None)
-    if effect is None or effect != effect:  # NaN: no comparison spoke (not tested, at chance, a view)
+    if effect is None or effect != effect:  # NaN: no comparison spoke (not tested, at chance)
         return "<span class=muted>-</span>"
     return (
         f"{html.escape(str(f.comparison))}: <b>{effect:+.3f}</b> [{f.ci_low:+.3f}, {f.ci_high:+.3f}], "
@@ -91,8 +91,9 @@ def write_index(results_root: Path) -> Path:
         f"<p class='muted'>{html.escape(str(results_root.resolve()))}; generated {time.strftime('%Y-%m-%d %H:%M')}</p>",
         "<h2>Findings scoreboard</h2>",
         "<p class='muted'>Per finding of the paper: our verdict from every study that speaks to it, the comparison "
-        "that weighs most (effect on the 0-1 scale of its metric, its 95% interval over the seeds' runs, the "
-        "Holm-corrected p), and the study's report, which has every comparison and the capability floors.</p>",
+        "that weighs most (effect on the 0-1 scale of its metric, for F12 the law's slope in ln LR per ln N; its 95% "
+        "interval over the runs, the Holm-corrected p), and the study's report, which has every comparison and the "
+        "capability floors.</p>",
         "<table><thead><tr><th>finding</th><th>the paper</th><th>ours</th><th>effect</th><th>study</th></tr>"
         "</thead><tbody>",
         *score,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.optimize import least_squares
 from statsmodels.stats.multitest import multipletests
 
 __all__ = [
@@ -40,9 +41,11 @@ __all__ = [
     "Comparison",
     "compare_to_reference",
     "equivalent",
+    "fit_lr_law",
     "fit_runs",
     "grouped_ci",
     "holm",
+    "LawFit",
     "mean_ci",
     "paired_comparison",
     "Components",
@@ -315,3 +318,90 @@ def compare_to_reference(
             verdict = "no detectable difference"
         rows.append({**c.__dict__, "p_holm": p, "verdict": verdict})
     return pd.DataFrame(rows, columns=[*Comparison.__dataclass_fields__])
+
+
+@dataclass(frozen=True)
+class LawFit:
+    """The learning-rate law fitted to the runs themselves: ln(optimal peak LR) = slope ln N + intercept."""
+
+    slope: float
+    intercept: float
+    ci_low: float  # the slope's 95% interval
+    ci_high: float
+    p_value: float  # two-sided, against a slope of zero (the optimum does not move with size)
+    df: int  # runs minus the fitted parameters
+    sizes: int
+    runs: int
+    seeds: int
+
+
+def fit_lr_law(runs: pd.DataFrame) -> LawFit | None:
+    """One model of every run's loss (columns size, lr, seed, loss):
+
+        loss = level[size, seed] + curvature[size] * (ln lr - (intercept + slope * ln size))^2 + noise
+
+    a parabola in ln(LR) per size whose vertex, the optimum, moves along the law, fitted by least squares with the
+    slope's interval from the residuals. A seed's sweep at one size is a block (its level is its own: a seed means
+    another initialisation at every width), so the optimum is read from differences within a sweep. Each run is one
+    replication, so the error is the runs' own scatter around the curves (with any lack of fit of the parabola):
+    optima read off the arms' means and then regressed would throw that error away and test three points with one
+    degree of freedom. None without two sizes, each swept at three or more rates, and a run to spare beyond the
+    parameters."""
+    runs = runs.dropna(subset=["size", "lr", "loss"])
+    runs = runs[(runs["lr"] > 0) & (runs["size"] > 0)]
+    sizes = sorted(runs["size"].unique())
+    if len(sizes) < 2 or any(runs.loc[runs["size"] == s, "lr"].nunique() < 3 for s in sizes):
+        return None
+    blocks = runs.groupby(["size", "seed"]).ngroup().to_numpy()
+    size_of = runs["size"].map({s: i for i, s in enumerate(sizes)}).to_numpy()
+    log_lr = np.log(runs["lr"].to_numpy(dtype=float))
+    log_size = np.log(np.asarray(sizes, dtype=float))
+    centre = log_size.mean()  # so that the intercept and the slope are estimated nearly independently
+    z = log_size - centre
+    loss = runs["loss"].to_numpy(dtype=float)
+    k, n_blocks = len(sizes), int(blocks.max()) + 1
+    n_params = n_blocks + k + 2
+    if len(runs) <= n_params:
+        return None
+
+    def residuals(theta: np.ndarray) -> np.ndarray:
+        level, curvature = theta[:n_blocks], theta[n_blocks : n_blocks + k]
+        intercept, slope = theta[n_blocks + k], theta[n_blocks + k + 1]
+        vertex = intercept + slope * z
+        return level[blocks] + curvature[size_of] * (log_lr - vertex[size_of]) ** 2 - loss
+
+    start = np.concatenate(
+        [
+            [loss[blocks == b].min() for b in range(n_blocks)],
+            np.full(k, max(float(np.ptp(loss)), 1e-3)),
+            [float(np.mean(log_lr)), 0.0],
+        ]
+    )
+    lower = np.full(n_params, -np.inf)
+    lower[n_blocks : n_blocks + k] = 0.0  # a parabola that opens downwards has no optimum
+    fit = least_squares(residuals, start, bounds=(lower, np.inf), x_scale="jac")
+    df = len(runs) - n_params
+    sigma2 = float(fit.fun @ fit.fun) / df
+    covariance = np.linalg.pinv(fit.jac.T @ fit.jac) * sigma2
+    at = n_blocks + k
+    slope, intercept = float(fit.x[at + 1]), float(fit.x[at])
+    se = float(np.sqrt(covariance[at + 1, at + 1]))
+    if not np.isfinite(se) or np.any(fit.x[n_blocks:at] <= 1e-12):
+        # A size whose sweep has no curvature pins no optimum: the slope is not identified.
+        p, half = float("nan"), float("nan")
+    elif se == 0.0:  # runs exactly on their curves (made-up data): nothing left to doubt
+        p, half = (0.0 if slope else 1.0), 0.0
+    else:
+        p = float(2 * stats.t.sf(abs(slope) / se, df))
+        half = float(stats.t.ppf(0.975, df) * se)
+    return LawFit(
+        slope=slope,
+        intercept=intercept - slope * centre,
+        ci_low=slope - half,
+        ci_high=slope + half,
+        p_value=p,
+        df=df,
+        sizes=k,
+        runs=len(runs),
+        seeds=runs["seed"].nunique(),
+    )

@@ -21,8 +21,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboards.findings import load_findings
-from dashboards.stats import mean_ci
+from dashboards.findings import law_runs, load_findings
+from dashboards.stats import fit_lr_law, mean_ci
 from mm1core.axes import resolve_axis
 from mm1core.registry import Choice, Registry
 
@@ -262,11 +262,10 @@ def lr_law(
             optima[int(size)] = math.exp(-a1 / (2 * a2)) if inside else float(points.idxmin())
         elif len(points):
             optima[int(size)] = float(points.idxmin())
-    fit = None
-    if len(optima) >= 2:
-        sizes = np.array(sorted(optima), dtype=float)
-        a, b = np.polyfit(np.log(sizes), np.log([optima[int(s)] for s in sizes]), 1)
-        fit = {"a": float(a), "b": float(b)}
+    # The line is the law fitted to every run (the finding's test), not to the optima above: those are read off
+    # the arms' means, one point a size.
+    law = fit_lr_law(law_runs(done, lr_axis, loss))
+    fit = law and {"a": law.slope, "b": law.intercept, "a_ci": (law.ci_low, law.ci_high), "p": law.p_value}
     if optima:
         sizes = sorted(optima)
         fig.add_trace(
@@ -369,7 +368,11 @@ def lr_law_html(trials: pd.DataFrame, axes: list[str]) -> str | None:
         return None
     fig, numbers = law
     fit, paper = numbers["fit"], numbers["paper"]
-    ours = f"ours: a = {fit['a']:.3f}, b = {fit['b']:.3f}" if fit else "ours: needs two or more model sizes"
+    ours = (
+        f"ours: a = {fit['a']:.3f} (95% CI {fit['a_ci'][0]:+.3f} to {fit['a_ci'][1]:+.3f}), b = {fit['b']:.3f}"
+        if fit
+        else "ours: needs two or more model sizes, each swept at three or more peak LRs"
+    )
     return figure_html(fig) + (
         f"<p class='muted'>log(eta) = a ln N + b; paper: a = {paper['a']}, b = {paper['b']}; {html.escape(ours)}</p>"
     )

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from dashboards.report import reference_arm, write_report
 
@@ -437,3 +438,46 @@ def test_the_cost_table_sums_time_per_arm_and_gives_the_most_memory_a_worker_hel
     assert "worker memory, most (GB)" in cost
     assert "<td>res=64</td><td>2</td><td>21.0</td>" in cost and "<td>3.0</td>" in cost
     assert cost.split("all trials")[1].count("<b>3.0</b>") == 1
+
+
+def _lr_sweep(slope: float, noise: float, seed: int = 0) -> pd.DataFrame:
+    """Finished runs of a learning-rate sweep at three sizes, two seeds, whose optimum follows exp(slope ln N + 1)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size in (2e5, 8e5, 3.2e6):
+        best = np.exp(slope * np.log(size) + 1.0)
+        for lr in best * np.array([0.25, 0.5, 1.0, 2.0, 4.0]) * rng.uniform(0.8, 1.25):
+            for run_seed in (0, 1):
+                loss = 1.0 + 0.1 * run_seed + 0.05 * np.log(lr / best) ** 2 + rng.normal(0.0, noise)
+                rows.append(
+                    {
+                        "trial_id": f"{size}/{lr}/{run_seed}",
+                        "seed": run_seed,
+                        "status": "finished",
+                        "lm.width": int(size),
+                        "train.lr": float(lr),
+                        "num_params": size,
+                        "heldout/loss": loss,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def test_the_learning_rate_law_is_judged_by_the_sign_of_its_slope_fitted_to_every_run():
+    """F12 gets a verdict, not just a figure: the optimum falling with size agrees, rising disagrees, and runs too
+    noisy to place the optima say inconclusive; the paper's slope is set beside ours."""
+    from dashboards.findings import assess, load_findings
+
+    f12 = next(f for f in load_findings() if f["id"] == "F12")
+    items = pd.DataFrame(columns=["trial_id", "metric", "item_id", "score"])
+    axes = ["lm.width", "train.lr"]
+    falling = assess(f12, _lr_sweep(-0.4214, 0.003), items, axes)
+    assert falling["ours"] == "agrees" and falling["ci_high"] < 0 and falling["p_holm"] < 0.05
+    assert falling["effect"] == pytest.approx(-0.4214, abs=0.03) and falling["seeds"] == 2
+    assert "the paper's -0.4214 is inside that interval" in falling["detail"]
+    rising = assess(f12, _lr_sweep(+0.4, 0.003), items, axes)
+    assert rising["ours"] == "disagrees" and rising["ci_low"] > 0 and "outside" in rising["detail"]
+    assert assess(f12, _lr_sweep(-0.4, 0.2), items, axes)["ours"] == "inconclusive"
+    one_size = _lr_sweep(-0.4, 0.003)
+    one_size = one_size[one_size["num_params"] == 2e5]
+    assert assess(f12, one_size, items, axes)["ours"] == "not tested"
