@@ -7,7 +7,7 @@ the results folder (their recorded stage times), from a cached calibration, or f
 (`mm1core.calibrate`: a few steps of each stage, one process per slot at once, so the rates include what trials
 running side by side cost each other), cached per CPU model, threads and slots for the machine (calibration_path():
 `~/.cache/mm1ablate/calibration.json`, or MM1ABLATE_CALIBRATION), since rates belong to the machine, not to a results
-folder.
+folder; but not when other work kept the machine busy while it ran (more than MM1ABLATE_BUSY_CPUS, 0.5 CPUs).
 
 The wall time replays the run's own schedule: trials in run order on `slots` slots, a trial that reuses an
 encoder another one is building waiting for it, plus the start of Ray and the report.
@@ -168,15 +168,85 @@ def _finished_rates(results_root: Path, shapes: set[str]) -> dict[str, tuple[dic
     return out
 
 
+# CPUs' worth of other work above which a calibration measures the machine's load rather than the machine: a
+# plan made while a study runs on the same cores. A shared machine whose load never ends raises it
+# (MM1ABLATE_BUSY_CPUS), or it would calibrate again for every plan.
+BUSY_CPUS_DEFAULT = 0.5
+
+
+def busy_cpus_threshold() -> float:
+    return float(os.environ.get("MM1ABLATE_BUSY_CPUS", BUSY_CPUS_DEFAULT))
+
+
+def _own_ticks() -> int:
+    """CPU ticks of this process and everything it started (Ray's processes, while `mm1ablate run` starts them
+    beside its estimate), the children it has already reaped included."""
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        times[pid] = sum(int(v) for v in fields[11:13])  # utime, stime
+    me = os.getpid()
+    mine, frontier = {me}, [me]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in mine]
+        mine.update(children)
+        frontier.extend(children)
+    own = os.times()
+    reaped = round((own.children_user + own.children_system) * os.sysconf("SC_CLK_TCK"))
+    return sum(times.get(pid, 0) for pid in mine) + reaped
+
+
+def cpus_busy_elsewhere(interval_s: float = 1.0) -> float | None:
+    """CPUs' worth of work other processes than this one and its own did over the next `interval_s` (Linux's /proc);
+    None where it cannot be read."""
+
+    def ticks() -> tuple[int, int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields), _own_ticks()
+
+    try:
+        busy0, total0, own0 = ticks()
+        time.sleep(interval_s)
+        busy1, total1, own1 = ticks()
+    except (OSError, ValueError, IndexError):
+        return None
+    others = max(0, (busy1 - busy0) - (own1 - own0))
+    return others / max(total1 - total0, 1) * (os.cpu_count() or 1)
+
+
 def _calibrated(
     configs: dict[str, dict], path: Path, threads: int, slots: int, out: TextIO | None
 ) -> dict[str, dict[str, float]]:
-    """Cached calibrations of these shapes, running the missing ones now (`slots` processes at once per shape)."""
+    """Cached calibrations of these shapes, running the missing ones now (`slots` processes at once per shape). On a
+    machine busy with other work the rates are measured for this estimate but not cached: they would price every
+    later plan as if the machine were still that busy."""
     cache = json.loads(path.read_text()) if path.exists() else {}
     prefix = f"{cpu_model_name()}|{threads} threads|{slots} side by side|"
+    measured_now: dict[str, dict] = {}
+    busy = None
     for shape, config in configs.items():
         if prefix + shape in cache:
             continue
+        if busy is None:
+            busy = cpus_busy_elsewhere() or 0.0
+            if busy > busy_cpus_threshold() and out is not None:
+                print(
+                    f"this machine is busy with other work ({busy:.1f} CPUs): the calibration measures that "
+                    "load too, so this estimate is pessimistic and its rates are not cached",
+                    file=out,
+                    flush=True,
+                )
         if out is not None:
             print(
                 f"calibrating a trial shape on this machine ({slots} side by side, once)...",
@@ -202,11 +272,14 @@ def _calibrated(
                     f"calibration failed: {next(e for e in errors if e).strip().splitlines()[-1]}"
                 )
             runs = [json.loads(o.read_text()) for o in outputs]
-        cache[prefix + shape] = {k: max(r[k] for r in runs) for k in RATE_KEYS} | {
-            "measured": time.strftime("%F")
-        }
+        rates = {k: max(r[k] for r in runs) for k in RATE_KEYS} | {"measured": time.strftime("%F")}
+        if busy > busy_cpus_threshold():
+            measured_now[prefix + shape] = rates | {"measured": rates["measured"] + ", on a busy machine"}
+            continue
+        cache[prefix + shape] = rates
         atomic_write_text(path, json.dumps(cache, indent=1))
-    return {shape: cache[prefix + shape] for shape in configs}
+    known = cache | measured_now
+    return {shape: known[prefix + shape] for shape in configs}
 
 
 def estimate_study(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import optuna
 import pandas as pd
@@ -207,9 +210,28 @@ def test_early_stopping_in_a_grid_and_resuming_what_it_stopped(tmp_path):
     assert (rows["status"] == "finished").all() and len(rows) == 4
 
 
-def test_plan_estimates_a_study_and_a_search(tmp_path):
+def test_a_plan_made_beside_other_work_does_not_cache_that_load_as_the_machines_rates(tmp_path):
+    """A calibration measured while other processes keep the cores busy (a study running on this machine) prices
+    this plan and no later one: nothing goes into the machine's calibration cache."""
     (tmp_path / "grid.yaml").write_text(GRID.format(scheduler="").lstrip())
     machine = {"MM1ABLATE_CALIBRATION": str(tmp_path / "calibration.json")}
+    burners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        out = run_cli("plan", "grid.yaml", cwd=tmp_path, env=machine).stdout
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert "this machine is busy with other work" in out and "estimate: 4 trials" in out
+    assert "on a busy machine" in out and not (tmp_path / "calibration.json").exists()
+
+
+def test_plan_estimates_a_study_and_a_search(tmp_path):
+    (tmp_path / "grid.yaml").write_text(GRID.format(scheduler="").lstrip())
+    # Cached however busy the machine is with other work (a developer's study beside the tests).
+    machine = {"MM1ABLATE_CALIBRATION": str(tmp_path / "calibration.json"), "MM1ABLATE_BUSY_CPUS": "1000"}
     out = run_cli("plan", "grid.yaml", cwd=tmp_path, env=machine).stdout
     assert "calibrating" in out and "estimate: 4 trials" in out and "of wall time on" in out
     assert "calibration on" in out and (tmp_path / "calibration.json").exists()
