@@ -230,6 +230,11 @@ def _assess_law(finding: dict, trials: pd.DataFrame, axis: str) -> dict:
             f"from {fit.runs} runs at {fit.sizes} sizes; the paper's {paper:+.4f} is "
             + ("inside" if inside else "outside")
             + " that interval"
+            + "".join(
+                f"; the optimum at N={size:,.0f} ({optimum:.2g}) lies outside the peak LRs swept there: "
+                "extrapolated, a sweep that brackets it would pin it"
+                for size, optimum in fit.unbracketed
+            )
         )
     return {
         "ours": ours,

@@ -333,6 +333,8 @@ class LawFit:
     sizes: int
     runs: int
     seeds: int
+    # (size, its fitted optimum) where that optimum lies outside the rates swept at the size: extrapolated
+    unbracketed: tuple[tuple[float, float], ...] = ()
 
 
 def fit_lr_law(runs: pd.DataFrame) -> LawFit | None:
@@ -394,6 +396,13 @@ def fit_lr_law(runs: pd.DataFrame) -> LawFit | None:
     else:
         p = float(2 * stats.t.sf(abs(slope) / se, df))
         half = float(stats.t.ppf(0.975, df) * se)
+    log_optima = intercept + slope * z
+    swept = np.log(runs.groupby("size")["lr"].agg(["min", "max"]))
+    unbracketed = tuple(
+        (float(size), float(np.exp(np.clip(log_optimum, -700.0, 700.0))))
+        for size, log_optimum in zip(sizes, log_optima, strict=True)
+        if not swept.loc[size, "min"] <= log_optimum <= swept.loc[size, "max"]
+    )
     return LawFit(
         slope=slope,
         intercept=intercept - slope * centre,
@@ -404,4 +413,5 @@ def fit_lr_law(runs: pd.DataFrame) -> LawFit | None:
         sizes=k,
         runs=len(runs),
         seeds=runs["seed"].nunique(),
+        unbracketed=unbracketed,
     )

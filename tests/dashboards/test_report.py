@@ -440,13 +440,17 @@ def test_the_cost_table_sums_time_per_arm_and_gives_the_most_memory_a_worker_hel
     assert cost.split("all trials")[1].count("<b>3.0</b>") == 1
 
 
-def _lr_sweep(slope: float, noise: float, seed: int = 0) -> pd.DataFrame:
-    """Finished runs of a learning-rate sweep at three sizes, two seeds, whose optimum follows exp(slope ln N + 1)."""
+def _lr_sweep(slope: float, noise: float, seed: int = 0, smallest_below: bool = False) -> pd.DataFrame:
+    """Finished runs of a learning-rate sweep at three sizes, two seeds, whose optimum follows exp(slope ln N + 1);
+    with smallest_below, the smallest size is swept only below its optimum."""
     rng = np.random.default_rng(seed)
     rows = []
     for size in (2e5, 8e5, 3.2e6):
         best = np.exp(slope * np.log(size) + 1.0)
-        for lr in best * np.array([0.25, 0.5, 1.0, 2.0, 4.0]) * rng.uniform(0.8, 1.25):
+        grid = (
+            [1 / 32, 1 / 16, 1 / 8, 1 / 4] if smallest_below and size == 2e5 else [0.25, 0.5, 1.0, 2.0, 4.0]
+        )
+        for lr in best * np.array(grid) * rng.uniform(0.8, 1.25):
             for run_seed in (0, 1):
                 loss = 1.0 + 0.1 * run_seed + 0.05 * np.log(lr / best) ** 2 + rng.normal(0.0, noise)
                 rows.append(
@@ -475,6 +479,10 @@ def test_the_learning_rate_law_is_judged_by_the_sign_of_its_slope_fitted_to_ever
     assert falling["ours"] == "agrees" and falling["ci_high"] < 0 and falling["p_holm"] < 0.05
     assert falling["effect"] == pytest.approx(-0.4214, abs=0.03) and falling["seeds"] == 2
     assert "the paper's -0.4214 is inside that interval" in falling["detail"]
+    assert "outside the peak LRs swept" not in falling["detail"]
+    # A smallest size swept only below its optimum: the fit extrapolates it, and says so.
+    short = assess(f12, _lr_sweep(-0.4214, 0.003, smallest_below=True), items, axes)
+    assert "the optimum at N=200,000" in short["detail"] and "N=800,000" not in short["detail"]
     rising = assess(f12, _lr_sweep(+0.4, 0.003), items, axes)
     assert rising["ours"] == "disagrees" and rising["ci_low"] > 0 and "outside" in rising["detail"]
     assert assess(f12, _lr_sweep(-0.4, 0.2), items, axes)["ours"] == "inconclusive"
