@@ -298,6 +298,21 @@ def _at_chance(trials: pd.DataFrame, axis: str, value: str, metric: str) -> bool
 
 
 def assess_all(
-    trials: pd.DataFrame, items: pd.DataFrame, study_axes: list[str], eval_tasks: list[dict] | None = None
+    trials: pd.DataFrame,
+    items: pd.DataFrame,
+    study_axes: list[str],
+    eval_tasks: list[dict] | None = None,
+    reference_values: dict | None = None,
 ) -> list[dict]:
+    """Every finding the study speaks to. An arm that leaves an axis unset (one_at_a_time: each arm sets only the
+    axis it varies, the reference arm none) has it at the reference's value (reference_values, from study.json):
+    without it the reference arm would be the value NaN, compared with nothing."""
+    trials = trials.copy()
+    for axis, value in (reference_values or {}).items():
+        if axis in trials.columns and trials[axis].isna().any():
+            filled = trials[axis].astype(object).where(trials[axis].notna(), value)
+            numbers = pd.to_numeric(filled, errors="coerce")
+            # A column with gaps was float (32.0): with them filled, whole numbers read as the spec wrote them.
+            whole = numbers.notna().all() and (numbers == numbers.round()).all()
+            trials[axis] = numbers.astype(int) if whole else filled
     return [a for f in load_findings() if (a := assess(f, trials, items, study_axes, eval_tasks)) is not None]

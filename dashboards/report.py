@@ -352,7 +352,9 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         items, protocol_notes = comparable_items(items, trials, reference)
     compared = comparisons(items, reference) if has_items and reference is not None else pd.DataFrame()
     assessed = (
-        assess_all(trials, items, spec_axes, spec.get("eval_tasks")) if has_items and not searching else []
+        assess_all(trials, items, spec_axes, spec.get("eval_tasks"), spec.get("reference_values"))
+        if has_items and not searching
+        else []
     )
     comparisons_html = (
         "<h2>Against the reference arm</h2>"

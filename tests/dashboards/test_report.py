@@ -88,6 +88,21 @@ def test_reference_arm_of_a_one_at_a_time_study_is_the_arm_that_varies_nothing()
     assert reference_arm(trials[trials["arm"] != "reference"], values) == "resolution=32"  # none matches
 
 
+def test_a_one_at_a_time_study_speaks_to_a_finding_through_its_reference_arm(tmp_path):
+    """The reference arm of one_at_a_time leaves the axis unset (NaN): the finding compares it as the reference's
+    value, not as an arm with no value."""
+    from dashboards.findings import assess_all
+
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    items = pd.read_parquet(study_dir / "items.parquet")
+    trials["resolution"] = trials["resolution"].where(trials["arm"] != "res=64")  # the reference: unset
+    f1 = next(
+        a for a in assess_all(trials, items, ["resolution"], None, {"resolution": 64}) if a["id"] == "F1"
+    )
+    assert f1["ours"] == "agrees" and f1["comparison"] == "64 vs 32 0shot/vqa" and f1["effect"] > 0.2
+
+
 def test_comparisons_give_verdicts_against_the_reference(tmp_path):
     study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0, "res=96": 0.0, "res=128": 0.25})
     page = write_report(study_dir).read_text()
