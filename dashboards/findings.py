@@ -21,7 +21,7 @@ from dashboards.floors import at_chance
 from dashboards.stats import ALPHA, equivalent, fit_lr_law, holm, paired_comparison, trend_comparison
 from mm1core.axes import resolve_axis
 
-__all__ = ["assess", "assess_all", "law_runs", "load_findings", "stand_in_metrics"]
+__all__ = ["assess", "assess_all", "at_reference_values", "law_runs", "load_findings", "stand_in_metrics"]
 
 
 @cache
@@ -304,9 +304,16 @@ def assess_all(
     eval_tasks: list[dict] | None = None,
     reference_values: dict | None = None,
 ) -> list[dict]:
-    """Every finding the study speaks to. An arm that leaves an axis unset (one_at_a_time: each arm sets only the
-    axis it varies, the reference arm none) has it at the reference's value (reference_values, from study.json):
-    without it the reference arm would be the value NaN, compared with nothing."""
+    """Every finding the study speaks to, its unset axes read at the reference's values (at_reference_values)."""
+    trials = at_reference_values(trials, reference_values)
+    return [a for f in load_findings() if (a := assess(f, trials, items, study_axes, eval_tasks)) is not None]
+
+
+def at_reference_values(trials: pd.DataFrame, reference_values: dict | None) -> pd.DataFrame:
+    """The trials with every axis an arm leaves unset at the reference's value (reference_values, from study.json).
+
+    one_at_a_time arms set only the axis they vary, and the reference arm none: without this the reference arm would
+    be the value NaN, matched and compared with nothing."""
     trials = trials.copy()
     for axis, value in (reference_values or {}).items():
         if axis in trials.columns and trials[axis].isna().any():
@@ -315,4 +322,4 @@ def assess_all(
             # A column with gaps was float (32.0): with them filled, whole numbers read as the spec wrote them.
             whole = numbers.notna().all() and (numbers == numbers.round()).all()
             trials[axis] = numbers.astype(int) if whole else filled
-    return [a for f in load_findings() if (a := assess(f, trials, items, study_axes, eval_tasks)) is not None]
+    return trials

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from dashboards.cost import cost_html
-from dashboards.findings import assess_all
+from dashboards.findings import assess_all, at_reference_values
 from dashboards.floors import (
     RELIANCE,
     arm_flags,
@@ -137,19 +137,15 @@ def _axis_figure(trials: pd.DataFrame, axis: str, metric: str) -> go.Figure:
 
 
 def reference_arm(trials: pd.DataFrame, reference_values: dict) -> str | None:
-    """The arm whose axis values are the reference config's; else the first arm in axis order.
-
-    An arm that leaves an axis unset (one_at_a_time: each arm sets only the axis it varies, and the reference arm
-    none) has that axis at the reference's value.
-    """
-    done = trials[trials["status"] == "finished"]
+    """The arm whose axis values, unset ones read at the reference's (at_reference_values), are the reference
+    config's; else the first arm in axis order."""
+    done = at_reference_values(trials[trials["status"] == "finished"], reference_values)
     if done.empty:
         return None
     for arm, group in done.groupby("arm", sort=False):
         row = group.iloc[0]
         if reference_values and all(
-            axis not in row or pd.isna(row[axis]) or str(row[axis]) == str(value)
-            for axis, value in reference_values.items()
+            axis not in row or str(row[axis]) == str(value) for axis, value in reference_values.items()
         ):
             return str(arm)
     return str(done.sort_values(list(reference_values) or ["arm"], kind="stable")["arm"].iloc[0])
