@@ -178,51 +178,47 @@ def busy_cpus_threshold() -> float:
     return float(os.environ.get("MM1ABLATE_BUSY_CPUS", BUSY_CPUS_DEFAULT))
 
 
-def _own_ticks() -> int:
-    """CPU ticks of this process and everything it started (Ray's processes, while `mm1ablate run` starts them
-    beside its estimate), the children it has already reaped included."""
+def _runnable_elsewhere() -> int | None:
+    """Threads ready to run (state R) in processes other than this one and everything it started (Ray's processes,
+    while `mm1ablate run` starts them beside its estimate); None where /proc cannot be read."""
     parents: dict[int, int] = {}
-    times: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    runnable: dict[int, int] = {}
+    try:
+        entries = [e for e in Path("/proc").iterdir() if e.name.isdigit()]
+    except OSError:
+        return None
+    for entry in entries:
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            runnable[int(entry.name)] = sum(
+                (task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "R"
+                for task in (entry / "task").iterdir()
+            )
+        except (OSError, IndexError, ValueError):  # ended meanwhile
             continue
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        times[pid] = sum(int(v) for v in fields[11:13])  # utime, stime
-    me = os.getpid()
-    mine, frontier = {me}, [me]
+    mine, frontier = {os.getpid()}, [os.getpid()]
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in mine]
         mine.update(children)
         frontier.extend(children)
-    own = os.times()
-    reaped = round((own.children_user + own.children_system) * os.sysconf("SC_CLK_TCK"))
-    return sum(times.get(pid, 0) for pid in mine) + reaped
+    return sum(count for pid, count in runnable.items() if pid not in mine)
 
 
-def cpus_busy_elsewhere(interval_s: float = 1.0) -> float | None:
-    """CPUs' worth of work other processes than this one and its own did over the next `interval_s` (Linux's /proc);
-    None where it cannot be read."""
+def cpus_busy_elsewhere(interval_s: float = 1.0, samples: int = 10) -> float | None:
+    """CPUs' worth of work that other processes than this one and its own want over the next `interval_s`: their
+    runnable threads, averaged over `samples` looks at Linux's /proc; None where it cannot be read.
 
-    def ticks() -> tuple[int, int, int]:
-        with open("/proc/stat") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:9]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields) - idle, sum(fields), _own_ticks()
-
-    try:
-        busy0, total0, own0 = ticks()
-        time.sleep(interval_s)
-        busy1, total1, own1 = ticks()
-    except (OSError, ValueError, IndexError):
-        return None
-    others = max(0, (busy1 - busy0) - (own1 - own0))
-    return others / max(total1 - total0, 1) * (os.cpu_count() or 1)
+    What they want, not what they got: while this process's own work (Ray starting beside the estimate) fills the
+    cores, a study running beside gets little of them during the sample, yet slows every calibration after it."""
+    counts = []
+    for _ in range(samples):
+        count = _runnable_elsewhere()
+        if count is None:
+            return None
+        counts.append(count)
+        time.sleep(interval_s / samples)
+    return sum(counts) / len(counts)
 
 
 def _calibrated(

@@ -228,6 +228,34 @@ def test_a_plan_made_beside_other_work_does_not_cache_that_load_as_the_machines_
     assert "on a busy machine" in out and not (tmp_path / "calibration.json").exists()
 
 
+def test_a_study_beside_counts_as_busy_while_our_own_work_fills_the_cores():
+    """`mm1ablate run` starts Ray beside its estimate: Ray's start fills the cores, and a study already running on
+    them gets little CPU during the busy check. It must still count, or its load is cached as the machine's rates
+    (seen on 2026-11-28: a quickstart run beside two studies calibrated and cached). Here our own burners fill every
+    core and the other process runs at nice 19, so it gets almost no CPU: it is busy because it is ready to run."""
+    from ablations.cost import busy_cpus_threshold, cpus_busy_elsewhere
+
+    burn = [sys.executable, "-c", "while True: pass"]
+    own = [subprocess.Popen(burn) for _ in range(os.cpu_count() or 1)]
+    # Started through a shell that exits at once: the burner is no descendant of this process.
+    other = int(
+        subprocess.run(
+            ["sh", "-c", f"nice -n 19 {sys.executable} -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    try:
+        busy = cpus_busy_elsewhere()
+    finally:
+        os.kill(other, 9)
+        for burner in own:
+            burner.kill()
+            burner.wait()
+    assert busy is not None and busy >= 0.9 and busy > busy_cpus_threshold()
+
+
 def test_plan_estimates_a_study_and_a_search(tmp_path):
     (tmp_path / "grid.yaml").write_text(GRID.format(scheduler="").lstrip())
     # Cached however busy the machine is with other work (a developer's study beside the tests).
