@@ -29,7 +29,7 @@ from typing import TextIO
 
 from ablations.plan import Trial, encoder_plan, resolve_trial, run_order, stage_cache_dir
 from mm1core.config import flatten
-from mm1core.hardware import cpu_model_name
+from mm1core.hardware import cpu_device_name, cpu_model_name
 from mm1core.stage_cache import encoder_stage_key, stage_key
 from mm1core.storage import atomic_write_text
 
@@ -122,10 +122,16 @@ def slots_for(cpu_per_trial: float, cpus: float | None = None) -> int:
     return max(1, int((cpus or os.cpu_count() or 1) // max(cpu_per_trial, 1e-9)))
 
 
-def _finished_rates(results_root: Path, shapes: set[str]) -> dict[str, tuple[dict[str, float], int]]:
+def _finished_rates(
+    results_root: Path, shapes: set[str], threads: int
+) -> dict[str, tuple[dict[str, float], int]]:
     """Rates of each shape from finished trials that recorded their stage times, and how many trials.
 
-    A trial adopted by several studies counts once. Of its shape's trials, the rate is the lower quartile, not the
+    Only trials that ran on this CPU model with the threads a trial gets now count: a results folder outlives the
+    machine it was made on (a copied or shared folder, a cluster of mixed nodes), and the same shape's step took
+    twice as long on one 2-core machine this project draws as on another (findings.md); trials that recorded no
+    CPU model are left to the calibration. A trial adopted by several studies counts once. Of its shape's trials,
+    the rate is the lower quartile, not the
     median: load from outside a study (another run, a benchmark) only ever slows a trial, so on a busy machine the
     slow half says more about that day than about the shape (measured: the findings suite's reference trials, run
     four to a 2-core machine, took 0.35 s a step, the same shape 0.12-0.15 s with its study alone)."""
@@ -135,9 +141,14 @@ def _finished_rates(results_root: Path, shapes: set[str]) -> dict[str, tuple[dic
     seen: set[str] = set()
     for path in results_root.glob("*/trials.parquet"):
         rows = pd.read_parquet(path)
-        if "time/encoder_s" not in rows or "config_json" not in rows:
+        if not {"time/encoder_s", "config_json", "cpu_model", "device"} <= set(rows.columns):
             continue
-        done = rows[(rows["status"] == "finished") & rows["time/encoder_s"].notna()]
+        done = rows[
+            (rows["status"] == "finished")
+            & rows["time/encoder_s"].notna()
+            & (rows["cpu_model"] == cpu_model_name())
+            & (rows["device"] == cpu_device_name(threads))
+        ]
         for row in done.to_dict("records"):
             if row["trial_id"] in seen:
                 continue
@@ -292,7 +303,7 @@ def estimate_study(
     threads = max(1, int(cpu_per_trial))
     slots = slots_for(cpu_per_trial)
     configs = {shape_key(t.config): t.config for t in trials}
-    known = _finished_rates(results_root, set(configs))
+    known = _finished_rates(results_root, set(configs), threads)
     rates: dict[str, dict[str, float]] = {}
     sources = []
     missing = {}

@@ -235,6 +235,7 @@ class _StudyCallback(tune.Callback):
                 "num_params": int(final["num_params"]),
                 "device": final["device"],
                 "node": final.get("node"),
+                "cpu_model": final.get("cpu_model"),
                 "eval_protocol_json": final["eval_protocol_json"],
                 "built_encoder": bool(final["built_encoder"]),
             }

@@ -25,6 +25,7 @@ from ray import tune
 
 from ablations.handoff import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY, reports_log
 from mm1core.config import config_from_dict
+from mm1core.hardware import cpu_device_name, cpu_model_name
 from mm1core.storage import append_jsonl, read_jsonl
 
 __all__ = ["train_trial"]
@@ -161,10 +162,11 @@ def train_trial(tune_config: dict[str, Any]) -> None:
                     "num_params": outcome.num_params,
                     "built_encoder": outcome.built_encoder,
                     "wall_time_s": wall,
-                    "device": f"{device.type} x{num_threads} threads"
+                    "device": cpu_device_name(num_threads)
                     if device.type == "cpu"
                     else torch.cuda.get_device_name(),
                     "node": ray.util.get_node_ip_address(),
+                    "cpu_model": cpu_model_name(),
                     "eval_items_json": json.dumps(outcome.eval.items),
                     "eval_protocol_json": json.dumps(outcome.eval.protocol),
                 },

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-__all__ = ["BF16_CPU_FLAGS", "cpu_has_bf16_units", "cpu_model_name", "resolve_precision"]
+__all__ = ["BF16_CPU_FLAGS", "cpu_device_name", "cpu_has_bf16_units", "cpu_model_name", "resolve_precision"]
 
 # AVX-512-BF16 (dot products of bf16 pairs) or AMX (bf16 tile multiplies): the units that make bf16 matmuls several
 # times faster than fp32 on a CPU. Without them torch emulates bf16 and autocast only adds conversions.
@@ -40,6 +40,11 @@ def cpu_has_bf16_units() -> bool:
 
 def cpu_model_name() -> str:
     return _first_field("model name") or "unknown CPU"
+
+
+def cpu_device_name(threads: int) -> str:
+    """What a trial on the CPU records as its device: with its CPU model, what its stage times are rates of."""
+    return f"cpu x{threads} threads"
 
 
 def resolve_precision(precision: str, *, gpu: bool) -> str:

@@ -41,6 +41,7 @@ META_COLUMNS = (
     "num_params",
     "device",
     "node",  # the Ray node the run trained on
+    "cpu_model",  # that node's CPU: its stage times (time/*) price later plans only on the same CPU
     "mlflow_run_id",
     "built_encoder",  # whether this run built its pre-trained encoder (or found it cached)
     "finished_at",

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
+from mm1core.hardware import cpu_model_name
+
 pytestmark = pytest.mark.slow
 
 STUDY = """
@@ -78,6 +80,7 @@ def test_run_joins_a_running_cluster(tmp_path: Path):
         trials = pd.read_parquet(tmp_path / "results" / "joined" / "trials.parquet")
         assert list(trials["status"]) == ["finished"]
         assert trials["device"].iloc[0] == "cpu x3 threads"
+        assert trials["cpu_model"].iloc[0] == cpu_model_name()  # what its stage times are rates of, for plans
     finally:
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGTERM)

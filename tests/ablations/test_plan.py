@@ -196,18 +196,20 @@ def test_imports_run_one_way():
 
 
 def test_finished_trials_price_their_shape_once_each_and_past_a_busy_day(tmp_path):
-    """The plan's rates from finished trials: a trial two studies hold counts once, and trials slowed by load from
-    outside their study do not set the rate, even when they are half of the shape's trials."""
+    """The plan's rates from finished trials: a trial two studies hold counts once, trials slowed by load from
+    outside their study do not set the rate, even when they are half of the shape's trials, and trials that ran on
+    another CPU, with other threads, or recorded no CPU do not count at all."""
     import pandas as pd
 
     from ablations.cost import _finished_rates, shape_key
     from mm1core.config import config_to_dict
+    from mm1core.hardware import cpu_device_name, cpu_model_name
     from mm1core.presets import get_preset
 
     config = config_to_dict(get_preset("tiny"))
     steps = config["train"]["steps"]
 
-    def row(trial_id: str, step_s: float) -> dict:
+    def row(trial_id: str, step_s: float, cpu: str | None = None, threads: int = 1) -> dict:
         return {
             "trial_id": trial_id,
             "status": "finished",
@@ -218,17 +220,28 @@ def test_finished_trials_price_their_shape_once_each_and_past_a_busy_day(tmp_pat
             "time/eval_s": 2.0,
             "wall_time_s": step_s * steps + 4.0,
             "built_encoder": True,
+            "device": cpu_device_name(threads),
+            "cpu_model": cpu or cpu_model_name(),
         }
 
     calm = [row("calm0", 0.10), row("calm1", 0.11)]
     busy = [row("busy0", 0.35), row("busy1", 0.36)]
-    for study, rows in {"a": calm + busy, "b": busy, "c": busy}.items():  # b and c adopted a's busy trials
+    elsewhere = [row("faster-cpu", 0.01, cpu="Another CPU"), row("two-threads", 0.02, threads=2)]
+    for study, rows in {
+        "a": calm + busy + elsewhere,
+        "b": busy,
+        "c": busy,
+    }.items():  # b, c adopted a's busy ones
         (tmp_path / study).mkdir()
         pd.DataFrame(rows).to_parquet(tmp_path / study / "trials.parquet")
+    unrecorded = pd.DataFrame([row("before-cpu-models", 0.01)]).drop(columns="cpu_model")
+    (tmp_path / "old").mkdir()
+    unrecorded.to_parquet(tmp_path / "old" / "trials.parquet")
     shape = shape_key(config)
-    rates, count = _finished_rates(tmp_path, {shape})[shape]
+    rates, count = _finished_rates(tmp_path, {shape}, threads=1)[shape]
     assert count == 4
     assert rates["train_step_s"] == pytest.approx(0.11)
+    assert _finished_rates(tmp_path, {shape}, threads=2)[shape][1] == 1
 
 
 def test_a_resumed_trial_is_priced_at_what_is_left_of_it():
