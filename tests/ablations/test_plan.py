@@ -254,3 +254,64 @@ def test_a_resumed_trial_is_priced_at_what_is_left_of_it():
     assert (left.encoder_s, left.train_s, left.eval_s, left.fixed_s) == (0.0, 200.0, 60.0, 10.0)
     assert left.total_s == 270.0 + TRIAL_OVERHEAD_S
     assert whole.left(0.0) == whole and whole.left(1.5).train_s == 0.0
+
+
+def test_a_calibrated_shape_is_priced_at_what_finished_trials_took_against_their_calibration(
+    write_study, tmp_path, monkeypatch
+):
+    """Finished trials of one shape ran 1.5x the steps and 1.2x the items their shape's calibration said: a shape
+    that only a calibration covers is priced at its calibration times those ratios, and the plan says so."""
+    import pandas as pd
+
+    from ablations.cost import _calibration_prefix, estimate_study, eval_items, shape_key, slots_for
+    from mm1core.hardware import cpu_device_name, cpu_model_name
+
+    trials = _plan(write_study, "grid", **{"[0.003, 0.001]": "[0.003]", "[16, 32, 64]": "[16, 32]"})
+    finished = next(t for t in trials if t.config["encoder"]["resolution"] == 16)
+    priced = next(t for t in trials if t.config["encoder"]["resolution"] == 32)
+    monkeypatch.setenv("MM1ABLATE_CALIBRATION", str(tmp_path / "calibration.json"))
+    prefix = _calibration_prefix(threads=1, slots=slots_for(1))
+    calibrated = {"encoder_step_s": 0.1, "train_step_s": 0.2, "eval_item_s": 0.05, "fixed_s": 3.0}
+    (tmp_path / "calibration.json").write_text(
+        json.dumps(
+            {
+                prefix + shape_key(finished.config): calibrated | {"measured": "2026-11-28"},
+                prefix + shape_key(priced.config): calibrated | {"measured": "2026-11-28"},
+            }
+        )
+    )
+    config = finished.config
+    steps, encoder_steps = config["train"]["steps"], config["encoder_pretrain"]["steps"]
+
+    row = {
+        "trial_id": finished.trial_id,
+        "status": "finished",
+        "config_json": json.dumps(config),
+        "time/encoder_s": 0.1 * encoder_steps,  # as calibrated
+        "time/train_s": 0.3 * steps,
+        "time/data_s": 0.0,
+        "time/eval_s": 0.06 * eval_items(config),
+        "wall_time_s": 0.1 * encoder_steps + 0.3 * steps + 0.06 * eval_items(config) + 3.0,
+        "built_encoder": True,
+        "device": cpu_device_name(1),
+        "cpu_model": cpu_model_name(),
+    }
+    results = tmp_path / "results"
+    (results / "earlier").mkdir(parents=True)
+    pd.DataFrame([row]).to_parquet(results / "earlier" / "trials.parquet")
+
+    estimate = estimate_study([priced], results_root=results, cpu_per_trial=1)
+    got = estimate.trials[priced.trial_id]
+    assert got.train_s == pytest.approx(0.2 * 1.5 * priced.config["train"]["steps"])
+    assert got.eval_s == pytest.approx(0.05 * 1.2 * eval_items(priced.config))
+    assert got.encoder_s == pytest.approx(0.1 * priced.config["encoder_pretrain"]["steps"])
+    assert (
+        "against their calibration (1 shape: encoder_step_s x1.00, train_step_s x1.50, eval_item_s x1.20)"
+        in (estimate.sources[0])
+    )
+
+    # Trials that ran on another CPU say nothing about this machine's calibration.
+    pd.DataFrame([row | {"cpu_model": "Another CPU"}]).to_parquet(results / "earlier" / "trials.parquet")
+    unscaled = estimate_study([priced], results_root=results, cpu_per_trial=1)
+    assert unscaled.trials[priced.trial_id].train_s == pytest.approx(0.2 * priced.config["train"]["steps"])
+    assert "scaled" not in unscaled.sources[0]
