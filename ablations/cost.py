@@ -138,9 +138,8 @@ def _finished_rates(
     machine it was made on (a copied or shared folder, a cluster of mixed nodes), and the same shape's step took
     twice as long on one 2-core machine this project draws as on another (findings.md); trials that recorded no
     CPU model are left to the calibration. A trial adopted by several studies counts once. Of its shape's trials,
-    the rate is the lower quartile, not the
-    median: load from outside a study (another run, a benchmark) only ever slows a trial, so on a busy machine the
-    slow half says more about that day than about the shape (measured: the findings suite's reference trials, run
+    the rate is the lower quartile, not the median: load from outside a study (another run, a benchmark) only ever
+    slows a trial, so on a busy machine the slow half says more about that day than about the shape (measured: the findings suite's reference trials, run
     four to a 2-core machine, took 0.35 s a step, the same shape 0.12-0.15 s with its study alone)."""
     import pandas as pd  # only where finished trials exist: planning a new study never loads it
 
@@ -245,21 +244,21 @@ def _calibration_prefix(threads: int, slots: int) -> str:
 
 
 def _calibration_bias(
-    results_root: Path, path: Path, threads: int, slots: int
+    finished_rates: dict[str, tuple[dict[str, float], int]], path: Path, threads: int, slots: int
 ) -> tuple[dict[str, float], int]:
     """Per rate, how much longer the finished trials of this machine took than the cached calibration of their
     shapes said: the median ratio over the shapes that have both, and how many shapes that is (1.0 and 0 without).
 
     A calibration times a few dozen steps; a trial runs for minutes, and on one 2-core machine this project draws
-    its multimodal steps took 1.5x what the calibration of the same shape measured, side by side as both were, while
-    its encoder steps and evaluation items matched (findings.md, f03). The cause is not the work (the batches are
-    the same size at every step), so it is measured rather than modelled: a shape that no finished trial covers is
-    priced at its calibration times this ratio."""
+    f03's multimodal steps took 1.5x what the calibration of the same shape measured. Not the work, Ray or a study
+    beside it: that machine's own speed drifted by about that much over hours (bench/README.md, "The same machine,
+    hours apart"), so it is measured rather than modelled: a shape that no finished trial covers is priced at its
+    calibration times this ratio."""
     cache = json.loads(path.read_text()) if path.exists() else {}
     prefix = _calibration_prefix(threads, slots)
     ratios: dict[str, list[float]] = {key: [] for key in BIASED_RATE_KEYS}
     shapes = 0
-    for shape, (finished, _count) in _finished_rates(results_root, None, threads).items():
+    for shape, (finished, _count) in finished_rates.items():
         calibrated = cache.get(prefix + shape)
         if calibrated is None:
             continue
@@ -341,7 +340,7 @@ def estimate_study(
     threads = max(1, int(cpu_per_trial))
     slots = slots_for(cpu_per_trial)
     configs = {shape_key(t.config): t.config for t in trials}
-    known = _finished_rates(results_root, set(configs), threads)
+    known = _finished_rates(results_root, None, threads)  # every shape: the calibration's bias reads them all
     rates: dict[str, dict[str, float]] = {}
     sources = []
     missing = {}
@@ -355,7 +354,7 @@ def estimate_study(
             missing[shape] = config
     if missing:
         calibrated = _calibrated(missing, calibration_path(), threads, slots, out)
-        bias, bias_shapes = _calibration_bias(results_root, calibration_path(), threads, slots)
+        bias, bias_shapes = _calibration_bias(known, calibration_path(), threads, slots)
         scaled = (
             f", scaled as this machine's finished trials ran against their calibration ({bias_shapes} "
             + ("shape" if bias_shapes == 1 else "shapes")

@@ -307,7 +307,7 @@ def test_a_calibrated_shape_is_priced_at_what_finished_trials_took_against_their
     assert got.encoder_s == pytest.approx(0.1 * priced.config["encoder_pretrain"]["steps"])
     assert (
         "against their calibration (1 shape: encoder_step_s x1.00, train_step_s x1.50, eval_item_s x1.20)"
-        in (estimate.sources[0])
+        in estimate.sources[0]
     )
 
     # Trials that ran on another CPU say nothing about this machine's calibration.
