@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 from ablations.plan import Trial, encoder_plan, resolve_trial, run_order, stage_cache_dir
 from mm1core.config import flatten
@@ -128,9 +128,13 @@ def slots_for(cpu_per_trial: float, cpus: float | None = None) -> int:
     return max(1, int((cpus or os.cpu_count() or 1) // max(cpu_per_trial, 1e-9)))
 
 
-def _finished_rates(
-    results_root: Path, shapes: set[str] | None, threads: int
-) -> dict[str, tuple[dict[str, float], int]]:
+class FinishedRates(NamedTuple):
+    quick: dict[str, float]  # the lower quartile of the shape's trials: what prices the shape itself
+    typical: dict[str, float]  # their median: what a calibration is held against (_calibration_bias)
+    count: int
+
+
+def _finished_rates(results_root: Path, shapes: set[str] | None, threads: int) -> dict[str, FinishedRates]:
     """Rates of each shape (every shape found, for None) from finished trials that recorded their stage times, and
     how many trials.
 
@@ -176,12 +180,13 @@ def _finished_rates(
             found.setdefault(shape, []).append(rate)
     out = {}
     for shape, rates in found.items():
-        merged = {}
+        quick, typical = {}, {}
         for key in RATE_KEYS:
             values = sorted(r[key] for r in rates if key in r)
             if values:
-                merged[key] = values[len(values) // 4]
-        out[shape] = (merged, len(rates))
+                quick[key] = values[len(values) // 4]
+                typical[key] = statistics.median(values)
+        out[shape] = FinishedRates(quick, typical, len(rates))
     return out
 
 
@@ -244,28 +249,30 @@ def _calibration_prefix(threads: int, slots: int) -> str:
 
 
 def _calibration_bias(
-    finished_rates: dict[str, tuple[dict[str, float], int]], path: Path, threads: int, slots: int
+    finished_rates: dict[str, FinishedRates], path: Path, threads: int, slots: int
 ) -> tuple[dict[str, float], int]:
     """Per rate, how much longer the finished trials of this machine took than the cached calibration of their
     shapes said: the median ratio over the shapes that have both, and how many shapes that is (1.0 and 0 without).
 
     A calibration times a few dozen steps; a trial runs for minutes, and on one 2-core machine this project draws
     f03's multimodal steps took 1.5x what the calibration of the same shape measured. Not the work, Ray or a study
-    beside it: that machine's own speed drifted by about that much over hours (bench/README.md, "The same machine,
-    hours apart"), so it is measured rather than modelled: a shape that no finished trial covers is priced at its
-    calibration times this ratio."""
+    beside it: that machine's speed wanders, from minute to minute within one trial (1.4 to 3.7 steps/s) and over
+    hours (bench/README.md, "The same machine, hours apart"), and a calibration's short run catches one moment of
+    it. So it is measured rather than modelled, against the shape's typical trial (the median: the quick quartile
+    that prices a shape from its own trials would hold the calibration to the machine's fast moments): a shape that
+    no finished trial covers is priced at its calibration times this ratio."""
     cache = json.loads(path.read_text()) if path.exists() else {}
     prefix = _calibration_prefix(threads, slots)
     ratios: dict[str, list[float]] = {key: [] for key in BIASED_RATE_KEYS}
     shapes = 0
-    for shape, (finished, _count) in finished_rates.items():
+    for shape, finished in finished_rates.items():
         calibrated = cache.get(prefix + shape)
         if calibrated is None:
             continue
         shapes += 1
         for key in BIASED_RATE_KEYS:
-            if finished.get(key) and calibrated.get(key):
-                ratios[key].append(finished[key] / calibrated[key])
+            if finished.typical.get(key) and calibrated.get(key):
+                ratios[key].append(finished.typical[key] / calibrated[key])
     return {key: statistics.median(values) if values else 1.0 for key, values in ratios.items()}, shapes
 
 
@@ -345,7 +352,8 @@ def estimate_study(
     sources = []
     missing = {}
     for shape, config in configs.items():
-        measured, count = known.get(shape, ({}, 0))
+        finished = known.get(shape)
+        measured, count = (finished.quick, finished.count) if finished else ({}, 0)
         needs_encoder = config["encoder_pretrain"]["loss"] != "none"
         if all(k in measured for k in RATE_KEYS if k != "encoder_step_s" or needs_encoder) and count:
             rates[shape] = measured | ({} if needs_encoder else {"encoder_step_s": 0.0})

@@ -238,10 +238,11 @@ def test_finished_trials_price_their_shape_once_each_and_past_a_busy_day(tmp_pat
     (tmp_path / "old").mkdir()
     unrecorded.to_parquet(tmp_path / "old" / "trials.parquet")
     shape = shape_key(config)
-    rates, count = _finished_rates(tmp_path, {shape}, threads=1)[shape]
-    assert count == 4
-    assert rates["train_step_s"] == pytest.approx(0.11)
-    assert _finished_rates(tmp_path, {shape}, threads=2)[shape][1] == 1
+    finished = _finished_rates(tmp_path, {shape}, threads=1)[shape]
+    assert finished.count == 4
+    assert finished.quick["train_step_s"] == pytest.approx(0.11)
+    assert finished.typical["train_step_s"] == pytest.approx((0.11 + 0.35) / 2)
+    assert _finished_rates(tmp_path, {shape}, threads=2)[shape].count == 1
 
 
 def test_a_resumed_trial_is_priced_at_what_is_left_of_it():
@@ -259,8 +260,9 @@ def test_a_resumed_trial_is_priced_at_what_is_left_of_it():
 def test_a_calibrated_shape_is_priced_at_what_finished_trials_took_against_their_calibration(
     write_study, tmp_path, monkeypatch
 ):
-    """Finished trials of one shape ran 1.5x the steps and 1.2x the items their shape's calibration said: a shape
-    that only a calibration covers is priced at its calibration times those ratios, and the plan says so."""
+    """Finished trials of one shape ran 1.5x and 2.5x the steps and 1.2x the items their shape's calibration said:
+    a shape that only a calibration covers is priced at its calibration times the typical trial's ratios (2.0, the
+    median, not the quick quartile's 1.5), and the plan says so."""
     import pandas as pd
 
     from ablations.cost import _calibration_prefix, estimate_study, eval_items, shape_key, slots_for
@@ -298,15 +300,16 @@ def test_a_calibrated_shape_is_priced_at_what_finished_trials_took_against_their
     }
     results = tmp_path / "results"
     (results / "earlier").mkdir(parents=True)
-    pd.DataFrame([row]).to_parquet(results / "earlier" / "trials.parquet")
+    slower = row | {"trial_id": "slower", "time/train_s": 0.5 * steps}
+    pd.DataFrame([row, slower]).to_parquet(results / "earlier" / "trials.parquet")
 
     estimate = estimate_study([priced], results_root=results, cpu_per_trial=1)
     got = estimate.trials[priced.trial_id]
-    assert got.train_s == pytest.approx(0.2 * 1.5 * priced.config["train"]["steps"])
+    assert got.train_s == pytest.approx(0.2 * 2.0 * priced.config["train"]["steps"])
     assert got.eval_s == pytest.approx(0.05 * 1.2 * eval_items(priced.config))
     assert got.encoder_s == pytest.approx(0.1 * priced.config["encoder_pretrain"]["steps"])
     assert (
-        "against their calibration (1 shape: encoder_step_s x1.00, train_step_s x1.50, eval_item_s x1.20)"
+        "against their calibration (1 shape: encoder_step_s x1.00, train_step_s x2.00, eval_item_s x1.20)"
         in estimate.sources[0]
     )
 
