@@ -142,9 +142,10 @@ def _finished_rates(results_root: Path, shapes: set[str] | None, threads: int) -
     machine it was made on (a copied or shared folder, a cluster of mixed nodes), and the same shape's step took
     twice as long on one 2-core machine this project draws as on another (findings.md); trials that recorded no
     CPU model are left to the calibration. A trial adopted by several studies counts once. Of its shape's trials,
-    the rate is the lower quartile, not the median: load from outside a study (another run, a benchmark) only ever
-    slows a trial, so on a busy machine the slow half says more about that day than about the shape (measured: the findings suite's reference trials, run
-    four to a 2-core machine, took 0.35 s a step, the same shape 0.12-0.15 s with its study alone)."""
+    the rate that prices the shape is the lower quartile, not the median: load from outside a study (another run,
+    a benchmark) only ever slows a trial, so on a busy machine the slow half says more about that day than about the
+    shape (measured: the findings suite's reference trials, run four to a 2-core machine, took 0.35 s a step, the
+    same shape 0.12-0.15 s with its study alone)."""
     import pandas as pd  # only where finished trials exist: planning a new study never loads it
 
     found: dict[str, list[dict[str, float]]] = {}
