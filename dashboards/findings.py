@@ -117,17 +117,19 @@ def assess(
     table = _pairs_table(items, done, axis, others)
     wanted = [*finding["metrics"], *stand_in_metrics(finding["metrics"], eval_tasks or [])]
     recorded = [m for m in wanted if m in set(table["metric"])]
+    # Each comparison with the arms it weighs: a comparison whose every arm sits at chance cannot speak.
     if check == "increasing" and len(values) > 2:  # the trend over every value, not the two extremes alone
-        found = [trend_comparison(table, shown, metric) for metric in recorded]
+        weighed = [(trend_comparison(table, shown, metric), shown) for metric in recorded]
     else:
-        found = [paired_comparison(table, str(a), str(b), metric) for a, b in pairs for metric in recorded]
-    if not found:
+        weighed = [
+            (paired_comparison(table, str(a), str(b), metric), (str(a), str(b)))
+            for a, b in pairs
+            for metric in recorded
+        ]
+    if not weighed:
         return base | {"ours": "not tested", "detail": "the study recorded none of its metrics per item"}
-    mute = {
-        id(c)
-        for c in found
-        if _at_chance(done, axis, c.arm, c.metric) and _at_chance(done, axis, c.reference, c.metric)
-    }
+    found = [c for c, _ in weighed]
+    mute = {id(c) for c, arms in weighed if all(_at_chance(done, axis, arm, c.metric) for arm in arms)}
     speaking = [c for c in found if id(c) not in mute]
     if not speaking:
         return base | {
@@ -162,7 +164,7 @@ def assess(
         )
     detail = "; ".join(
         f"{c.arm} vs {c.reference} {c.metric} {c.delta:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] "
-        + (f"p(Holm) {adjusted[id(c)]:.2g}" if id(c) in adjusted else "both at chance: left out")
+        + (f"p(Holm) {adjusted[id(c)]:.2g}" if id(c) in adjusted else "every arm at chance: left out")
         + _what_would_settle(c, adjusted.get(id(c)))
         for c in found
     )

@@ -289,6 +289,23 @@ def test_a_finding_drawn_only_from_arms_at_chance_cannot_speak(tmp_path):
     assert assess(f1, *tables, ["resolution"])["ours"] == "agrees"
 
 
+def test_a_trend_over_arms_all_at_chance_cannot_speak(tmp_path):
+    from dashboards.findings import assess, load_findings
+
+    f1 = next(f for f in load_findings() if f["id"] == "F1")
+    three = {"res=32": -0.3, "res=64": 0.0, "res=96": 0.15}
+    # With three values F1 is weighed by the trend over all of them; every arm below chance leaves it nothing to say.
+    muted = _with_floors(_study(tmp_path / "muted", three), chance={"0shot/vqa": 0.9})
+    tables = [pd.read_parquet(muted / f) for f in ("trials.parquet", "items.parquet")]
+    verdict = assess(f1, *tables, ["resolution"])
+    assert verdict["ours"] == "cannot speak (at chance)" and "trend" in verdict["detail"]
+    # One arm above chance is enough for the trend to speak.
+    heard = _with_floors(_study(tmp_path / "heard", three), chance={"0shot/vqa": 0.55})
+    tables = [pd.read_parquet(heard / f) for f in ("trials.parquet", "items.parquet")]
+    verdict = assess(f1, *tables, ["resolution"])
+    assert verdict["ours"] == "agrees" and verdict["comparison"].startswith("trend 32 .. 96")
+
+
 def test_a_study_whose_seeds_share_an_encoder_says_its_verdicts_exclude_encoder_noise(tmp_path):
     from dashboards.provenance import shared_encoder_note
 
