@@ -243,11 +243,12 @@ def _plan_suite(args: argparse.Namespace) -> int:
 def _run_suite(args: argparse.Namespace) -> int:
     """Every study of the suite in order, each as `mm1ablate run` would; a study refused or failed does not stop
     the others. The index (results/index.html) is the suite's scoreboard."""
-    from ablations.suite import load_suite
+    from ablations.suite import load_suite, record_suite
 
     suite = load_suite(Path(args.study))  # every study validated before any runs
     for study in suite.studies:
         _check_file_tasks(study, _results_root(args))
+    record_suite(suite, _results_root(args))
     codes = {}
     for study in suite.studies:
         print(f"== suite {suite.name}: {study.name} ({len(codes) + 1}/{len(suite.studies)})", flush=True)

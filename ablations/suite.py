@@ -9,6 +9,7 @@ folder and report, so the suite resumes where it stopped and its studies can als
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,12 @@ from typing import Any
 from ablations.plan import Trial
 from ablations.spec import Study, StudyError, load_study
 from ablations.yamlio import YamlError, load_yaml
+from mm1core.storage import atomic_write_text
 
-__all__ = ["Suite", "adopt_finished", "adoptable", "is_suite", "load_suite", "suite_file"]
+__all__ = ["Suite", "adopt_finished", "adoptable", "is_suite", "load_suite", "record_suite", "suite_file"]
 
 SUITE_KEYS = ("suite", "description", "studies")
+SUITE_RECORDS = "suites"  # results/suites/NAME.json, read by dashboards.index
 
 
 @dataclass
@@ -104,6 +107,15 @@ def load_suite(path: Path) -> Suite:
     if problems:
         raise StudyError(problems)
     return Suite(name, str(data.get("description", "")).strip(), path, studies)
+
+
+def record_suite(suite: Suite, results_root: Path) -> Path:
+    """Which studies the suite holds, kept beside their results: the scoreboard (results/index.html) leads each
+    finding with the suite's study. Rewritten on every run, so a suite file that changes its studies is followed."""
+    record = results_root / SUITE_RECORDS / f"{suite.name}.json"
+    body = {"suite": suite.name, "file": str(suite.path), "studies": [s.name for s in suite.studies]}
+    atomic_write_text(record, json.dumps(body, indent=1))
+    return record
 
 
 def adoptable(results_root: Path) -> dict[str, str]:

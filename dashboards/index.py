@@ -31,6 +31,21 @@ def _studies(results_root: Path) -> list[Path]:
     return sorted(p.parent for p in results_root.glob("*/trials.parquet"))
 
 
+# Which studies a suite holds: written by `mm1ablate run SUITE` (ablations.suite.record_suite), one JSON per suite.
+_SUITES = "suites"
+
+
+def _suites_of(results_root: Path) -> dict[str, list[str]]:
+    """Study name -> the suites that list it, from every suite run into this results folder: the scoreboard puts
+    their verdicts first, ahead of the re-runs and explanation studies beside them."""
+    held: dict[str, list[str]] = {}
+    for record in sorted(results_root.glob(f"{_SUITES}/*.json")):
+        data = json.loads(record.read_text())
+        for study in data["studies"]:
+            held.setdefault(study, []).append(data["suite"])
+    return held
+
+
 def _effect(f) -> str:
     """The finding's leading comparison: effect [95% interval], corrected p, seeds."""
     effect = getattr(f, "effect", None)
@@ -44,6 +59,7 @@ def _effect(f) -> str:
 
 def write_index(results_root: Path) -> Path:
     rows, verdicts = [], {}
+    suites_of = _suites_of(results_root)
     for study_dir in _studies(results_root):
         trials = pd.read_parquet(study_dir / "trials.parquet", columns=["status"])
         spec_path = study_dir / "study.json"
@@ -63,17 +79,18 @@ def write_index(results_root: Path) -> Path:
         findings_path = study_dir / "findings.csv"
         if findings_path.exists():
             for f in pd.read_csv(findings_path).itertuples():
-                verdicts.setdefault(f.id, []).append((link, f))
+                verdicts.setdefault(f.id, []).append((link, f, suites_of.get(name, [])))
     score = []
     for finding in load_findings():
-        said = verdicts.get(finding["id"], [])
+        # A suite's own study first (stable: the studies otherwise in name order), the re-runs and explanations after.
+        said = sorted(verdicts.get(finding["id"], []), key=lambda row: not row[2])
         if not said:
             score.append(
                 f"<tr><td>{finding['id']}</td><td>{html.escape(finding['claim'])} [{html.escape(finding['tag'])}]"
-                "</td><td><span class=muted>not tested</span></td><td></td><td></td></tr>"
+                "</td><td><span class=muted>not tested</span></td><td></td><td></td><td></td></tr>"
             )
             continue
-        for i, (link, f) in enumerate(said):
+        for i, (link, f, suites) in enumerate(said):
             head = (
                 f"<td rowspan={len(said)}>{finding['id']}</td><td rowspan={len(said)}>"
                 f"{html.escape(finding['claim'])} [{html.escape(finding['tag'])}]</td>"
@@ -83,7 +100,8 @@ def write_index(results_root: Path) -> Path:
             verdict = str(f.ours)
             score.append(
                 f"<tr>{head}<td><span class='{html.escape(verdict.split()[0])}'>{html.escape(verdict)}</span></td>"
-                f"<td>{_effect(f)}</td><td>{link}</td></tr>"
+                f"<td>{_effect(f)}</td><td>{link}</td>"
+                f"<td>{html.escape(', '.join(suites)) or '<span class=muted>-</span>'}</td></tr>"
             )
     page = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>mm1ablate studies</title>",
@@ -93,9 +111,11 @@ def write_index(results_root: Path) -> Path:
         "<p class='muted'>Per finding of the paper: our verdict from every study that speaks to it, the comparison "
         "that weighs most (effect on the 0-1 scale of its metric, for F12 the law's slope in ln LR per ln N; its 95% "
         "interval over the runs, the Holm-corrected p), and the study's report, which has every comparison and the "
-        "capability floors.</p>",
-        "<table><thead><tr><th>finding</th><th>the paper</th><th>ours</th><th>effect</th><th>study</th></tr>"
-        "</thead><tbody>",
+        "capability floors. Where a suite was run into this folder, the study it lists for a finding comes first: "
+        "that row is the suite's verdict, and the rows after it are other studies of the same finding (re-runs at "
+        "other seeds, tests of an explanation).</p>",
+        "<table><thead><tr><th>finding</th><th>the paper</th><th>ours</th><th>effect</th><th>study</th>"
+        "<th>in suite</th></tr></thead><tbody>",
         *score,
         "</tbody></table><h2>Studies</h2>",
         "<table><thead><tr><th>study</th><th>description</th><th>finished</th></tr></thead><tbody>",

@@ -3,6 +3,7 @@ share trained once, the scoreboard written, and a suite file's mistakes named at
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     assert (tmp_path / "results" / "s-tok" / "report.html").exists()
     index = (tmp_path / "results" / "index.html").read_text()
     assert "s-res" in index and "s-tok" in index and "F5" in index
+    record = json.loads((tmp_path / "results" / "suites" / "tiny-findings.json").read_text())
+    assert record["studies"] == ["s-res", "s-tok"]
+    assert "<td>tiny-findings</td>" in index.split(">F5</td>")[1].split("</tr>")[0]
 
     again = run_cli("plan", "suite", "--no-estimate", cwd=tmp_path, timeout=120)
     assert "0 to train" in again.stdout, again.stdout

@@ -186,6 +186,23 @@ def test_index_lists_every_study_with_a_findings_scoreboard(tmp_path):
     )
 
 
+def test_the_scoreboard_leads_each_finding_with_the_study_its_suite_lists(tmp_path):
+    from dashboards.index import write_index
+
+    # "rising" sorts after "flat" by name; the suite holds it, so its verdict comes first.
+    for name, effect in (("rising", -0.3), ("flat", 0.0)):
+        write_report(_study(tmp_path, {"res=32": effect, "res=64": 0.0}, name=name))
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "paper.json").write_text(
+        json.dumps({"suite": "paper", "studies": ["rising", "x"]})
+    )
+    page = write_index(tmp_path).read_text()
+    f1 = page.split("<td rowspan=2>F1</td>")[1].split("<td>F2</td>")[0]
+    first, second = f1.split("</tr>")[:2]
+    assert "rising/report.html" in first and "<td>paper</td>" in first
+    assert "flat/report.html" in second and "<td><span class=muted>-</span></td>" in second
+
+
 def test_a_running_study_lists_the_trials_still_to_come(tmp_path):
     study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
     spec = json.loads((study_dir / "study.json").read_text())
