@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -40,9 +41,22 @@ def _suites_of(results_root: Path) -> dict[str, list[str]]:
     their verdicts first, ahead of the re-runs and explanation studies beside them."""
     held: dict[str, list[str]] = {}
     for record in sorted(results_root.glob(f"{_SUITES}/*.json")):
-        data = json.loads(record.read_text())
-        for study in data["studies"]:
-            held.setdefault(study, []).append(data["suite"])
+        try:
+            data = json.loads(record.read_text())
+            suite, studies = str(data["suite"]), [str(s) for s in data["studies"]]
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as err:  # one bad record must not cost the scoreboard
+            print(
+                f"{record}: not a suite record ({err!r}); its studies are listed without their suite",
+                file=sys.stderr,
+            )
+            continue
+        for study in studies:
+            held.setdefault(study, []).append(suite)
     return held
 
 

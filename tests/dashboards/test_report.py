@@ -186,7 +186,7 @@ def test_index_lists_every_study_with_a_findings_scoreboard(tmp_path):
     )
 
 
-def test_the_scoreboard_leads_each_finding_with_the_study_its_suite_lists(tmp_path):
+def test_the_scoreboard_leads_each_finding_with_the_study_its_suite_lists(tmp_path, capsys):
     from dashboards.index import write_index
 
     # "rising" sorts after "flat" by name; the suite holds it, so its verdict comes first.
@@ -201,6 +201,10 @@ def test_the_scoreboard_leads_each_finding_with_the_study_its_suite_lists(tmp_pa
     first, second = f1.split("</tr>")[:2]
     assert "rising/report.html" in first and "<td>paper</td>" in first
     assert "flat/report.html" in second and "<td><span class=muted>-</span></td>" in second
+    # A record that is not one is named on stderr and skipped: the scoreboard is still written.
+    (tmp_path / "suites" / "broken.json").write_text("{not json")
+    assert "rising/report.html" in write_index(tmp_path).read_text()
+    assert "broken.json: not a suite record" in capsys.readouterr().err
 
 
 def test_a_running_study_lists_the_trials_still_to_come(tmp_path):
