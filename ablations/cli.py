@@ -327,11 +327,94 @@ def _consolidate(study_dir: Path) -> None:
         ResultsStore(study_dir).consolidate()
 
 
+def _study_name(value: str) -> str:
+    """The commands that read a study's results take its name or its YAML file, whose `name` they read (a suite's
+    file or folder is passed on as it is)."""
+    path = Path(value)
+    if path.suffix not in (".yaml", ".yml"):
+        return value  # a study's name, or a suite's folder
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{value}: no such study file")
+    from ablations.yamlio import YamlError, load_yaml
+
+    try:
+        data = load_yaml(path).data
+    except (YamlError, OSError) as err:
+        raise argparse.ArgumentTypeError(f"{value}: {err}") from None
+    if isinstance(data, dict) and "studies" in data and "reference" not in data:
+        return value
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
+        raise argparse.ArgumentTypeError(f"{value}: not a study file (it has no `name`)")
+    return data["name"]
+
+
+def _status_suite(args: argparse.Namespace) -> int:
+    """Per study of the suite: its trials finished, counted from another study (finished there, adopted when this
+    one runs), running, interrupted, failed and left to run; then the suite's distinct trials. Reads only what the
+    runs wrote, so it is cheap beside a running suite; `mm1ablate plan SUITE` estimates the time of what is left."""
+    from ablations.plan import plan
+    from ablations.results import study_runner, trial_statuses, unended_progress
+    from ablations.suite import adoptable, load_suite
+
+    suite = load_suite(Path(args.study))
+    root = _results_root(args)
+    for study in suite.studies:
+        _consolidate(root / study.name)
+    counted = adoptable(root)  # finished by some study with this code: no study trains them again
+    rows, runners, state_of = [], [], {}
+    # A trial two studies hold has one state: the most advanced any of them records.
+    rank = {"to run": 0, "failed": 1, "interrupted": 2, "running": 3, "finished": 4}
+    for study in suite.studies:
+        study_dir = root / study.name
+        recorded = trial_statuses(study_dir)
+        runner = study_runner(study_dir)
+        progress = unended_progress(study_dir, set(recorded))
+        tally = dict.fromkeys(["finished", "counted", "running", "interrupted", "failed", "to run"], 0)
+        for trial in plan(study):
+            status = recorded.get(trial.trial_id)
+            if status == "finished":
+                column = state = "finished"
+            elif trial.trial_id in counted:
+                column, state = "counted", "finished"
+            elif trial.trial_id in progress:
+                column = state = "running" if runner else "interrupted"
+            elif status in ("failed", "diverged", "stopped"):
+                column = state = "failed"
+            else:
+                column = state = "to run"
+            tally[column] += 1
+            before = state_of.get(trial.trial_id, "to run")
+            state_of[trial.trial_id] = max(before, state, key=rank.__getitem__)
+        rows.append([study.name, sum(tally.values()), *tally.values()])
+        runners.append(f"{study.name}: running ({runner})" if runner else "")
+    print(f"suite {suite.name}: {len(suite.studies)} studies ({suite.path})")
+    print(_table(rows, ["study", "trials", *tally]))
+    print("counted: finished by another study in this results folder, counted when this one runs")
+    print("failed: failed, diverged or stopped early (`mm1ablate status STUDY` says which)")
+    for runner in filter(None, runners):
+        print(runner)
+    states = list(state_of.values())
+    print(
+        f"\n{sum(r[1] for r in rows)} trials in all, {len(state_of)} distinct: "
+        + ", ".join(
+            f"{states.count(s)} {s}" for s in ("finished", "running", "interrupted", "failed", "to run")
+        )
+    )
+    if not any(runners) and states.count("finished") < len(states):
+        print(
+            f"`mm1ablate run {args.study}` runs what is left; `mm1ablate plan {args.study}` estimates its time"
+        )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from ablations.results import study_runner, unended_progress
+    from ablations.suite import is_suite
 
+    if is_suite(Path(args.study)):
+        return _status_suite(args)
     study_dir = _results_root(args) / args.study
     _consolidate(study_dir)
     path, spec_path = study_dir / "trials.parquet", study_dir / "study.json"
@@ -562,11 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="retries of a trial whose process died, each from its last checkpoint (default 2)",
     )
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("status", help="trials of a study and their status")
-    p.add_argument("study", help="study name")
+    p = sub.add_parser("status", help="trials of a study (or of each study of a suite) and their status")
+    p.add_argument("study", type=_study_name, help="study name or YAML file, or a suite (its file or folder)")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("report", help="write results/<study>/report.html")
-    p.add_argument("study", help="study name")
+    p.add_argument("study", type=_study_name, help="study name or YAML file")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser(
@@ -578,11 +661,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sync", help="send to MLflow what a study could not while the tracking server was down"
     )
-    p.add_argument("study", help="study name")
+    p.add_argument("study", type=_study_name, help="study name or YAML file")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_sync)
     p = sub.add_parser("ui", help="the MLflow UI on the studies' store, on 127.0.0.1")
-    p.add_argument("study", nargs="?", default=None, help="print the address of this study's runs only")
+    p.add_argument(
+        "study", nargs="?", default=None, type=_study_name, help="print the address of this study's runs only"
+    )
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_ui)

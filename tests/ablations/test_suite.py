@@ -56,6 +56,17 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     alone = run_cli("plan", "suite/tok.yaml", "--no-estimate", cwd=tmp_path, timeout=120)
     assert alone.stdout.count("finished by another study") == 1 and "1 finished, 1 to run" in alone.stdout
+    # Half way, the suite's status: the shared trial is counted for s-tok, not trained again.
+    halfway = run_cli("status", "suite", cwd=tmp_path, timeout=120)
+    assert halfway.returncode == 0, halfway.stderr
+    assert _status_row(halfway.stdout, "s-res") == ["2", "2", "0", "0", "0", "0", "0"], halfway.stdout
+    assert _status_row(halfway.stdout, "s-tok") == ["2", "0", "1", "0", "0", "0", "1"], halfway.stdout
+    assert (
+        "4 trials in all, 3 distinct: 2 finished, 0 running, 0 interrupted, 0 failed, 1 to run"
+        in halfway.stdout
+    )
+    by_file = run_cli("status", "suite/res.yaml", cwd=tmp_path, timeout=120)
+    assert by_file.returncode == 0 and "s-res: not running" in by_file.stdout, by_file.stdout + by_file.stderr
 
     done = run_cli("run", "suite", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -82,6 +93,8 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
 
     again = run_cli("plan", "suite", "--no-estimate", cwd=tmp_path, timeout=120)
     assert "0 to train" in again.stdout, again.stdout
+    done_status = run_cli("status", "suite", cwd=tmp_path, timeout=120).stdout
+    assert "3 distinct: 3 finished, 0 running" in done_status and "runs what is left" not in done_status
 
     # A study whose every trial another study finished trains nothing, and still reports what it now holds.
     (tmp_path / "suite" / "ref.yaml").write_text(
@@ -91,6 +104,18 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     assert counted.returncode == 0, counted.stdout + counted.stderr
     assert "1 trials planned, 1 already finished, 0 to run" in counted.stdout
     assert (tmp_path / "results" / "s-ref" / "report.html").exists()
+
+
+def _status_row(stdout: str, study: str) -> list[str]:
+    """A study's counts in `mm1ablate status SUITE`: trials, finished, counted, running, interrupted, failed, to run."""
+    return next(line.split()[1:] for line in stdout.splitlines() if line.startswith(f"{study} "))
+
+
+def test_status_names_a_study_file_it_cannot_read(tmp_path):
+    (tmp_path / "notastudy.yaml").write_text("seeds: [0]\n")
+    for path, why in (("missing.yaml", "no such study file"), ("notastudy.yaml", "not a study file")):
+        done = run_cli("status", path, cwd=tmp_path, timeout=120)
+        assert done.returncode == 2 and f"{path}: {why}" in done.stderr, done.stderr
 
 
 def test_suite_file_mistakes_are_named_with_their_line(tmp_path, write_study):
@@ -151,3 +176,7 @@ def test_ctrl_c_stops_the_suite_not_only_its_study(tmp_path):
     assert driver.returncode == 130, out
     assert "suite tiny-findings: interrupted in s-res; not started: s-tok" in out
     assert not (tmp_path / "results" / "s-tok").exists()
+    status = run_cli("status", "suite", cwd=tmp_path, timeout=120).stdout
+    _, _, _, running, interrupted, _, _ = _status_row(status, "s-res")
+    assert running == "0" and int(interrupted) >= 1, status
+    assert "`mm1ablate run suite` runs what is left" in status
