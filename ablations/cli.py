@@ -503,14 +503,32 @@ def _time_left(estimate: dict | None, unrecorded: list[dict], progress: dict) ->
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """One study's report; or, for a suite, every study of it that has results (after a change to the statistics,
+    say), a study not yet run named and passed over."""
+    from ablations.suite import is_suite, load_suite
+
+    if not is_suite(Path(args.study)):
+        return _report_one(args.study, args)
+    codes = []
+    for study in load_suite(Path(args.study)).studies:
+        study_dir = _results_root(args) / study.name
+        _consolidate(study_dir)
+        if (study_dir / "trials.parquet").exists():
+            codes.append(_report_one(study.name, args))
+        else:
+            print(f"{study.name}: no trial of it has ended yet, so no report")
+    return max(codes, default=0)
+
+
+def _report_one(name: str, args: argparse.Namespace) -> int:
     from ablations.handoff import write_report
     from ablations.tracking import redacted, resolve_tracking_uri
 
-    study_dir = _results_root(args) / args.study
+    study_dir = _results_root(args) / name
     _consolidate(study_dir)
     if not (study_dir / "trials.parquet").exists():
         print(
-            f"no results for study {args.study!r} in {study_dir}; run it first (mm1ablate run STUDY.yaml)",
+            f"no results for study {name!r} in {study_dir}; run it first (mm1ablate run STUDY.yaml)",
             file=sys.stderr,
         )
         return 2
@@ -518,7 +536,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         print(write_report(study_dir, _results_root(args), tracking_uri=redacted(uri)))
     except RuntimeError as err:
-        print(f"error: the report of {args.study!r} failed: {err}", file=sys.stderr)
+        print(f"error: the report of {name!r} failed: {err}", file=sys.stderr)
         return 1
     print(_results_root(args) / "index.html")
     return 0
@@ -648,8 +666,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="trials of a study (or of each study of a suite) and their status")
     p.add_argument("study", type=_study_name, help="study name or YAML file, or a suite (its file or folder)")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("report", help="write results/<study>/report.html")
-    p.add_argument("study", type=_study_name, help="study name or YAML file")
+    p = sub.add_parser(
+        "report", help="write results/<study>/report.html (for a suite, every study's that has run)"
+    )
+    p.add_argument("study", type=_study_name, help="study name or YAML file, or a suite (its file or folder)")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser(

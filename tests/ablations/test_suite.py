@@ -67,6 +67,11 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     )
     by_file = run_cli("status", "suite/res.yaml", cwd=tmp_path, timeout=120)
     assert by_file.returncode == 0 and "s-res: not running" in by_file.stdout, by_file.stdout + by_file.stderr
+    (tmp_path / "results" / "s-res" / "report.html").unlink()
+    reported = run_cli("report", "suite", cwd=tmp_path, timeout=300)
+    assert reported.returncode == 0, reported.stdout + reported.stderr
+    assert "s-tok: no trial of it has ended yet, so no report" in reported.stdout
+    assert (tmp_path / "results" / "s-res" / "report.html").exists()
 
     done = run_cli("run", "suite", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
