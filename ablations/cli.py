@@ -12,9 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ablations.spec import Study, StudyError, load_study, study_json_schema
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
+
+if TYPE_CHECKING:
+    from ablations.suite import Suite
 
 __all__ = ["main"]
 
@@ -194,17 +198,23 @@ def _precision_reason(study) -> str:
 
 
 def _plan_suite(args: argparse.Namespace) -> int:
+    from ablations.suite import load_suite
+
+    suite = load_suite(Path(args.study))
+    for study in suite.studies:
+        _check_file_tasks(study, _results_root(args))
+    _print_suite_plan(suite, _results_root(args), estimate=args.estimate)
+    return 0
+
+
+def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> None:
     """The whole suite: per study its trials, those another study of the suite (or an earlier run) trains, and
     the time left; then the total."""
     from ablations.cost import estimate_study
     from ablations.plan import plan
     from ablations.results import trial_statuses
-    from ablations.suite import adoptable, load_suite
+    from ablations.suite import adoptable
 
-    suite = load_suite(Path(args.study))
-    root = _results_root(args)
-    for study in suite.studies:
-        _check_file_tasks(study, root)
     counted = set(adoptable(root))  # finished by some study with this code: no study trains them again
     seen: set[str] = set()
     rows, total_s, slots = [], 0.0, 1
@@ -217,13 +227,13 @@ def _plan_suite(args: argparse.Namespace) -> int:
         todo = [t for t in trials if t.trial_id not in seen and t.trial_id not in finished]
         seen |= {t.trial_id for t in trials}
         wall = "-"
-        if args.estimate and todo:
-            estimate = estimate_study(
+        if estimate and todo:
+            cost = estimate_study(
                 todo, results_root=root, cpu_per_trial=study.spec.resources.cpu, out=sys.stdout
             )
-            total_s += estimate.wall_s
-            slots = estimate.slots
-            wall = _minutes(estimate.wall_s)
+            total_s += cost.wall_s
+            slots = cost.slots
+            wall = _minutes(cost.wall_s)
         rows.append([study.name, len(trials), len(done), len(shared), len(todo), wall])
     print(f"suite {suite.name}: {len(suite.studies)} studies ({suite.path})")
     print(
@@ -234,10 +244,9 @@ def _plan_suite(args: argparse.Namespace) -> int:
     )
     trained = sum(r[4] for r in rows)
     line = f"\n{sum(r[1] for r in rows)} trials in all, {len(seen)} distinct; {trained} to train"
-    if args.estimate:
+    if estimate:
         line += f"; about {_minutes(total_s)} of wall time on {slots} slots, the studies one after another"
-    print(line)
-    return 0
+    print(line, flush=True)
 
 
 def _run_suite(args: argparse.Namespace) -> int:
@@ -249,6 +258,7 @@ def _run_suite(args: argparse.Namespace) -> int:
     for study in suite.studies:
         _check_file_tasks(study, _results_root(args))
     record_suite(suite, _results_root(args))
+    _print_suite_plan(suite, _results_root(args), estimate=True)  # the whole, before any of it runs
     codes = {}
     for study in suite.studies:
         print(f"== suite {suite.name}: {study.name} ({len(codes) + 1}/{len(suite.studies)})", flush=True)
