@@ -345,14 +345,15 @@ def _study_name(value: str) -> str:
         return value  # a study's name, or a suite's folder
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"{value}: no such study file")
+    from ablations.suite import is_suite
     from ablations.yamlio import YamlError, load_yaml
 
+    if is_suite(path):
+        return value
     try:
         data = load_yaml(path).data
     except (YamlError, OSError) as err:
         raise argparse.ArgumentTypeError(f"{value}: {err}") from None
-    if isinstance(data, dict) and "studies" in data and "reference" not in data:
-        return value
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
         raise argparse.ArgumentTypeError(f"{value}: not a study file (it has no `name`)")
     return data["name"]
