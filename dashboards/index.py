@@ -41,15 +41,11 @@ def _suites_of(results_root: Path) -> dict[str, list[str]]:
     their verdicts first, ahead of the re-runs and explanation studies beside them."""
     held: dict[str, list[str]] = {}
     for record in sorted(results_root.glob(f"{_SUITES}/*.json")):
+        # One bad record must not cost the scoreboard.
         try:
             data = json.loads(record.read_text())
             suite, studies = str(data["suite"]), [str(s) for s in data["studies"]]
-        except (
-            OSError,
-            ValueError,
-            KeyError,
-            TypeError,
-        ) as err:  # one bad record must not cost the scoreboard
+        except (OSError, ValueError, KeyError, TypeError) as err:
             print(
                 f"{record}: not a suite record ({err!r}); its studies are listed without their suite",
                 file=sys.stderr,

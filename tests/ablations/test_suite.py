@@ -75,9 +75,8 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
 
     done = run_cli("run", "suite", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    before = done.stdout.split("== suite tiny-findings: s-res")[
-        0
-    ]  # the plan of the whole, before anything runs
+    # The plan of the whole, printed before anything runs.
+    before = done.stdout.split("== suite tiny-findings: s-res")[0]
     assert "4 trials in all, 3 distinct; 1 to train; about" in before, done.stdout
     assert "2 trials planned, 2 already finished, 0 to run" in done.stdout  # s-res: nothing left
     assert "counting 1 finished runs of the same trials (config, seed and code) from s-res" in done.stdout
