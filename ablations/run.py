@@ -185,9 +185,11 @@ class _StudyCallback(tune.Callback):
             self._record_diverged(planned, result[DIVERGED_KEY], step)
         elif result.get(FINAL_KEY):
             self._record_finished(planned, result, metrics)
-        elif "train/loss" in metrics or "encoder/loss" in metrics:
+        elif "train/loss" in fresh or "encoder/loss" in fresh:
+            # Only news: a resumed run replays its reports log and then retrains from its checkpoint, and a progress
+            # line for each replayed step read as if it had started over, twice.
             stage = result["stage"]
-            loss = metrics.get("train/loss", metrics.get("encoder/loss"))
+            loss = fresh.get("train/loss", fresh.get("encoder/loss"))
             self._progress(
                 f"{planned.arm} seed={planned.seed}: {stage} step {step}/{result['total_steps']} loss {loss:.3f}"
             )

@@ -121,11 +121,12 @@ def test_a_killed_driver_resumes_to_the_same_study(tmp_path, uninterrupted):
     curves, and none of a killed driver's processes left. One study killed three times rather than three studies
     killed once: each resume starts from what the kills before it left, which is no weaker, and CI pays one study."""
     driver = _start(tmp_path)
-    read_until(driver, "encoder step 25/60")
+    printed = read_until(driver, "encoder step 25/60")
     left_behind = _kill(driver, tmp_path)
     for marker in ("multimodal step 250/400", "multimodal step 400/400"):
         driver = start_cli("run", "s.yaml", cwd=tmp_path)
         seen = read_until(driver, marker)
+        printed += seen
         assert any("Ray processes a killed run had left behind" in line for line in seen), "".join(seen)
         assert not any(_alive(p) for p in left_behind)
         if marker.endswith("400/400"):  # killed mid-training: the estimate prices what is left of the runs
@@ -145,6 +146,9 @@ def test_a_killed_driver_resumes_to_the_same_study(tmp_path, uninterrupted):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Ray processes a killed run had left behind" in again.stdout
     assert not any(_alive(p) for p in left_behind)
+    # A resumed run replays the reports it had logged and retrains from its checkpoint; the driver says only what is new.
+    steps = re.findall(r"\| (\S+ seed=\d+: \w+ step \d+)/", "".join(printed) + again.stdout)
+    assert steps and len(steps) == len(set(steps)), sorted(s for s in steps if steps.count(s) > 1)
 
     resumed, whole = _trials(tmp_path), _trials(uninterrupted)
     assert list(resumed["status"]) == ["finished", "finished"]
