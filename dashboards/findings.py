@@ -162,10 +162,14 @@ def assess(
             if up
             else "inconclusive"
         )
+    # Crossed with another axis, a comparison's replications are its blocks, seed x the other axes' values: runs
+    # of each arm, more of them than seeds. Said as such, never as seeds.
+    seeds = int(done["seed"].nunique())
+    unit = "seeds" if all(c.seeds <= seeds for c in found) else "runs of each arm"
     detail = "; ".join(
         f"{c.arm} vs {c.reference} {c.metric} {c.delta:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] "
         + (f"p(Holm) {adjusted[id(c)]:.2g}" if id(c) in adjusted else "every arm at chance: left out")
-        + _what_would_settle(c, adjusted.get(id(c)))
+        + _what_would_settle(c, adjusted.get(id(c)), unit)
         for c in found
     )
     # The scoreboard's one number per finding: the comparison that weighs most (the smallest corrected p).
@@ -176,7 +180,8 @@ def assess(
         "ci_low": lead.ci_low,
         "ci_high": lead.ci_high,
         "p_holm": adjusted[id(lead)],
-        "seeds": lead.seeds,
+        "seeds": min(lead.seeds, seeds),
+        "runs": lead.seeds,
     }
     rivals = [a for a in others if any(_same_axis(a, r) for r in finding.get("outranks", []))]
     if rivals and ours == "agrees":
@@ -280,15 +285,16 @@ def _outranks(
     return rival, metric, float(gaps.mean()), float(test.pvalue)
 
 
-def _what_would_settle(c, p_holm: float | None) -> str:
-    """For a comparison that said nothing: about how many seeds would detect a difference of its size."""
+def _what_would_settle(c, p_holm: float | None, unit: str = "seeds") -> str:
+    """For a comparison that said nothing: about how many seeds (or runs of each arm, `unit`) would detect a
+    difference of its size."""
     if p_holm is None or not p_holm >= ALPHA:
         return ""
     if c.seeds_needed == c.seeds_needed and c.seeds_needed <= c.seeds:
-        return " (these seeds would detect it alone, not after the correction for the other comparisons)"
+        return f" (these {unit} would detect it alone, not after the correction for the other comparisons)"
     if c.seeds_needed == c.seeds_needed:  # not NaN
-        return f" (~{int(c.seeds_needed)} seeds would detect it)"
-    return " (no number of seeds would: more items would)" if c.delta else ""
+        return f" (~{int(c.seeds_needed)} {unit} would detect it)"
+    return f" (no number of {unit} would: more items would)" if c.delta else ""
 
 
 def _at_chance(trials: pd.DataFrame, axis: str, value: str, metric: str) -> bool:

@@ -57,13 +57,20 @@ def _suites_of(results_root: Path) -> dict[str, list[str]]:
 
 
 def _effect(f) -> str:
-    """The finding's leading comparison: effect [95% interval], corrected p, seeds."""
+    """The finding's leading comparison: effect [95% interval], corrected p, seeds (and runs of each arm, when a
+    crossed axis gives each seed several)."""
     effect = getattr(f, "effect", None)
     if effect is None or effect != effect:  # NaN: no comparison spoke (not tested, at chance)
         return "<span class=muted>-</span>"
+    runs = getattr(f, "runs", None)
+    replication = (
+        f"{int(runs)} runs of each arm, {int(f.seeds)} seeds"
+        if runs is not None and runs == runs and runs > f.seeds
+        else f"{int(f.seeds)} seeds"
+    )
     return (
         f"{html.escape(str(f.comparison))}: <b>{effect:+.3f}</b> [{f.ci_low:+.3f}, {f.ci_high:+.3f}], "
-        f"p(Holm) {f.p_holm:.2g}, {int(f.seeds)} seeds"
+        f"p(Holm) {f.p_holm:.2g}, {replication}"
     )
 
 

@@ -424,6 +424,35 @@ def test_highest_impact_compares_resolution_with_the_other_encoder_axes():
     assert outranked["ours"] == "disagrees"
 
 
+def test_a_crossed_study_counts_its_seeds_apart_from_its_runs(tmp_path):
+    """Blocked by seed and the other axis, each arm has seeds x values runs: the scoreboard says so, and never calls
+    them seeds (it once said "10 seeds" of a 5-seed study)."""
+    from dashboards.findings import assess, load_findings
+    from dashboards.index import write_index
+
+    f1 = next(f for f in load_findings() if f["id"] == "F1")
+    crossed = assess(
+        f1, *_two_axis_tables(lambda res, loss: 0.3 + 0.3 * (res == 64)), ["resolution", "encoder_loss"]
+    )
+    assert crossed["seeds"] == 5 and crossed["runs"] == 10
+    undetected = assess(
+        f1,
+        *_two_axis_tables(lambda res, loss: 0.5 + 0.004 * (res == 64), seeds=range(3)),
+        ["resolution", "encoder_loss"],
+    )
+    assert undetected["ours"] == "inconclusive" and "runs of each arm would" in undetected["detail"]
+    assert "seeds would" not in undetected["detail"]
+    study_dir = tmp_path / "crossed"
+    study_dir.mkdir()
+    pd.DataFrame({"status": ["finished"]}).to_parquet(study_dir / "trials.parquet")
+    pd.DataFrame([crossed]).to_csv(study_dir / "findings.csv", index=False)
+    assert (
+        "p(Holm) " in (page := write_index(tmp_path).read_text()) and "10 runs of each arm, 5 seeds" in page
+    )
+    one_at_a_time = assess(f1, *_two_axis_tables(lambda res, loss: 0.3 + 0.3 * (res == 64)), ["resolution"])
+    assert one_at_a_time["seeds"] == 5
+
+
 def test_a_one_at_a_time_study_blocks_arms_that_leave_other_axes_at_the_reference(tmp_path):
     """Arms of a one-at-a-time study record no value for the axes they leave alone: the finding still compares
     them (a report once crashed on the missing values)."""
