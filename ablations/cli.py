@@ -207,9 +207,9 @@ def _plan_suite(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> None:
+def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> tuple[int, int, float | None]:
     """The whole suite: per study its trials, those another study of the suite (or an earlier run) trains, and
-    the time left; then the total."""
+    the time left; then the total. Returns (distinct trials, trials to train, estimated wall seconds)."""
     from ablations.cost import estimate_study
     from ablations.plan import plan
     from ablations.results import trial_statuses
@@ -247,33 +247,60 @@ def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> None:
     if estimate:
         line += f"; about {_minutes(total_s)} of wall time on {slots} slots, the studies one after another"
     print(line, flush=True)
+    return len(seen), trained, total_s if estimate else None
 
 
 def _run_suite(args: argparse.Namespace) -> int:
     """Every study of the suite in order, each as `mm1ablate run` would; a study refused or failed does not stop
-    the others. The index (results/index.html) is the suite's scoreboard."""
-    from ablations.suite import load_suite, record_suite
+    the others. The index (results/index.html) is the suite's scoreboard; the suite's record keeps this run as one
+    part of its measurement (ablations.suite.SuiteRun)."""
+    from ablations.suite import begin_suite_run, load_suite, record_suite
 
     suite = load_suite(Path(args.study))  # every study validated before any runs
+    root = _results_root(args)
     for study in suite.studies:
-        _check_file_tasks(study, _results_root(args))
-    record_suite(suite, _results_root(args))
-    _print_suite_plan(suite, _results_root(args), estimate=True)  # the whole, before any of it runs
-    codes = {}
-    for study in suite.studies:
-        print(f"== suite {suite.name}: {study.name} ({len(codes) + 1}/{len(suite.studies)})", flush=True)
-        codes[study.name] = _run_one(study, args)
-        if codes[study.name] == INTERRUPTED:  # Ctrl-C stops the suite, not just the study it was in
-            left = [s.name for s in suite.studies if s.name not in codes]
-            print(
-                f"suite {suite.name}: interrupted in {study.name}; not started: {', '.join(left) or 'none'}"
-            )
-            return INTERRUPTED
+        _check_file_tasks(study, root)
+    record = record_suite(suite, root)
+    # The whole, before any of it runs.
+    distinct, to_train, plan_s = _print_suite_plan(suite, root, estimate=True)
+    part = begin_suite_run(record, distinct=distinct, to_train=to_train, plan_s=plan_s)
+    codes: dict[str, int] = {}
+    outcome = "stopped by an error"
+    try:
+        for study in suite.studies:
+            print(f"== suite {suite.name}: {study.name} ({len(codes) + 1}/{len(suite.studies)})", flush=True)
+            codes[study.name] = _run_one(study, args)
+            if codes[study.name] == INTERRUPTED:  # Ctrl-C stops the suite, not just the study it was in
+                left = [s.name for s in suite.studies if s.name not in codes]
+                print(
+                    f"suite {suite.name}: interrupted in {study.name}; not started: {', '.join(left) or 'none'}"
+                )
+                outcome = f"interrupted in {study.name}"
+                return INTERRUPTED
+            part.update(f"running; {study.name} ended")
+        failed = [n for n, c in codes.items() if c != 0]
+        outcome = f"ended; failed: {', '.join(failed)}" if failed else "complete"
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    finally:
+        part.update(outcome, ended=True)
+        # The studies' reporters wrote the index before this part's end was known.
+        _rewrite_index(root)
     print(
         f"suite {suite.name}: " + ", ".join(f"{n} {'ok' if c == 0 else 'FAILED'}" for n, c in codes.items())
     )
-    print(f"scoreboard: {_results_root(args) / 'index.html'}")
+    print(f"scoreboard: {root / 'index.html'}")
     return max(codes.values(), default=0)
+
+
+def _rewrite_index(root: Path) -> None:
+    from ablations.handoff import write_index
+
+    try:
+        write_index(root)
+    except RuntimeError as err:  # the results are on disk; `mm1ablate report` rewrites the index later
+        print(f"warning: {root / 'index.html'} not rewritten: {err}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -365,7 +392,7 @@ def _status_suite(args: argparse.Namespace) -> int:
     runs wrote, so it is cheap beside a running suite; `mm1ablate plan SUITE` estimates the time of what is left."""
     from ablations.plan import plan
     from ablations.results import study_runner, trial_statuses, unended_progress
-    from ablations.suite import adoptable, load_suite
+    from ablations.suite import adoptable, load_suite, read_suite_record, suite_runs
 
     suite = load_suite(Path(args.study))
     root = _results_root(args)
@@ -415,6 +442,7 @@ def _status_suite(args: argparse.Namespace) -> int:
         print(
             f"`mm1ablate run {args.study}` runs what is left; `mm1ablate plan {args.study}` estimates its time"
         )
+    print("\n" + "\n".join(suite_runs(read_suite_record(root, suite.name) | {"suite": suite.name})))
     return 0
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "RUN_KEY",
     "Reporter",
     "reports_log",
+    "write_index",
     "write_report",
 ]
 
@@ -41,6 +42,17 @@ def write_report(study_dir: Path, results_root: Path, *, tracking_uri: str | Non
     (ablations never imports dashboards): by the reporter `prestart_reporter` started for it, if there is one. Raises
     RuntimeError with the reporter's last words when it fails."""
     return Reporter.started(study_dir, results_root, tracking_uri=tracking_uri, nice=nice).write()
+
+
+def write_index(results_root: Path) -> Path:
+    """results/index.html alone, by `python -m dashboards --index`: after a suite's run has recorded its end, which
+    its studies' reports came before. Raises RuntimeError with its last words when it fails."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dashboards", "--index", str(results_root)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(last_line(done.stderr) or f"python -m dashboards exited with {done.returncode}")
+    return results_root / "index.html"
 
 
 # A run's reporter waits at low priority: it must not slow the driver, which hands the trials their work.

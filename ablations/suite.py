@@ -5,11 +5,19 @@ study before anything runs, plans the whole (trials, those shared between studie
 estimated time) and runs the studies in order. A trial that two studies contain (the same config and seed: the same
 trial id) trains once: the second study adopts the finished run (`adopt_finished`). Each study keeps its own results
 folder and report, so the suite resumes where it stopped and its studies can also be run one by one.
+
+Each `mm1ablate run SUITE` is one part of the suite's measurement: its record (results/suites/NAME.json) keeps every
+part's start, end, outcome, machine, commit and the plan it began with, so a suite run overnight, or in parts over
+several days, says how long it took in all and whether it began from nothing (`suite_runs`, which `mm1ablate status
+SUITE` prints and the record keeps as its `summary` for the scoreboard).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +27,19 @@ from ablations.spec import Study, StudyError, load_study
 from ablations.yamlio import YamlError, load_yaml
 from mm1core.storage import atomic_write_text
 
-__all__ = ["Suite", "adopt_finished", "adoptable", "is_suite", "load_suite", "record_suite", "suite_file"]
+__all__ = [
+    "Suite",
+    "SuiteRun",
+    "adopt_finished",
+    "adoptable",
+    "begin_suite_run",
+    "is_suite",
+    "load_suite",
+    "read_suite_record",
+    "record_suite",
+    "suite_file",
+    "suite_runs",
+]
 
 SUITE_KEYS = ("suite", "description", "studies")
 SUITE_RECORDS = "suites"  # results/suites/NAME.json, read by dashboards.index
@@ -109,13 +129,161 @@ def load_suite(path: Path) -> Suite:
     return Suite(name, str(data.get("description", "")).strip(), path, studies)
 
 
+def _read_record(record: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: the scoreboard says so where it reads it (dashboards.index)
+    return data if isinstance(data, dict) else {}
+
+
+def read_suite_record(results_root: Path, name: str) -> dict[str, Any]:
+    """The suite's record in this results folder; empty when no run of the suite as a whole wrote one."""
+    return _read_record(results_root / SUITE_RECORDS / f"{name}.json")
+
+
 def record_suite(suite: Suite, results_root: Path) -> Path:
     """Which studies the suite holds, kept beside their results: the scoreboard (results/index.html) leads each
-    finding with the suite's study. Rewritten on every run, so a suite file that changes its studies is followed."""
+    finding with the suite's study. Rewritten on every run, so a suite file that changes its studies is followed;
+    the record of its earlier runs is kept."""
     record = results_root / SUITE_RECORDS / f"{suite.name}.json"
-    body = {"suite": suite.name, "file": str(suite.path), "studies": [s.name for s in suite.studies]}
-    atomic_write_text(record, json.dumps(body, indent=1))
+    runs = _read_record(record).get("runs", [])
+    body = {
+        "suite": suite.name,
+        "file": str(suite.path),
+        "studies": [s.name for s in suite.studies],
+        "runs": runs if isinstance(runs, list) else [],
+    }
+    _write_record(record, body)
     return record
+
+
+def _wall(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def suite_runs(record: dict) -> list[str]:
+    """How the suite was measured in this folder, from its record of every `mm1ablate run SUITE` (each a part: a
+    suite can be run overnight or in parts): the wall time of all parts together, whether the first began from an
+    empty results folder, whether the last ended with every study done; then a line per part."""
+    runs = [r for r in record.get("runs") or [] if isinstance(r, dict)]
+    name = record.get("suite", "?")
+    if not runs:
+        return [f"suite {name}: no run of the suite as a whole is recorded here (its studies ran one by one)"]
+    first, last = runs[0], runs[-1]
+    total = sum(float(r.get("wall_s") or 0) for r in runs)
+    began = (
+        f"the first began from nothing ({first.get('to_train')} of {first.get('distinct')} distinct trials to train)"
+        if first.get("to_train") == first.get("distinct")
+        else f"the first began with {first.get('to_train')} of {first.get('distinct')} distinct trials to train "
+        "(the rest finished before it)"
+    )
+    state = "complete" if last.get("outcome") == "complete" else "not complete"
+    lines = [
+        f"suite {name}: {len(runs)} part{'s' * (len(runs) > 1)}, {_wall(total)} of wall time in all; {began}; "
+        f"{state}"
+    ]
+    for i, r in enumerate(runs, 1):
+        ended = r.get("ended")
+        span = (
+            f"{r.get('started')} to {ended}, {_wall(float(r.get('wall_s') or 0))}"
+            if ended
+            else f"{r.get('started')}, no end recorded (running, or its driver was killed): at least "
+            f"{_wall(float(r.get('wall_s') or 0))}"
+        )
+        plan = f"planned {_wall(float(r['plan_s']))}" if r.get("plan_s") is not None else "no estimate"
+        code = str(r.get("commit", "unknown"))[:10] + (
+            " with local changes" if r.get("local_changes") else ""
+        )
+        lines.append(
+            f"  part {i}: {span}; {r.get('outcome')}; {r.get('to_train')} trials to train, {plan}; "
+            f"{r.get('machine')}, {r.get('cores')} cores; code {code}"
+        )
+    return lines
+
+
+def _write_record(record: Path, data: dict[str, Any]) -> None:
+    # What results/index.html shows of it: dashboards reads the results, never this code.
+    data["summary"] = suite_runs(data)
+    atomic_write_text(record, json.dumps(data, indent=1))
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _code_state() -> tuple[str, bool | None]:
+    """The commit the suite's code is at, and whether tracked files differ from it (None: not known). Untracked
+    files (a log beside the checkout) are not the code."""
+    from ablations.tracking import git_commit
+
+    try:
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return git_commit(), None
+    return git_commit(), bool(changed.stdout.strip()) if changed.returncode == 0 else None
+
+
+@dataclass
+class SuiteRun:
+    """One `mm1ablate run SUITE`, kept in the suite's record from its start: a driver that is killed leaves its
+    part recorded up to the last study it finished."""
+
+    record: Path
+    index: int
+    started: float
+
+    def update(self, outcome: str, *, ended: bool = False) -> None:
+        now = time.time()
+        data = _read_record(self.record)
+        runs = data.get("runs", [])
+        if not isinstance(runs, list) or self.index >= len(runs):
+            return  # the record was replaced under us (another results folder's copy): keep running regardless
+        runs[self.index] |= {
+            "outcome": outcome,
+            "last_seen": _utc(now),
+            "wall_s": round(now - self.started, 1),
+        }
+        if ended:
+            runs[self.index]["ended"] = _utc(now)
+        _write_record(self.record, data)
+
+
+def begin_suite_run(record: Path, *, distinct: int, to_train: int, plan_s: float | None) -> SuiteRun:
+    """Append this run to the suite's record: when, on what, from which code, and what its plan said was left."""
+    from mm1core.hardware import cpu_model_name
+
+    now = time.time()
+    commit, local_changes = _code_state()
+    data = _read_record(record)
+    runs = data.setdefault("runs", [])
+    runs.append(
+        {
+            "started": _utc(now),
+            "ended": None,
+            "last_seen": _utc(now),
+            "wall_s": 0.0,
+            "outcome": "running",
+            "machine": cpu_model_name(),
+            "cores": os.cpu_count(),
+            "commit": commit,
+            "local_changes": local_changes,
+            "distinct": distinct,
+            "to_train": to_train,
+            "plan_s": None if plan_s is None else round(plan_s, 1),
+        }
+    )
+    _write_record(record, data)
+    return SuiteRun(record, len(runs) - 1, now)
 
 
 def adoptable(results_root: Path) -> dict[str, str]:

@@ -1,6 +1,6 @@
-"""`python -m dashboards STUDY_DIR [--tracking-uri URI] [--index RESULTS_ROOT]`: a study's report from its results
-files, and the index of every study beside it. How `mm1ablate run` and `mm1ablate report` write them: the results
-files are all that passes between running a study and reporting it."""
+"""`python -m dashboards [STUDY_DIR] [--tracking-uri URI] [--index RESULTS_ROOT]`: a study's report from its results
+files, and the index of every study beside it (or the index alone). How `mm1ablate run` and `mm1ablate report`
+write them: the results files are all that passes between running a study and reporting it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from dashboards.views import warm_up_figures
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dashboards", description=__doc__)
-    parser.add_argument("study_dir", type=Path)
+    parser.add_argument(
+        "study_dir", type=Path, nargs="?", help="the study to report on; without it, --index alone"
+    )
     parser.add_argument(
         "--tracking-uri", default=None, help="named in the report, credentials already redacted"
     )
@@ -27,11 +29,14 @@ def main(argv: list[str] | None = None) -> None:
         help="load, then write only once a line arrives on standard input (its end: write nothing)",
     )
     args = parser.parse_args(argv)
+    if args.study_dir is None and args.index is None:
+        parser.error("nothing to write: name a study folder, --index RESULTS_ROOT, or both")
     if args.when_told:
         warm_up_figures()
         if not sys.stdin.readline():
             return
-    print(write_report(args.study_dir, tracking_uri=args.tracking_uri))
+    if args.study_dir is not None:
+        print(write_report(args.study_dir, tracking_uri=args.tracking_uri))
     if args.index is not None:
         print(write_index(args.index))
     if args.when_told:

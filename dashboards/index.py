@@ -36,24 +36,48 @@ def _studies(results_root: Path) -> list[Path]:
 _SUITES = "suites"
 
 
-def _suites_of(results_root: Path) -> dict[str, list[str]]:
-    """Study name -> the suites that list it, from every suite run into this results folder: the scoreboard puts
-    their verdicts first, ahead of the re-runs and explanation studies beside them."""
-    held: dict[str, list[str]] = {}
+def _suite_records(results_root: Path) -> list[dict]:
+    """Every suite run into this results folder, as its record says (ablations.suite.record_suite)."""
+    records = []
     for record in sorted(results_root.glob(f"{_SUITES}/*.json")):
         # One bad record must not cost the scoreboard.
         try:
             data = json.loads(record.read_text())
-            suite, studies = str(data["suite"]), [str(s) for s in data["studies"]]
+            data["suite"], data["studies"] = str(data["suite"]), [str(s) for s in data["studies"]]
         except (OSError, ValueError, KeyError, TypeError) as err:
             print(
                 f"{record}: not a suite record ({err!r}); its studies are listed without their suite",
                 file=sys.stderr,
             )
             continue
-        for study in studies:
-            held.setdefault(study, []).append(suite)
+        records.append(data)
+    return records
+
+
+def _suites_of(records: list[dict]) -> dict[str, list[str]]:
+    """Study name -> the suites that list it: the scoreboard puts their verdicts first, ahead of the re-runs and
+    explanation studies beside them."""
+    held: dict[str, list[str]] = {}
+    for data in records:
+        for study in data["studies"]:
+            held.setdefault(study, []).append(data["suite"])
     return held
+
+
+def _suites_html(records: list[dict]) -> list[str]:
+    """How each suite run into this folder was measured, in the words its record keeps (`summary`)."""
+    said = [r for r in records if r.get("summary")]
+    if not said:
+        return []
+    return [
+        "<h2>Suites</h2><p class='muted'>Each run of a suite into this folder is a part of its measurement.</p>",
+        *(
+            f"<p>{html.escape(str(r['summary'][0]))}</p><ul>"
+            + "".join(f"<li>{html.escape(str(line).strip())}</li>" for line in r["summary"][1:])
+            + "</ul>"
+            for r in said
+        ),
+    ]
 
 
 def _effect(f) -> str:
@@ -76,7 +100,8 @@ def _effect(f) -> str:
 
 def write_index(results_root: Path) -> Path:
     rows, verdicts = [], {}
-    suites_of = _suites_of(results_root)
+    records = _suite_records(results_root)
+    suites_of = _suites_of(records)
     for study_dir in _studies(results_root):
         trials = pd.read_parquet(study_dir / "trials.parquet", columns=["status"])
         spec_path = study_dir / "study.json"
@@ -134,7 +159,9 @@ def write_index(results_root: Path) -> Path:
         "<table><thead><tr><th>finding</th><th>the paper</th><th>ours</th><th>effect</th><th>study</th>"
         "<th>in suite</th></tr></thead><tbody>",
         *score,
-        "</tbody></table><h2>Studies</h2>",
+        "</tbody></table>",
+        *_suites_html(records),
+        "<h2>Studies</h2>",
         "<table><thead><tr><th>study</th><th>description</th><th>finished</th></tr></thead><tbody>",
         *rows,
         "</tbody></table></body></html>",

@@ -12,7 +12,9 @@ import pytest
 from conftest import read_until, run_cli, start_cli
 
 from ablations.spec import StudyError
-from ablations.suite import is_suite, load_suite
+from ablations.suite import is_suite, load_suite, suite_runs
+from ablations.tracking import git_commit
+from mm1core.hardware import cpu_model_name
 
 TINY = """
 name: {name}
@@ -98,11 +100,20 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     record = json.loads((tmp_path / "results" / "suites" / "tiny-findings.json").read_text())
     assert record["studies"] == ["s-res", "s-tok"]
     assert "<td>tiny-findings</td>" in index.split(">F5</td>")[1].split("</tr>")[0]
+    # This run is the suite's one part: what it began with, on what, from which code, and that it ended complete.
+    [part] = record["runs"]
+    assert part["outcome"] == "complete" and part["ended"] and part["wall_s"] > 0, part
+    assert (part["distinct"], part["to_train"]) == (3, 1) and part["plan_s"] > 0
+    assert part["machine"] == cpu_model_name() and part["commit"] == git_commit()
+    assert "suite tiny-findings: 1 part, " in index and "the first began with 1 of 3 distinct trials" in index
 
     again = run_cli("plan", "suite", "--no-estimate", cwd=tmp_path, timeout=120)
     assert "0 to train" in again.stdout, again.stdout
     done_status = run_cli("status", "suite", cwd=tmp_path, timeout=120).stdout
     assert "3 distinct: 3 finished, 0 running" in done_status and "runs what is left" not in done_status
+    assert "1 part, " in done_status and "; complete" in done_status and "part 1: " in done_status, (
+        done_status
+    )
 
     # A study whose every trial another study finished trains nothing, and still reports what it now holds.
     (tmp_path / "suite" / "ref.yaml").write_text(
@@ -117,6 +128,48 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
 def _status_row(stdout: str, study: str) -> list[str]:
     """A study's counts in `mm1ablate status SUITE`: trials, finished, counted, running, interrupted, failed, to run."""
     return next(line.split()[1:] for line in stdout.splitlines() if line.startswith(f"{study} "))
+
+
+def _part(started, wall_s, outcome, *, ended=True, to_train=93, commit="bd6ea32", changed=False):
+    return {
+        "started": started,
+        "ended": "later" if ended else None,
+        "wall_s": wall_s,
+        "outcome": outcome,
+        "machine": "Some CPU",
+        "cores": 2,
+        "commit": commit,
+        "local_changes": changed,
+        "distinct": 93,
+        "to_train": to_train,
+        "plan_s": 27276.0,
+    }
+
+
+def test_a_suite_measured_in_parts_sums_them_and_says_what_each_was():
+    killed = _part("2026-11-29T08:49:00Z", 1380, "running; f01-resolution ended", ended=False)
+    resumed = _part("2026-11-29T10:00:00Z", 25200, "complete", to_train=80, commit="a8dce9a", changed=True)
+    head, first, second = suite_runs({"suite": "findings", "runs": [killed, resumed]})
+    # 23 min + 7 h: the killed part counts up to the last study it finished.
+    assert head == (
+        "suite findings: 2 parts, 7 h 23 min of wall time in all; the first began from nothing (93 of 93 distinct "
+        "trials to train); complete"
+    )
+    assert "no end recorded (running, or its driver was killed): at least 23 min" in first
+    assert "93 trials to train, planned 7 h 35 min; Some CPU, 2 cores; code bd6ea32" in first
+    assert (
+        "to later, 7 h 00 min; complete; 80 trials to train" in second
+        and "a8dce9a with local changes" in second
+    )
+    # A suite begun on a folder where some trials had finished says so, and one not yet done says it is not.
+    partial = suite_runs({"suite": "f", "runs": [_part("t", 60, "interrupted in f01", to_train=89)]})[0]
+    assert (
+        "the first began with 89 of 93 distinct trials to train (the rest finished before it); not complete"
+        in (partial)
+    )
+    assert suite_runs({"suite": "f", "studies": ["a"]}) == [
+        "suite f: no run of the suite as a whole is recorded here (its studies ran one by one)"
+    ]
 
 
 def test_status_names_a_study_file_it_cannot_read(tmp_path):
@@ -188,3 +241,7 @@ def test_ctrl_c_stops_the_suite_not_only_its_study(tmp_path):
     _, _, _, running, interrupted, _, _ = _status_row(status, "s-res")
     assert running == "0" and int(interrupted) >= 1, status
     assert "`mm1ablate run suite` runs what is left" in status
+    # The stopped run is the first part of the suite's measurement, begun from nothing (4 distinct trials: the
+    # longer s-res no longer shares its reference with s-tok).
+    assert "the first began from nothing (4 of 4 distinct trials to train); not complete" in status, status
+    assert "interrupted in s-res" in status.split("part 1: ")[1]
