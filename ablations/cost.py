@@ -141,11 +141,12 @@ def _finished_rates(results_root: Path, shapes: set[str] | None, threads: int) -
     Only trials that ran on this CPU model with the threads a trial gets now count: a results folder outlives the
     machine it was made on (a copied or shared folder, a cluster of mixed nodes), and the same shape's step took
     twice as long on one 2-core machine this project draws as on another (findings.md); trials that recorded no
-    CPU model are left to the calibration. A trial adopted by several studies counts once. Of its shape's trials,
-    the rate that prices the shape is the lower quartile, not the median: load from outside a study (another run,
-    a benchmark) only ever slows a trial, so on a busy machine the slow half says more about that day than about the
-    shape (measured: the findings suite's reference trials, run four to a 2-core machine, took 0.35 s a step, the
-    same shape 0.12-0.15 s with its study alone)."""
+    CPU model are left to the calibration, and so are trials that got less than MIN_CPU_SHARE of their CPUs (load
+    from outside their study, which `cost/cpu_s` shows). A trial adopted by several studies counts once. Of its
+    shape's trials, the rate that prices the shape is the lower quartile, not the median: load from outside a study
+    (another run, a benchmark) only ever slows a trial, so on a busy machine the slow half says more about that day
+    than about the shape (measured: the findings suite's reference trials, run four to a 2-core machine, took 0.35 s
+    a step, the same shape 0.12-0.15 s with its study alone)."""
     import pandas as pd  # only where finished trials exist: planning a new study never loads it
 
     found: dict[str, list[dict[str, float]]] = {}
@@ -164,6 +165,8 @@ def _finished_rates(results_root: Path, shapes: set[str] | None, threads: int) -
             if row["trial_id"] in seen:
                 continue
             seen.add(row["trial_id"])
+            if _crowded(row, threads):
+                continue
             config = json.loads(row["config_json"])
             shape = shape_key(config)
             if shapes is not None and shape not in shapes:
@@ -189,6 +192,24 @@ def _finished_rates(results_root: Path, shapes: set[str] | None, threads: int) -
                 typical[key] = statistics.median(values)
         out[shape] = FinishedRates(quick, typical, len(rates))
     return out
+
+
+# The share of its CPUs' time below which a finished trial's process was waiting for them (cost/cpu_s over its wall
+# time and threads): its stage times measure the work it shared the machine with, not its shape. Measured on the
+# Intel Xeon these sessions draw: trials with only their study's own trials beside them got 0.91-1.00 of their CPU;
+# trials that ran beside the test suite or a second study, 0.48-0.71. Two trials of the findings suite run beside the
+# test suite (0.52) had doubled the next plan of the whole suite (889 minutes against 455), through the calibration's
+# bias they alone set.
+MIN_CPU_SHARE = 0.8
+
+
+def _crowded(row: dict, threads: int) -> bool:
+    """Whether a finished trial ran with less of its CPUs than MIN_CPU_SHARE (trials from before `cost/cpu_s` was
+    recorded count as they are)."""
+    cpu_s, wall_s = row.get("cost/cpu_s"), row.get("wall_time_s")
+    if cpu_s is None or wall_s is None or cpu_s != cpu_s or not wall_s > 0:
+        return False
+    return cpu_s / (wall_s * threads) < MIN_CPU_SHARE
 
 
 # CPUs' worth of other work above which a calibration measures the machine's load rather than the machine: a

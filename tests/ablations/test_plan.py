@@ -318,3 +318,17 @@ def test_a_calibrated_shape_is_priced_at_what_finished_trials_took_against_their
     unscaled = estimate_study([priced], results_root=results, cpu_per_trial=1)
     assert unscaled.trials[priced.trial_id].train_s == pytest.approx(0.2 * priced.config["train"]["steps"])
     assert "scaled" not in unscaled.sources[0]
+
+    # Nor do trials that waited for their CPU: 0.52 of it, as two of the findings suite's trials got beside the
+    # test suite, which had doubled the next plan of the whole suite. With its CPU to itself the same trial counts.
+    for share, scaled in ((0.52, False), (0.95, True)):
+        cpu_s = share * row["wall_time_s"]
+        pd.DataFrame([row | {"cost/cpu_s": cpu_s}, slower | {"cost/cpu_s": cpu_s}]).to_parquet(
+            results / "earlier" / "trials.parquet"
+        )
+        got = estimate_study([priced], results_root=results, cpu_per_trial=1)
+        assert ("scaled" in got.sources[0]) is scaled, got.sources
+        ratio = 2.0 if scaled else 1.0
+        assert got.trials[priced.trial_id].train_s == pytest.approx(
+            0.2 * ratio * priced.config["train"]["steps"]
+        )
