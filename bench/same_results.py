@@ -1,0 +1,89 @@
+"""Whether two results folders hold the same runs: for every trial both finished (the same trial id, so the same
+config, seed and code), its per-item scores side by side, and on which CPUs each folder's run trained.
+
+What a suite measured from a clean clone is checked with against the working copy's results: the runs it re-trained
+should be the working copy's to the last digit where both trained on the same CPU model (training and evaluation are
+deterministic), and may differ in rounding where they did not (bf16 kernels differ between CPUs).
+
+Usage: python bench/same_results.py RESULTS_A RESULTS_B [--study NAME ...]. Prints one line per study and a total.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+KEY = ["trial_id", "metric", "item_id"]
+
+
+def _finished(study_dir: Path) -> pd.DataFrame:
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    keep = [c for c in ("trial_id", "status", "cpu_model", "adopted_from") if c in trials]
+    return trials.loc[trials["status"] == "finished", keep].drop_duplicates("trial_id")
+
+
+def compare(a: Path, b: Path, study: str) -> dict:
+    left, right = a / study, b / study
+    if not (left / "items.parquet").exists() or not (right / "items.parquet").exists():
+        return {"study": study, "shared": 0}
+    shared = _finished(left).merge(_finished(right), on="trial_id", suffixes=("_a", "_b"))
+    if shared.empty:
+        return {"study": study, "shared": 0}
+    items = pd.read_parquet(left / "items.parquet", columns=[*KEY, "score"]).merge(
+        pd.read_parquet(right / "items.parquet", columns=[*KEY, "score"]), on=KEY, suffixes=("_a", "_b")
+    )
+    items = items[items["trial_id"].isin(shared["trial_id"])]
+    differs = (items["score_a"] - items["score_b"]).abs()
+    same_cpu = (
+        shared["cpu_model_a"] == shared["cpu_model_b"]
+        if {"cpu_model_a", "cpu_model_b"} <= set(shared)
+        else pd.Series(False, index=shared.index)
+    )
+    per_trial = items.assign(d=differs).groupby("trial_id")["d"].max()
+    identical = set(per_trial[per_trial == 0].index)
+    return {
+        "study": study,
+        "shared": len(shared),
+        "same_cpu": int(same_cpu.sum()),
+        "identical": len(identical),
+        "identical_same_cpu": int(shared.loc[same_cpu, "trial_id"].isin(identical).sum()),
+        "items": len(items),
+        "max_diff": float(differs.max()) if len(items) else float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("a", type=Path)
+    parser.add_argument("b", type=Path)
+    parser.add_argument("--study", action="append", help="only these studies (default: every study in both)")
+    args = parser.parse_args()
+    studies = args.study or sorted(
+        p.parent.name
+        for p in args.a.glob("*/trials.parquet")
+        if (args.b / p.parent.name / "trials.parquet").exists()
+    )
+    rows = [compare(args.a, args.b, s) for s in studies]
+    for r in rows:
+        if not r["shared"]:
+            print(f"{r['study']}: no finished trial in both")
+            continue
+        print(
+            f"{r['study']}: {r['shared']} trials finished in both ({r['same_cpu']} on the same CPU model), "
+            f"{r['identical']} identical to the last digit ({r['identical_same_cpu']} of the same-CPU ones) over "
+            f"{r['items']} item scores; largest difference {r['max_diff']:.3g}"
+        )
+    shared = sum(r["shared"] for r in rows)
+    print(
+        f"in all: {shared} trials in both, {sum(r.get('identical', 0) for r in rows)} identical, "
+        f"{sum(r.get('same_cpu', 0) for r in rows)} on the same CPU model "
+        f"({sum(r.get('identical_same_cpu', 0) for r in rows)} of them identical)"
+    )
+
+
+if __name__ == "__main__":
+    main()
