@@ -93,19 +93,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     print(_table(rows, ["arm", *axis_names, "seed", "trial_id", "status", "encoder"]))
     arms = len({t.arm for t in trials})
-    counts = {
-        what: sum(v == what for v in encoders.values()) for what in ("build", "rebuild", "cached", "reuse")
-    }
     print(
         f"\n{len(trials)} trials ({arms} arms x {len(study.spec.seeds)} seeds, design {study.spec.design}); "
         f"{len(trials) - len(todo)} finished, {len(todo)} to run; {study.spec.resources.cpu:g} CPU"
         f"{f', {study.spec.resources.gpu:g} GPU' if study.spec.resources.gpu else ''} per trial"
     )
-    print(
-        f"pre-trained encoders: {counts['build']} to build, {counts['cached']} trials use a cached one, "
-        f"{counts['reuse']} reuse one built in this run"
-        + (f", {counts['rebuild']} to rebuild (the cached one is damaged)" if counts["rebuild"] else "")
-    )
+    print(_encoders_line("pre-trained encoders", encoders))
     print(f"stores: {footprint(todo)}")
     precisions = sorted({t.config["train"]["precision"] for t in trials} or {"(sampled per configuration)"})
     print(f"precision: {', '.join(precisions)}" + _precision_reason(study))
@@ -207,17 +200,31 @@ def _plan_suite(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encoders_line(what: str, encoders: dict[str, str]) -> str:
+    """What the trials to run do for their pre-trained encoders (ablations.plan.encoder_plan's statuses)."""
+    counts = {
+        key: sum(v == key for v in encoders.values()) for key in ("build", "rebuild", "cached", "reuse")
+    }
+    return (
+        f"{what}: {counts['build']} to build, {counts['cached']} trials use a cached one, "
+        f"{counts['reuse']} reuse one built in this run"
+        + (f", {counts['rebuild']} to rebuild (the cached one is damaged)" if counts["rebuild"] else "")
+    )
+
+
 def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> tuple[int, int, float | None]:
     """The whole suite: per study its trials, those another study of the suite (or an earlier run) trains, and
     the time left; then the total. Returns (distinct trials, trials to train, estimated wall seconds)."""
     from ablations.cost import estimate_study
-    from ablations.plan import plan
+    from ablations.plan import encoder_plan, plan, stage_cache_dir
     from ablations.results import trial_statuses
     from ablations.suite import adoptable
+    from mm1core.stage_cache import encoder_stage_key
 
     counted = set(adoptable(root))  # finished by some study with this code: no study trains them again
     seen: set[str] = set()
     rows, total_s, slots = [], 0.0, 1
+    to_train: list = []  # in the order the suite trains them: an encoder one study builds, a later one finds cached
     for study in suite.studies:
         trials = plan(study)
         own = {t for t, status in trial_statuses(root / study.name).items() if status == "finished"}
@@ -229,11 +236,16 @@ def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> tuple[int,
         wall = "-"
         if estimate and todo:
             cost = estimate_study(
-                todo, results_root=root, cpu_per_trial=study.spec.resources.cpu, out=sys.stdout
+                todo,
+                results_root=root,
+                cpu_per_trial=study.spec.resources.cpu,
+                out=sys.stdout,
+                encoders_built_before={encoder_stage_key(t.config) for t in to_train} - {None},
             )
             total_s += cost.wall_s
             slots = cost.slots
             wall = _minutes(cost.wall_s)
+        to_train += todo
         rows.append([study.name, len(trials), len(done), len(shared), len(todo), wall])
     print(f"suite {suite.name}: {len(suite.studies)} studies ({suite.path})")
     print(
@@ -242,8 +254,13 @@ def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> tuple[int,
             ["study", "trials", "finished", "shared (trained by an earlier study)", "to train", "estimate"],
         )
     )
+    print(
+        _encoders_line(
+            "\npre-trained encoders across the suite", encoder_plan(to_train, stage_cache_dir(root))
+        )
+    )
     trained = sum(r[4] for r in rows)
-    line = f"\n{sum(r[1] for r in rows)} trials in all, {len(seen)} distinct; {trained} to train"
+    line = f"{sum(r[1] for r in rows)} trials in all, {len(seen)} distinct; {trained} to train"
     if estimate:
         line += f"; about {_minutes(total_s)} of wall time on {slots} slots, the studies one after another"
     print(line, flush=True)

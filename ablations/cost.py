@@ -362,10 +362,13 @@ def estimate_study(
     cpu_per_trial: float,
     out: TextIO | None = None,
     multimodal_share_done: Mapping[str, float] | None = None,
+    encoders_built_before: set[str] | None = None,
 ) -> StudyEstimate:
     """Every trial's estimate and the study's wall time; calibrates shapes that nothing else covers. A trial with a
     share of its multimodal stage done (trial id -> share, from its checkpoint's reports) resumes there, and the
-    study's wall time counts only what is left of it; its own estimate stays the whole trial's."""
+    study's wall time counts only what is left of it; its own estimate stays the whole trial's. Encoders whose stage
+    keys are in `encoders_built_before` (an earlier study of a suite builds them) are in the stage cache by the time
+    this study runs."""
     threads = max(1, int(cpu_per_trial))
     slots = slots_for(cpu_per_trial)
     configs = {shape_key(t.config): t.config for t in trials}
@@ -404,7 +407,11 @@ def estimate_study(
     estimates = {t.trial_id: _priced(t.config, rates[shape_key(t.config)]) for t in trials}
     done = multimodal_share_done or {}
     left = {trial_id: e.left(done.get(trial_id, 0.0)) for trial_id, e in estimates.items()}
-    wall = _replay(run_order(trials), left, encoder_plan(trials, stage_cache_dir(results_root)), slots)
+    encoders = encoder_plan(trials, stage_cache_dir(results_root))
+    for trial in trials:
+        if encoder_stage_key(trial.config) in (encoders_built_before or set()):
+            encoders[trial.trial_id] = "cached"
+    wall = _replay(run_order(trials), left, encoders, slots)
     return StudyEstimate(estimates, wall + STUDY_OVERHEAD_S, slots, sources)
 
 

@@ -332,3 +332,38 @@ def test_a_calibrated_shape_is_priced_at_what_finished_trials_took_against_their
         assert got.trials[priced.trial_id].train_s == pytest.approx(
             0.2 * ratio * priced.config["train"]["steps"]
         )
+
+
+def test_an_encoder_an_earlier_study_of_the_suite_builds_is_priced_as_cached(
+    write_study, tmp_path, monkeypatch
+):
+    """A suite's plan prices each study as it will find the stage cache: an encoder that an earlier study of the
+    suite builds costs a later one nothing."""
+    from ablations.cost import _calibration_prefix, estimate_study, shape_key, slots_for
+    from mm1core.stage_cache import encoder_stage_key
+
+    pretrained = "preset: tiny\n  overrides:\n    encoder_pretrain.loss: clip"
+    [trial] = _plan(
+        write_study,
+        "grid",
+        **{"[16, 32, 64]": "[32]", "[0.003, 0.001]": "[0.003]", "[0, 1]": "[0]", "preset: tiny": pretrained},
+    )
+    monkeypatch.setenv("MM1ABLATE_CALIBRATION", str(tmp_path / "calibration.json"))
+    rates = {
+        "encoder_step_s": 0.5,
+        "train_step_s": 0.2,
+        "eval_item_s": 0.05,
+        "fixed_s": 3.0,
+        "measured": "today",
+    }
+    prefix = _calibration_prefix(threads=1, slots=slots_for(1))
+    (tmp_path / "calibration.json").write_text(json.dumps({prefix + shape_key(trial.config): rates}))
+    alone = estimate_study([trial], results_root=tmp_path / "results", cpu_per_trial=1)
+    after = estimate_study(
+        [trial],
+        results_root=tmp_path / "results",
+        cpu_per_trial=1,
+        encoders_built_before={encoder_stage_key(trial.config)},
+    )
+    encoder_s = 0.5 * trial.config["encoder_pretrain"]["steps"]
+    assert encoder_s > 0 and alone.wall_s - after.wall_s == pytest.approx(encoder_s)

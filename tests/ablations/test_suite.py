@@ -21,6 +21,8 @@ name: {name}
 description: {name}
 reference:
   preset: tiny
+  overrides:
+    encoder_pretrain.loss: clip
 axes:
   - name: {axis}
     values: {values}
@@ -52,6 +54,11 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     assert plan.returncode == 0, plan.stderr
     assert "suite tiny-findings: 2 studies" in plan.stdout
     assert "4 trials in all, 3 distinct; 3 to train" in plan.stdout, plan.stdout
+    # s-tok's 1-token arm at 32 px reuses the encoder s-res's 32 px arm builds: the suite builds two, not three.
+    assert (
+        "pre-trained encoders across the suite: 2 to build, 0 trials use a cached one, 1 reuse one built in this run"
+        in plan.stdout
+    )
 
     # The first study alone; the second's plan then knows which of its trials is already trained.
     first = run_cli("run", "suite/res.yaml", cwd=tmp_path)
