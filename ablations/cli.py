@@ -18,7 +18,7 @@ from ablations.spec import Study, StudyError, load_study, study_json_schema
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 
 if TYPE_CHECKING:
-    from ablations.suite import Suite
+    from ablations.suite import Suite, SuitePlan
 
 __all__ = ["main"]
 
@@ -212,18 +212,18 @@ def _encoders_line(what: str, encoders: dict[str, str]) -> str:
     )
 
 
-def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> tuple[int, int, float | None]:
+def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> SuitePlan:
     """The whole suite: per study its trials, those another study of the suite (or an earlier run) trains, and
-    the time left; then the total. Returns (distinct trials, trials to train, estimated wall seconds)."""
+    the time left; then the total."""
     from ablations.cost import estimate_study
     from ablations.plan import encoder_plan, plan, stage_cache_dir
     from ablations.results import trial_statuses
-    from ablations.suite import adoptable
+    from ablations.suite import SuitePlan, adoptable
     from mm1core.stage_cache import encoder_stage_key
 
     counted = set(adoptable(root))  # finished by some study with this code: no study trains them again
     seen: set[str] = set()
-    rows, total_s, slots = [], 0.0, 1
+    rows, total_s, slots, wall_of = [], 0.0, 1, {}
     to_train: list = []  # in the order the suite trains them: an encoder one study builds, a later one finds cached
     for study in suite.studies:
         trials = plan(study)
@@ -243,6 +243,7 @@ def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> tuple[int,
                 encoders_built_before={encoder_stage_key(t.config) for t in to_train} - {None},
             )
             total_s += cost.wall_s
+            wall_of[study.name] = cost.wall_s
             slots = cost.slots
             wall = _minutes(cost.wall_s)
         to_train += todo
@@ -264,7 +265,7 @@ def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> tuple[int,
     if estimate:
         line += f"; about {_minutes(total_s)} of wall time on {slots} slots, the studies one after another"
     print(line, flush=True)
-    return len(seen), trained, total_s if estimate else None
+    return SuitePlan(len(seen), trained, total_s if estimate else None, wall_of)
 
 
 def _run_suite(args: argparse.Namespace) -> int:
@@ -279,8 +280,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         _check_file_tasks(study, root)
     record = record_suite(suite, root)
     # The whole, before any of it runs.
-    distinct, to_train, plan_s = _print_suite_plan(suite, root, estimate=True)
-    part = begin_suite_run(record, distinct=distinct, to_train=to_train, plan_s=plan_s)
+    part = begin_suite_run(record, _print_suite_plan(suite, root, estimate=True))
     codes: dict[str, int] = {}
     outcome = "stopped by an error"
     try:
@@ -416,7 +416,7 @@ def _status_suite(args: argparse.Namespace) -> int:
     for study in suite.studies:
         _consolidate(root / study.name)
     counted = adoptable(root)  # finished by some study with this code: no study trains them again
-    rows, runners, state_of = [], [], {}
+    rows, runners, state_of, running_left = [], [], {}, None
     # A trial two studies hold has one state: the most advanced any of them records.
     rank = {"to run": 0, "failed": 1, "interrupted": 2, "running": 3, "finished": 4}
     for study in suite.studies:
@@ -424,6 +424,10 @@ def _status_suite(args: argparse.Namespace) -> int:
         recorded = trial_statuses(study_dir)
         runner = study_runner(study_dir)
         progress = unended_progress(study_dir, set(recorded))
+        if runner and (study_dir / "study.json").exists():
+            spec = json.loads((study_dir / "study.json").read_text())
+            left = _seconds_left(spec.get("estimate"), _unrecorded(spec, set(recorded), progress), progress)
+            running_left = (study.name, left[0] if left else 0.0)
         tally = dict.fromkeys(["finished", "counted", "running", "interrupted", "failed", "to run"], 0)
         for trial in plan(study):
             status = recorded.get(trial.trial_id)
@@ -459,8 +463,30 @@ def _status_suite(args: argparse.Namespace) -> int:
         print(
             f"`mm1ablate run {args.study}` runs what is left; `mm1ablate plan {args.study}` estimates its time"
         )
-    print("\n" + "\n".join(suite_runs(read_suite_record(root, suite.name) | {"suite": suite.name})))
+    record = read_suite_record(root, suite.name)
+    running_since = time.time() if running_left else None
+    print("\n" + "\n".join(suite_runs(record | {"suite": suite.name}, now=running_since)))
+    left = _suite_time_left(suite, record, running_left)
+    if left:
+        print(left)
     return 0
+
+
+def _suite_time_left(suite: Suite, record: dict, running: tuple[str, float] | None) -> str:
+    """While a run of the suite is in one of its studies: what is left of that study by its own estimate, and the
+    plan the run began with for the studies after it."""
+    runs = record.get("runs") or []
+    if running is None or not runs or runs[-1].get("ended") or "plan_by_study" not in runs[-1]:
+        return ""
+    name, study_left = running
+    names = [s.name for s in suite.studies]
+    later = names[names.index(name) + 1 :]
+    planned = runs[-1].get("plan_by_study") or {}
+    wall = study_left + sum(float(planned.get(n, 0.0)) for n in later)
+    return (
+        f"about {_duration(wall)} left for the suite: {_duration(study_left)} of {name} by its estimate, and "
+        f"the plan this run began with for the {len(later)} studies after it"
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -486,10 +512,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     runner = study_runner(study_dir)
     ended = set(recorded["trial_id"])
     progress = unended_progress(study_dir, ended)
-    # The planned trials that have no row yet, and any run reporting beyond the plan (a search's configurations).
-    unrecorded = [p for p in spec.get("planned", []) if p["trial_id"] not in ended]
-    planned_ids = {p["trial_id"] for p in unrecorded}
-    unrecorded += [{"trial_id": t} for t in progress if t not in planned_ids]
+    unrecorded = _unrecorded(spec, ended, progress)
     pending = []
     for trial in unrecorded:
         done = progress.get(trial["trial_id"])
@@ -541,9 +564,17 @@ def _duration(seconds: float) -> str:
     )
 
 
-def _time_left(estimate: dict | None, unrecorded: list[dict], progress: dict) -> str:
+def _unrecorded(spec: dict, ended: set[str], progress: dict) -> list[dict]:
+    """The planned trials that have no row yet (study.json's `planned`), and any run reporting beyond the plan (a
+    search's configurations)."""
+    unrecorded = [p for p in spec.get("planned", []) if p["trial_id"] not in ended]
+    planned_ids = {p["trial_id"] for p in unrecorded}
+    return unrecorded + [{"trial_id": t} for t in progress if t not in planned_ids]
+
+
+def _seconds_left(estimate: dict | None, unrecorded: list[dict], progress: dict) -> tuple[float, int] | None:
     """The plan's estimate of the trials left, less what their runs have done, spread over the study's slots (a trial
-    uses one, so the longest left is a floor): rough, but what a user watching a long study wants to know."""
+    uses one, so the longest left is a floor), and the slots; None where the plan priced none of them."""
     per_trial = (estimate or {}).get("trials", {})
     left = [
         per_trial[t["trial_id"]]
@@ -552,9 +583,17 @@ def _time_left(estimate: dict | None, unrecorded: list[dict], progress: dict) ->
         if t["trial_id"] in per_trial
     ]
     if not left:
-        return ""
+        return None
     slots = max(int(estimate.get("slots", 1)), 1)
-    wall = max(sum(left) / slots, max(left))
+    return max(sum(left) / slots, max(left)), slots
+
+
+def _time_left(estimate: dict | None, unrecorded: list[dict], progress: dict) -> str:
+    """Rough, but what a user watching a long study wants to know."""
+    left = _seconds_left(estimate, unrecorded, progress)
+    if left is None:
+        return ""
+    wall, slots = left
     return f"about {_duration(wall)} of trials left on {slots} slot{'s' * (slots > 1)} (the plan's estimate)"
 
 

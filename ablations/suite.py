@@ -14,13 +14,14 @@ SUITE` prints and the record keeps as its `summary` for the scoreboard).
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ablations.plan import Trial
 from ablations.spec import Study, StudyError, load_study
@@ -29,6 +30,7 @@ from mm1core.storage import atomic_write_text
 
 __all__ = [
     "Suite",
+    "SuitePlan",
     "SuiteRun",
     "adopt_finished",
     "adoptable",
@@ -165,11 +167,16 @@ def _wall(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
-def suite_runs(record: dict) -> list[str]:
+def suite_runs(record: dict, *, now: float | None = None) -> list[str]:
     """How the suite was measured in this folder, from its record of every `mm1ablate run SUITE` (each a part: a
     suite can be run overnight or in parts): the wall time of all parts together, whether the first began from an
-    empty results folder, whether the last ended with every study done; then a line per part."""
-    runs = [r for r in record.get("runs") or [] if isinstance(r, dict)]
+    empty results folder, whether the last ended with every study done; then a line per part. `now`: the last part
+    is running at that time (a study of the suite has a live driver), so its wall time so far is known."""
+    runs = [dict(r) for r in record.get("runs") or [] if isinstance(r, dict)]
+    if now is not None and runs and not runs[-1].get("ended"):
+        started = _epoch(runs[-1].get("started"))
+        if started is not None:
+            runs[-1] |= {"wall_s": now - started, "running": True}
     name = record.get("suite", "?")
     if not runs:
         return [f"suite {name}: no run of the suite as a whole is recorded here (its studies ran one by one)"]
@@ -187,19 +194,20 @@ def suite_runs(record: dict) -> list[str]:
         f"{state}"
     ]
     for i, r in enumerate(runs, 1):
-        ended = r.get("ended")
-        span = (
-            f"{r.get('started')} to {ended}, {_wall(float(r.get('wall_s') or 0))}"
-            if ended
-            else f"{r.get('started')}, no end recorded (running, or its driver was killed): at least "
-            f"{_wall(float(r.get('wall_s') or 0))}"
-        )
+        ended, wall = r.get("ended"), _wall(float(r.get("wall_s") or 0))
+        if ended:
+            span = f"{r.get('started')} to {ended}, {wall}"
+        elif r.get("running"):
+            span = f"{r.get('started')}, running: {wall} so far"
+        else:
+            span = f"{r.get('started')}, no end recorded (running, or its driver was killed): at least {wall}"
         plan = f"planned {_wall(float(r['plan_s']))}" if r.get("plan_s") is not None else "no estimate"
         code = str(r.get("commit", "unknown"))[:10] + (
             " with local changes" if r.get("local_changes") else ""
         )
+        outcome = "" if r.get("running") and r.get("outcome") == "running" else f"{r.get('outcome')}; "
         lines.append(
-            f"  part {i}: {span}; {r.get('outcome')}; {r.get('to_train')} trials to train, {plan}; "
+            f"  part {i}: {span}; {outcome}{r.get('to_train')} trials to train, {plan}; "
             f"{r.get('machine')}, {r.get('cores')} cores; code {code}"
         )
     return lines
@@ -211,8 +219,18 @@ def _write_record(record: Path, data: dict[str, Any]) -> None:
     atomic_write_text(record, json.dumps(data, indent=1))
 
 
+_UTC = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def _utc(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+    return time.strftime(_UTC, time.gmtime(seconds))
+
+
+def _epoch(stamp: Any) -> float | None:
+    try:
+        return float(calendar.timegm(time.strptime(str(stamp), _UTC)))
+    except ValueError:
+        return None
 
 
 def _code_state() -> tuple[str, bool | None]:
@@ -258,8 +276,18 @@ class SuiteRun:
         _write_record(self.record, data)
 
 
-def begin_suite_run(record: Path, *, distinct: int, to_train: int, plan_s: float | None) -> SuiteRun:
-    """Append this run to the suite's record: when, on what, from which code, and what its plan said was left."""
+class SuitePlan(NamedTuple):
+    """What `mm1ablate plan|run SUITE` found left to do before anything ran."""
+
+    distinct: int  # trials, each counted once however many studies hold it
+    to_train: int
+    wall_s: float | None  # the estimate of the whole (None: not estimated)
+    wall_by_study: dict[str, float]  # the estimate of each study with trials to train
+
+
+def begin_suite_run(record: Path, plan: SuitePlan) -> SuiteRun:
+    """Append this run to the suite's record: when, on what, from which code, and what its plan said was left, in
+    all and per study."""
     from mm1core.hardware import cpu_model_name
 
     now = time.time()
@@ -277,9 +305,10 @@ def begin_suite_run(record: Path, *, distinct: int, to_train: int, plan_s: float
             "cores": os.cpu_count(),
             "commit": commit,
             "local_changes": local_changes,
-            "distinct": distinct,
-            "to_train": to_train,
-            "plan_s": None if plan_s is None else round(plan_s, 1),
+            "distinct": plan.distinct,
+            "to_train": plan.to_train,
+            "plan_s": None if plan.wall_s is None else round(plan.wall_s, 1),
+            "plan_by_study": {name: round(wall, 1) for name, wall in plan.wall_by_study.items()},
         }
     )
     _write_record(record, data)

@@ -3,6 +3,7 @@ share trained once, the scoreboard written, and a suite file's mistakes named at
 
 from __future__ import annotations
 
+import calendar
 import json
 import signal
 from pathlib import Path
@@ -111,6 +112,7 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     [part] = record["runs"]
     assert part["outcome"] == "complete" and part["ended"] and part["wall_s"] > 0, part
     assert (part["distinct"], part["to_train"]) == (3, 1) and part["plan_s"] > 0
+    assert list(part["plan_by_study"]) == ["s-tok"]  # s-res had nothing left to train
     assert part["machine"] == cpu_model_name() and part["commit"] == git_commit()
     assert "suite tiny-findings: 1 part, " in index and "the first began with 1 of 3 distinct trials" in index
 
@@ -155,6 +157,12 @@ def _part(started, wall_s, outcome, *, ended=True, to_train=93, commit="bd6ea32"
 
 def test_a_suite_measured_in_parts_sums_them_and_says_what_each_was():
     killed = _part("2026-11-29T08:49:00Z", 1380, "running; f01-resolution ended", ended=False)
+    # While a driver of the suite is alive, the unended part is running, and its time so far is known.
+    now = calendar.timegm((2026, 11, 29, 9, 19, 0, 0, 0, 0))
+    assert (
+        "08:49:00Z, running: 30 min so far; running; f01-resolution ended; 93 trials"
+        in suite_runs({"suite": "findings", "runs": [killed]}, now=now)[1]
+    )
     resumed = _part("2026-11-29T10:00:00Z", 25200, "complete", to_train=80, commit="a8dce9a", changed=True)
     head, first, second = suite_runs({"suite": "findings", "runs": [killed, resumed]})
     # 23 min + 7 h: the killed part counts up to the last study it finished.
@@ -238,6 +246,10 @@ def test_ctrl_c_stops_the_suite_not_only_its_study(tmp_path):
     (folder / "res.yaml").write_text(long)
     driver = start_cli("run", "suite", cwd=tmp_path)
     seen = read_until(driver, "multimodal step")
+    # While it runs: this part so far, and what is left of the suite (s-res by its estimate, s-tok by the plan).
+    running = run_cli("status", "suite", cwd=tmp_path, timeout=120).stdout
+    assert "part 1: " in running and "running: " in running.split("part 1: ")[1], running
+    assert "left for the suite: " in running and "for the 1 studies after it" in running, running
     driver.send_signal(signal.SIGINT)
     rest, _ = driver.communicate(timeout=300)
     out = "".join(seen) + rest
