@@ -15,10 +15,13 @@ SUITE` prints and the record keeps as its `summary` for the scoreboard).
 from __future__ import annotations
 
 import calendar
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -149,14 +152,15 @@ def record_suite(suite: Suite, results_root: Path) -> Path:
     finding with the suite's study. Rewritten on every run, so a suite file that changes its studies is followed;
     the record of its earlier runs is kept."""
     record = results_root / SUITE_RECORDS / f"{suite.name}.json"
-    runs = _read_record(record).get("runs", [])
-    body = {
-        "suite": suite.name,
-        "file": str(suite.path),
-        "studies": [s.name for s in suite.studies],
-        "runs": runs if isinstance(runs, list) else [],
-    }
-    _write_record(record, body)
+    with _record_lock(record):
+        runs = _read_record(record).get("runs", [])
+        body = {
+            "suite": suite.name,
+            "file": str(suite.path),
+            "studies": [s.name for s in suite.studies],
+            "runs": runs if isinstance(runs, list) else [],
+        }
+        _write_record(record, body)
     return record
 
 
@@ -213,6 +217,16 @@ def suite_runs(record: dict, *, now: float | None = None) -> list[str]:
     return lines
 
 
+@contextlib.contextmanager
+def _record_lock(record: Path) -> Iterator[None]:
+    """Held around each read-modify-write of a suite's record: two drivers running the same suite into one results
+    folder (nodes of a cluster on shared storage) would otherwise each write back a record without the other's part."""
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with open(record.with_name(record.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def _write_record(record: Path, data: dict[str, Any]) -> None:
     # What results/index.html shows of it: dashboards reads the results, never this code.
     data["summary"] = suite_runs(data)
@@ -262,18 +276,19 @@ class SuiteRun:
 
     def update(self, outcome: str, *, ended: bool = False) -> None:
         now = time.time()
-        data = _read_record(self.record)
-        runs = data.get("runs", [])
-        if not isinstance(runs, list) or self.index >= len(runs):
-            return  # the record was replaced under us (another results folder's copy): keep running regardless
-        runs[self.index] |= {
-            "outcome": outcome,
-            "last_seen": _utc(now),
-            "wall_s": round(now - self.started, 1),
-        }
-        if ended:
-            runs[self.index]["ended"] = _utc(now)
-        _write_record(self.record, data)
+        with _record_lock(self.record):
+            data = _read_record(self.record)
+            runs = data.get("runs", [])
+            if not isinstance(runs, list) or self.index >= len(runs):
+                return  # the record was replaced under us (another results folder's copy): keep running regardless
+            runs[self.index] |= {
+                "outcome": outcome,
+                "last_seen": _utc(now),
+                "wall_s": round(now - self.started, 1),
+            }
+            if ended:
+                runs[self.index]["ended"] = _utc(now)
+            _write_record(self.record, data)
 
 
 class SuitePlan(NamedTuple):
@@ -292,27 +307,28 @@ def begin_suite_run(record: Path, plan: SuitePlan) -> SuiteRun:
 
     now = time.time()
     commit, local_changes = _code_state()
-    data = _read_record(record)
-    runs = data.setdefault("runs", [])
-    runs.append(
-        {
-            "started": _utc(now),
-            "ended": None,
-            "last_seen": _utc(now),
-            "wall_s": 0.0,
-            "outcome": "running",
-            "machine": cpu_model_name(),
-            "cores": os.cpu_count(),
-            "commit": commit,
-            "local_changes": local_changes,
-            "distinct": plan.distinct,
-            "to_train": plan.to_train,
-            "plan_s": None if plan.wall_s is None else round(plan.wall_s, 1),
-            "plan_by_study": {name: round(wall, 1) for name, wall in plan.wall_by_study.items()},
-        }
-    )
-    _write_record(record, data)
-    return SuiteRun(record, len(runs) - 1, now)
+    with _record_lock(record):
+        data = _read_record(record)
+        runs = data.setdefault("runs", [])
+        runs.append(
+            {
+                "started": _utc(now),
+                "ended": None,
+                "last_seen": _utc(now),
+                "wall_s": 0.0,
+                "outcome": "running",
+                "machine": cpu_model_name(),
+                "cores": os.cpu_count(),
+                "commit": commit,
+                "local_changes": local_changes,
+                "distinct": plan.distinct,
+                "to_train": plan.to_train,
+                "plan_s": None if plan.wall_s is None else round(plan.wall_s, 1),
+                "plan_by_study": {name: round(wall, 1) for name, wall in plan.wall_by_study.items()},
+            }
+        )
+        _write_record(record, data)
+        return SuiteRun(record, len(runs) - 1, now)
 
 
 def adoptable(results_root: Path) -> dict[str, str]:

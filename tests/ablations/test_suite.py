@@ -264,3 +264,26 @@ def test_ctrl_c_stops_the_suite_not_only_its_study(tmp_path):
     # longer s-res no longer shares its reference with s-tok).
     assert "the first began from nothing (4 of 4 distinct trials to train); not complete" in status, status
     assert "interrupted in s-res" in status.split("part 1: ")[1]
+
+
+def _begin_parts(record: Path, count: int) -> None:
+    from ablations.suite import SuitePlan, begin_suite_run
+
+    for _ in range(count):
+        begin_suite_run(record, SuitePlan(3, 3, 60.0, {"a": 60.0})).update("complete", ended=True)
+
+
+def test_drivers_sharing_a_results_folder_keep_each_others_parts(tmp_path):
+    """Two nodes running the same suite into one shared results folder: each part one of them records is kept."""
+    import multiprocessing
+
+    record = tmp_path / "suites" / "s.json"
+    context = multiprocessing.get_context("spawn")
+    drivers = [context.Process(target=_begin_parts, args=(record, 15)) for _ in range(4)]
+    for driver in drivers:
+        driver.start()
+    for driver in drivers:
+        driver.join(timeout=120)
+        assert driver.exitcode == 0
+    runs = json.loads(record.read_text())["runs"]
+    assert len(runs) == 60 and all(r["outcome"] == "complete" for r in runs)
