@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C
+# A study that did not start: another driver runs it, the cluster is too small, the tracking server does not answer.
+# A suite goes on to its next study (on shared storage, a second node's driver takes the studies the first is not in).
+REFUSED = 2
 
 # Each command imports what it needs inside its function, for start-up: `mm1ablate plan` answers in a fraction of a
 # second because it never loads Ray, MLflow, pandas or torch, which `run`, `report` and `ui` need.
@@ -295,8 +298,8 @@ def _run_suite(args: argparse.Namespace) -> int:
                 outcome = f"interrupted in {study.name}"
                 return INTERRUPTED
             part.update(f"running; {study.name} ended")
-        failed = [n for n, c in codes.items() if c != 0]
-        outcome = f"ended; failed: {', '.join(failed)}" if failed else "complete"
+        said = {n: _study_outcome(c) for n, c in codes.items() if c != 0}
+        outcome = "ended; " + ", ".join(f"{n} {w}" for n, w in said.items()) if said else "complete"
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise
@@ -304,11 +307,13 @@ def _run_suite(args: argparse.Namespace) -> int:
         part.update(outcome, ended=True)
         # The studies' reporters wrote the index before this part's end was known.
         _rewrite_index(root)
-    print(
-        f"suite {suite.name}: " + ", ".join(f"{n} {'ok' if c == 0 else 'FAILED'}" for n, c in codes.items())
-    )
+    print(f"suite {suite.name}: " + ", ".join(f"{n} {_study_outcome(c)}" for n, c in codes.items()))
     print(f"scoreboard: {root / 'index.html'}")
     return max(codes.values(), default=0)
+
+
+def _study_outcome(code: int) -> str:
+    return "ok" if code == 0 else "refused" if code == REFUSED else "FAILED"
 
 
 def _rewrite_index(root: Path) -> None:
@@ -353,7 +358,7 @@ def _run_one(study: Study, args: argparse.Namespace) -> int:
         )
     except (StudyBusy, ClusterTooSmall, TrackingUnreachable) as refused:
         print(f"error: {refused}", file=sys.stderr)
-        return 2
+        return REFUSED
     print(
         f"[{study.name}] done in {summary.wall_time_s:.0f}s: {len(summary.finished)} finished, "
         + (f"{len(summary.stopped)} stopped early, " if summary.stopped else "")

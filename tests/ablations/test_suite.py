@@ -287,3 +287,26 @@ def test_drivers_sharing_a_results_folder_keep_each_others_parts(tmp_path):
         assert driver.exitcode == 0
     runs = json.loads(record.read_text())["runs"]
     assert len(runs) == 60 and all(r["outcome"] == "complete" for r in runs)
+
+
+@pytest.mark.slow
+def test_a_study_another_driver_runs_is_refused_and_the_suite_goes_on(tmp_path):
+    """A second node's driver of the same suite on shared storage: the study the first node runs (its lock held)
+    is refused, not failed, and this driver goes on to the next study."""
+    import fcntl
+
+    from ablations.results import RUN_LOCK
+
+    _write_suite(tmp_path)
+    busy = tmp_path / "results" / "s-res"
+    busy.mkdir(parents=True)
+    with open(busy / RUN_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write("pid 1 on another node")
+        lock.flush()
+        done = run_cli("run", "suite", cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2 and "suite tiny-findings: s-res refused, s-tok ok" in done.stdout, out
+    assert "study 's-res' is already running" in done.stderr
+    [part] = json.loads((tmp_path / "results" / "suites" / "tiny-findings.json").read_text())["runs"]
+    assert part["outcome"] == "ended; s-res refused" and part["ended"]
