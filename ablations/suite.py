@@ -203,6 +203,8 @@ def suite_runs(record: dict, *, now: float | None = None) -> list[str]:
             span = f"{r.get('started')} to {ended}, {wall}"
         elif r.get("running"):
             span = f"{r.get('started')}, running: {wall} so far"
+        elif i < len(runs):  # a later part began: this one's driver was killed
+            span = f"{r.get('started')}, its driver killed (no end recorded): at least {wall}"
         else:
             span = f"{r.get('started')}, no end recorded (running, or its driver was killed): at least {wall}"
         plan = f"planned {_wall(float(r['plan_s']))}" if r.get("plan_s") is not None else "no estimate"
