@@ -258,10 +258,9 @@ def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> SuitePlan:
             ["study", "trials", "finished", "shared (trained by an earlier study)", "to train", "estimate"],
         )
     )
+    print()
     print(
-        _encoders_line(
-            "\npre-trained encoders across the suite", encoder_plan(to_train, stage_cache_dir(root))
-        )
+        _encoders_line("pre-trained encoders across the suite", encoder_plan(to_train, stage_cache_dir(root)))
     )
     trained = sum(r[4] for r in rows)
     line = f"{sum(r[1] for r in rows)} trials in all, {len(seen)} distinct; {trained} to train"
