@@ -115,6 +115,7 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     assert list(part["plan_by_study"]) == ["s-tok"]  # s-res had nothing left to train
     assert part["machine"] == cpu_model_name() and part["commit"] == git_commit()
     assert "suite tiny-findings: 1 part, " in index and "the first began with 1 of 3 distinct trials" in index
+    assert "; complete; 1 trials to train" in index  # the index written after the part's end
 
     again = run_cli("plan", "suite", "--no-estimate", cwd=tmp_path, timeout=120)
     assert "0 to train" in again.stdout, again.stdout
