@@ -43,6 +43,7 @@ __all__ = [
     "StudyEstimate",
     "estimate_search",
     "calibration_path",
+    "crowded",
     "estimate_study",
     "eval_items",
     "shape_key",
@@ -165,7 +166,7 @@ def _finished_rates(results_root: Path, shapes: set[str] | None, threads: int) -
             if row["trial_id"] in seen:
                 continue
             seen.add(row["trial_id"])
-            if _crowded(row, threads):
+            if crowded(row, threads):
                 continue
             config = json.loads(row["config_json"])
             shape = shape_key(config)
@@ -203,7 +204,7 @@ def _finished_rates(results_root: Path, shapes: set[str] | None, threads: int) -
 MIN_CPU_SHARE = 0.8
 
 
-def _crowded(row: dict, threads: int) -> bool:
+def crowded(row: dict, threads: int) -> bool:
     """Whether a finished trial ran with less of its CPUs than MIN_CPU_SHARE (trials from before `cost/cpu_s` was
     recorded count as they are)."""
     cpu_s, wall_s = row.get("cost/cpu_s"), row.get("wall_time_s")

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ablations.cost import MIN_CPU_SHARE, crowded
 from ablations.plan import Trial
 from ablations.spec import Study, StudyError, load_study
 from ablations.yamlio import YamlError, load_yaml
@@ -212,9 +214,15 @@ def suite_runs(record: dict, *, now: float | None = None) -> list[str]:
             " with local changes" if r.get("local_changes") else ""
         )
         outcome = "" if r.get("running") and r.get("outcome") == "running" else f"{r.get('outcome')}; "
+        trained = (
+            f"; trained {r['trained']}, {r.get('crowded', 0)} of them with less than {MIN_CPU_SHARE:g} of their CPU "
+            "(other work beside them)"
+            if r.get("trained")
+            else ""
+        )
         lines.append(
             f"  part {i}: {span}; {outcome}{r.get('to_train')} trials to train, {plan}; "
-            f"{r.get('machine')}, {r.get('cores')} cores; code {code}"
+            f"{r.get('machine')}, {r.get('cores')} cores; code {code}{trained}"
         )
     return lines
 
@@ -267,6 +275,31 @@ def _code_state() -> tuple[str, bool | None]:
     return git_commit(), bool(changed.stdout.strip()) if changed.returncode == 0 else None
 
 
+def _trained_since(results_root: Path, studies: list[str], since: float) -> tuple[int, int]:
+    """Trials of these studies that finished training since `since` (adopted ones not counted), and how many of
+    them got less of their CPUs than the plan trusts (ablations.cost.crowded): work beside them slowed them, so a
+    part with such trials measured that load as well as the suite."""
+    import pyarrow.parquet as pq
+
+    finished: dict[str, bool] = {}
+    for name in studies:
+        path = results_root / name / "trials.parquet"
+        if not path.exists():
+            continue
+        for row in pq.read_table(path).to_pylist():
+            threads = re.fullmatch(
+                r"cpu x(\d+) threads", str(row.get("device"))
+            )  # mm1core.hardware's wording
+            if (
+                row.get("status") != "finished"
+                or row.get("adopted_from")
+                or (row.get("finished_at") or 0) < since
+            ):
+                continue
+            finished[row["trial_id"]] = bool(threads) and crowded(row, int(threads.group(1)))
+    return len(finished), sum(finished.values())
+
+
 @dataclass
 class SuiteRun:
     """One `mm1ablate run SUITE`, kept in the suite's record from its start: a driver that is killed leaves its
@@ -283,10 +316,15 @@ class SuiteRun:
             runs = data.get("runs", [])
             if not isinstance(runs, list) or self.index >= len(runs):
                 return  # the record was replaced under us (another results folder's copy): keep running regardless
+            trained, crowded = _trained_since(
+                self.record.parent.parent, data.get("studies", []), self.started
+            )
             runs[self.index] |= {
                 "outcome": outcome,
                 "last_seen": _utc(now),
                 "wall_s": round(now - self.started, 1),
+                "trained": trained,
+                "crowded": crowded,
             }
             if ended:
                 runs[self.index]["ended"] = _utc(now)

@@ -113,6 +113,7 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     assert part["outcome"] == "complete" and part["ended"] and part["wall_s"] > 0, part
     assert (part["distinct"], part["to_train"]) == (3, 1) and part["plan_s"] > 0
     assert list(part["plan_by_study"]) == ["s-tok"]  # s-res had nothing left to train
+    assert part["trained"] == 1 and part["crowded"] <= 1  # s-tok's own trial; the one it counted was s-res's
     assert part["machine"] == cpu_model_name() and part["commit"] == git_commit()
     assert "suite tiny-findings: 1 part, " in index and "the first began with 1 of 3 distinct trials" in index
     assert "; complete; 1 trials to train" in index  # the index written after the part's end
@@ -188,6 +189,37 @@ def test_a_suite_measured_in_parts_sums_them_and_says_what_each_was():
     assert suite_runs({"suite": "f", "studies": ["a"]}) == [
         "suite f: no run of the suite as a whole is recorded here (its studies ran one by one)"
     ]
+
+
+def test_a_part_counts_the_trials_it_trained_and_those_other_work_crowded(tmp_path):
+    """What a part trained: finished since it began, in the suite's studies, not counted from another study; and of
+    those, the ones that got less than 0.8 of their CPU."""
+    from ablations.suite import _trained_since
+
+    def row(trial_id, finished_at, cpu_share, **extra):
+        return {
+            "trial_id": trial_id,
+            "status": "finished",
+            "finished_at": finished_at,
+            "wall_time_s": 100.0,
+            "cost/cpu_s": 100.0 * cpu_share,
+            "device": "cpu x1 threads",
+            "adopted_from": None,
+        } | extra
+
+    (tmp_path / "a").mkdir()
+    pd.DataFrame(
+        [
+            row("before", 50.0, 1.0),
+            row("alone", 150.0, 0.97),
+            row("beside-tests", 160.0, 0.52),
+            row("counted", 170.0, 0.5, adopted_from="b"),
+            row("failed", 180.0, 0.5, status="failed"),
+        ]
+    ).to_parquet(tmp_path / "a" / "trials.parquet")
+    assert _trained_since(tmp_path, ["a", "not-run-yet"], since=100.0) == (2, 1)
+    line = suite_runs({"suite": "s", "runs": [_part("t", 600, "complete") | {"trained": 2, "crowded": 1}]})[1]
+    assert line.endswith("; trained 2, 1 of them with less than 0.8 of their CPU (other work beside them)")
 
 
 def test_status_names_a_study_file_it_cannot_read(tmp_path):
