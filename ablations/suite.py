@@ -287,9 +287,8 @@ def _trained_since(results_root: Path, studies: list[str], since: float) -> tupl
         if not path.exists():
             continue
         for row in pq.read_table(path).to_pylist():
-            threads = re.fullmatch(
-                r"cpu x(\d+) threads", str(row.get("device"))
-            )  # mm1core.hardware's wording
+            # The device as mm1core.hardware.cpu_device_name words it; a GPU trial's is not a CPU share.
+            threads = re.fullmatch(r"cpu x(\d+) threads", str(row.get("device")))
             if (
                 row.get("status") != "finished"
                 or row.get("adopted_from")
