@@ -297,7 +297,8 @@ def _run_suite(args: argparse.Namespace) -> int:
                 outcome = f"interrupted in {study.name}"
                 return INTERRUPTED
             part.update(f"running; {study.name} ended")
-            _rewrite_index(root)  # the study's report wrote it before its part said the study had ended
+            if study is not suite.studies[-1]:  # the last one's is rewritten with the part's end, below
+                _rewrite_index(root)  # the study's report wrote it before its part said the study had ended
         said = {n: _study_outcome(c) for n, c in codes.items() if c != 0}
         outcome = "ended; " + ", ".join(f"{n} {w}" for n, w in said.items()) if said else "complete"
     except KeyboardInterrupt:

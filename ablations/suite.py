@@ -315,15 +315,13 @@ class SuiteRun:
             runs = data.get("runs", [])
             if not isinstance(runs, list) or self.index >= len(runs):
                 return  # the record was replaced under us (another results folder's copy): keep running regardless
-            trained, crowded = _trained_since(
-                self.record.parent.parent, data.get("studies", []), self.started
-            )
+            trained, slowed = _trained_since(self.record.parent.parent, data.get("studies", []), self.started)
             runs[self.index] |= {
                 "outcome": outcome,
                 "last_seen": _utc(now),
                 "wall_s": round(now - self.started, 1),
                 "trained": trained,
-                "crowded": crowded,
+                "crowded": slowed,
             }
             if ended:
                 runs[self.index]["ended"] = _utc(now)

@@ -66,7 +66,7 @@ def _suites_of(records: list[dict]) -> dict[str, list[str]]:
 
 def _suites_html(records: list[dict]) -> list[str]:
     """How each suite run into this folder was measured, in the words its record keeps (`summary`)."""
-    said = [r for r in records if r.get("summary")]
+    said = [r for r in records if isinstance(r.get("summary"), list) and r["summary"]]
     if not said:
         return []
     return [
