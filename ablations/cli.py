@@ -18,7 +18,7 @@ from ablations.spec import Study, StudyError, load_study, study_json_schema
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 
 if TYPE_CHECKING:
-    from ablations.suite import Suite, SuitePlan
+    from ablations.suite import Suite, SuitePlan, SuiteRun
 
 __all__ = ["main"]
 
@@ -286,21 +286,8 @@ def _run_suite(args: argparse.Namespace) -> int:
     codes: dict[str, int] = {}
     outcome = "stopped by an error"
     try:
-        for study in suite.studies:
-            print(f"== suite {suite.name}: {study.name} ({len(codes) + 1}/{len(suite.studies)})", flush=True)
-            codes[study.name] = _run_one(study, args)
-            if codes[study.name] == INTERRUPTED:  # Ctrl-C stops the suite, not just the study it was in
-                left = [s.name for s in suite.studies if s.name not in codes]
-                print(
-                    f"suite {suite.name}: interrupted in {study.name}; not started: {', '.join(left) or 'none'}"
-                )
-                outcome = f"interrupted in {study.name}"
-                return INTERRUPTED
-            part.update(f"running; {study.name} ended")
-            if study is not suite.studies[-1]:  # the last one's is rewritten with the part's end, below
-                _rewrite_index(root)  # the study's report wrote it before its part said the study had ended
-        said = {n: _study_outcome(c) for n, c in codes.items() if c != 0}
-        outcome = "ended; " + ", ".join(f"{n} {w}" for n, w in said.items()) if said else "complete"
+        with part.alive():  # a killed driver leaves its part known to within a heartbeat
+            outcome = _run_studies(suite, args, root, part, codes)
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise
@@ -308,9 +295,32 @@ def _run_suite(args: argparse.Namespace) -> int:
         part.update(outcome, ended=True)
         # The studies' reporters wrote the index before this part's end was known.
         _rewrite_index(root)
+    if INTERRUPTED in codes.values():  # Ctrl-C ended the suite inside a study: _run_studies said where
+        return INTERRUPTED
     print(f"suite {suite.name}: " + ", ".join(f"{n} {_study_outcome(c)}" for n, c in codes.items()))
     print(f"scoreboard: {root / 'index.html'}")
     return max(codes.values(), default=0)
+
+
+def _run_studies(
+    suite: Suite, args: argparse.Namespace, root: Path, part: SuiteRun, codes: dict[str, int]
+) -> str:
+    """The suite's studies in order, each one's exit code into `codes`; the part's outcome."""
+    for study in suite.studies:
+        print(f"== suite {suite.name}: {study.name} ({len(codes) + 1}/{len(suite.studies)})", flush=True)
+        part.outcome = f"running; in {study.name}"
+        codes[study.name] = _run_one(study, args)
+        if codes[study.name] == INTERRUPTED:  # Ctrl-C stops the suite, not just the study it was in
+            left = [s.name for s in suite.studies if s.name not in codes]
+            print(
+                f"suite {suite.name}: interrupted in {study.name}; not started: {', '.join(left) or 'none'}"
+            )
+            return f"interrupted in {study.name}"
+        part.update(f"running; {study.name} ended")
+        if study is not suite.studies[-1]:  # the last one's is rewritten with the part's end
+            _rewrite_index(root)  # the study's report wrote it before its part said the study had ended
+    said = {n: _study_outcome(c) for n, c in codes.items() if c != 0}
+    return "ended; " + ", ".join(f"{n} {w}" for n, w in said.items()) if said else "complete"
 
 
 def _study_outcome(code: int) -> str:

@@ -21,6 +21,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,6 +52,9 @@ __all__ = [
 
 SUITE_KEYS = ("suite", "description", "studies")
 SUITE_RECORDS = "suites"  # results/suites/NAME.json, read by dashboards.index
+# How often a running part writes that its driver is alive: a driver killed mid-study (SIGKILL, a machine's end)
+# leaves its part's wall time known to within this, where the end of its last finished study could be hours back.
+HEARTBEAT_S = float(os.environ.get("MM1ABLATE_SUITE_HEARTBEAT_S", 60))
 
 
 @dataclass
@@ -206,9 +211,12 @@ def suite_runs(record: dict, *, now: float | None = None) -> list[str]:
         elif r.get("running"):
             span = f"{r.get('started')}, running: {wall} so far"
         elif i < len(runs):  # a later part began: this one's driver was killed
-            span = f"{r.get('started')}, its driver killed (no end recorded): at least {wall}"
+            span = f"{r.get('started')}, its driver killed (no end recorded; last seen {r.get('last_seen')}): {wall}"
         else:
-            span = f"{r.get('started')}, no end recorded (running, or its driver was killed): at least {wall}"
+            span = (
+                f"{r.get('started')}, no end recorded (running, or its driver was killed; last seen "
+                f"{r.get('last_seen')}): {wall}"
+            )
         plan = f"planned {_wall(float(r['plan_s']))}" if r.get("plan_s") is not None else "no estimate"
         code = str(r.get("commit", "unknown"))[:10] + (
             " with local changes" if r.get("local_changes") else ""
@@ -301,14 +309,36 @@ def _trained_since(results_root: Path, studies: list[str], since: float) -> tupl
 
 @dataclass
 class SuiteRun:
-    """One `mm1ablate run SUITE`, kept in the suite's record from its start: a driver that is killed leaves its
-    part recorded up to the last study it finished."""
+    """One `mm1ablate run SUITE`, kept in the suite's record from its start and rewritten while it runs (`alive`):
+    a driver that is killed leaves its part recorded up to its last heartbeat."""
 
     record: Path
     index: int
     started: float
+    outcome: str = "running"
+
+    @contextlib.contextmanager
+    def alive(self, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+        """Rewrite the part (its wall time, what it has trained) every `every_s` seconds while the block runs."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every_s):
+                try:
+                    self.update(self.outcome)
+                except Exception as err:  # noqa: BLE001 - a missed beat must never stop the suite
+                    print(f"warning: the suite's record not updated: {err}", file=sys.stderr)
+
+        heart = threading.Thread(target=beat, name="suite-heartbeat", daemon=True)
+        heart.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            heart.join()
 
     def update(self, outcome: str, *, ended: bool = False) -> None:
+        self.outcome = outcome
         now = time.time()
         with _record_lock(self.record):
             data = _read_record(self.record)

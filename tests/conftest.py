@@ -41,11 +41,16 @@ def run_cli(
     )
 
 
-def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+def start_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """The console script started and left running, its output (stderr with stdout) read line by line by the test,
     which may stop a server, kill or interrupt it meanwhile."""
     return subprocess.Popen(
-        [MM1ABLATE, *args], cwd=cwd, env=CLI_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [MM1ABLATE, *args],
+        cwd=cwd,
+        env=CLI_ENV | (env or {}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

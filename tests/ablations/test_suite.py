@@ -6,6 +6,7 @@ from __future__ import annotations
 import calendar
 import json
 import signal
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -158,7 +159,9 @@ def _part(started, wall_s, outcome, *, ended=True, to_train=93, commit="bd6ea32"
 
 
 def test_a_suite_measured_in_parts_sums_them_and_says_what_each_was():
-    killed = _part("2026-11-29T08:49:00Z", 1380, "running; f01-resolution ended", ended=False)
+    killed = _part("2026-11-29T08:49:00Z", 1380, "running; f01-resolution ended", ended=False) | {
+        "last_seen": "2026-11-29T09:12:00Z"
+    }
     # While a driver of the suite is alive, the unended part is running, and its time so far is known.
     now = calendar.timegm((2026, 11, 29, 9, 19, 0, 0, 0, 0))
     assert (
@@ -167,14 +170,17 @@ def test_a_suite_measured_in_parts_sums_them_and_says_what_each_was():
     )
     resumed = _part("2026-11-29T10:00:00Z", 25200, "complete", to_train=80, commit="a8dce9a", changed=True)
     head, first, second = suite_runs({"suite": "findings", "runs": [killed, resumed]})
-    # 23 min + 7 h: the killed part counts up to the last study it finished.
+    # 23 min + 7 h: the killed part counts up to its last heartbeat.
     assert head == (
         "suite findings: 2 parts, 7 h 23 min of wall time in all; the first began from nothing (93 of 93 distinct "
         "trials to train); complete"
     )
-    assert "its driver killed (no end recorded): at least 23 min" in first  # a later part began
+    # A later part began: this one's driver was killed, its wall time known to its last heartbeat.
+    assert "its driver killed (no end recorded; last seen 2026-11-29T09:12:00Z): 23 min" in first
     alone = suite_runs({"suite": "findings", "runs": [killed]})[1]
-    assert "no end recorded (running, or its driver was killed): at least 23 min" in alone
+    assert (
+        "no end recorded (running, or its driver was killed; last seen 2026-11-29T09:12:00Z): 23 min" in alone
+    )
     assert "93 trials to train, planned 7 h 35 min; Some CPU, 2 cores; code bd6ea32" in first
     assert (
         "to later, 7 h 00 min; complete; 80 trials to train" in second
@@ -275,15 +281,32 @@ def test_the_shipped_suites_validate(suite_name):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_suite_not_only_its_study(tmp_path):
+def test_a_killed_suite_driver_leaves_its_part_and_ctrl_c_stops_the_suite(tmp_path):
+    """SIGKILL of a suite's driver mid-study: its part keeps the wall time of its last heartbeat, though no study of
+    it ended. Then Ctrl-C of the next run stops the suite, not only the study it was in."""
     folder = _write_suite(tmp_path)
     long = (folder / "res.yaml").read_text().replace("multimodal: {steps: 20}", "multimodal: {steps: 2000}")
     (folder / "res.yaml").write_text(long)
-    driver = start_cli("run", "suite", cwd=tmp_path)
+    record = tmp_path / "results" / "suites" / "tiny-findings.json"
+    beating = {"MM1ABLATE_SUITE_HEARTBEAT_S": "1"}
+    driver = start_cli("run", "suite", cwd=tmp_path, env=beating)
+    read_until(driver, "multimodal step")
+    deadline = time.monotonic() + 60
+    while json.loads(record.read_text())["runs"][0]["wall_s"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    [killed] = json.loads(record.read_text())["runs"]
+    assert killed["ended"] is None and killed["outcome"] == "running; in s-res" and killed["wall_s"] >= 3, (
+        killed
+    )
+
+    driver = start_cli("run", "suite", cwd=tmp_path, env=beating)
     seen = read_until(driver, "multimodal step")
     # While it runs: this part so far, and what is left of the suite (s-res by its estimate, s-tok by the plan).
     running = run_cli("status", "suite", cwd=tmp_path, timeout=120).stdout
-    assert "part 1: " in running and "running: " in running.split("part 1: ")[1], running
+    assert f"its driver killed (no end recorded; last seen {killed['last_seen']}): " in running, running
+    assert "part 2: " in running and "running: " in running.split("part 2: ")[1], running
     assert "left for the suite: " in running and "for the 1 studies after it" in running, running
     driver.send_signal(signal.SIGINT)
     rest, _ = driver.communicate(timeout=300)
@@ -295,10 +318,10 @@ def test_ctrl_c_stops_the_suite_not_only_its_study(tmp_path):
     _, _, _, running, interrupted, _, _ = _status_row(status, "s-res")
     assert running == "0" and int(interrupted) >= 1, status
     assert "`mm1ablate run suite` runs what is left" in status
-    # The stopped run is the first part of the suite's measurement, begun from nothing (4 distinct trials: the
+    # The suite's measurement, both parts of it, began from nothing (4 distinct trials: the
     # longer s-res no longer shares its reference with s-tok).
     assert "the first began from nothing (4 of 4 distinct trials to train); not complete" in status, status
-    assert "interrupted in s-res" in status.split("part 1: ")[1]
+    assert "interrupted in s-res" in status.split("part 2: ")[1]
 
 
 def _begin_parts(record: Path, count: int) -> None:
