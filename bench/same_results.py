@@ -1,9 +1,11 @@
-"""Whether two results folders hold the same runs: for every trial both finished (the same trial id, so the same
-config, seed and code), its per-item scores side by side, and on which CPUs each folder's run trained.
+"""Whether two results folders hold the same runs: for every trial both finished (the same trial id: the same
+config and seed), its per-item scores side by side, and which model code (mm1core's code_version) and CPU each
+folder's run trained on. The trial id does not hold the code: a run of another mm1core is the same trial, retrained.
 
 What a suite measured from a clean clone is checked with against the working copy's results: the runs it re-trained
-should be the working copy's to the last digit where both trained on the same CPU model (training and evaluation are
-deterministic), and may differ in rounding where they did not (bf16 kernels differ between CPUs).
+should be the working copy's to the last digit where both trained the same code on the same CPU model (training and
+evaluation are deterministic), and may differ in rounding where the CPUs differ (bf16 kernels differ between CPUs);
+where the code differs, identical scores say the change left the runs as they were.
 
 Usage: python bench/same_results.py RESULTS_A RESULTS_B [--study NAME ...]. Prints one line per study and a total.
 """
@@ -20,7 +22,7 @@ KEY = ["trial_id", "metric", "item_id"]
 
 def _finished(study_dir: Path) -> pd.DataFrame:
     trials = pd.read_parquet(study_dir / "trials.parquet")
-    keep = [c for c in ("trial_id", "status", "cpu_model", "adopted_from") if c in trials]
+    keep = [c for c in ("trial_id", "status", "cpu_model", "code_version", "adopted_from") if c in trials]
     return trials.loc[trials["status"] == "finished", keep].drop_duplicates("trial_id")
 
 
@@ -36,19 +38,22 @@ def compare(a: Path, b: Path, study: str) -> dict:
     )
     items = items[items["trial_id"].isin(shared["trial_id"])]
     differs = (items["score_a"] - items["score_b"]).abs()
-    same_cpu = (
-        shared["cpu_model_a"] == shared["cpu_model_b"]
-        if {"cpu_model_a", "cpu_model_b"} <= set(shared)
+    same_cpu, same_code = (
+        shared[f"{column}_a"] == shared[f"{column}_b"]
+        if {f"{column}_a", f"{column}_b"} <= set(shared)
         else pd.Series(False, index=shared.index)
+        for column in ("cpu_model", "code_version")
     )
+    alike = same_cpu & same_code
     per_trial = items.assign(d=differs).groupby("trial_id")["d"].max()
     identical = set(per_trial[per_trial == 0].index)
     return {
         "study": study,
         "shared": len(shared),
-        "same_cpu": int(same_cpu.sum()),
+        "alike": int(alike.sum()),
+        "other_code": int((~same_code).sum()),
         "identical": len(identical),
-        "identical_same_cpu": int(shared.loc[same_cpu, "trial_id"].isin(identical).sum()),
+        "identical_alike": int(shared.loc[alike, "trial_id"].isin(identical).sum()),
         "items": len(items),
         "max_diff": float(differs.max()) if len(items) else float("nan"),
     }
@@ -73,15 +78,17 @@ def main() -> None:
             print(f"{r['study']}: no finished trial in both")
             continue
         print(
-            f"{r['study']}: {r['shared']} trials finished in both ({r['same_cpu']} on the same CPU model), "
-            f"{r['identical']} identical to the last digit ({r['identical_same_cpu']} of the same-CPU ones) over "
-            f"{r['items']} item scores; largest difference {r['max_diff']:.3g}"
+            f"{r['study']}: {r['shared']} trials finished in both ({r['alike']} by the same model code on the same "
+            f"CPU model, {r['other_code']} by other model code), {r['identical']} identical to the last digit "
+            f"({r['identical_alike']} of the alike ones) over {r['items']} item scores; largest difference "
+            f"{r['max_diff']:.3g}"
         )
     shared = sum(r["shared"] for r in rows)
     print(
         f"in all: {shared} trials in both, {sum(r.get('identical', 0) for r in rows)} identical, "
-        f"{sum(r.get('same_cpu', 0) for r in rows)} on the same CPU model "
-        f"({sum(r.get('identical_same_cpu', 0) for r in rows)} of them identical)"
+        f"{sum(r.get('alike', 0) for r in rows)} by the same model code on the same CPU model "
+        f"({sum(r.get('identical_alike', 0) for r in rows)} of them identical), "
+        f"{sum(r.get('other_code', 0) for r in rows)} by other model code"
     )
 
 
