@@ -478,8 +478,18 @@ def _run_study(
         planned, to_run = len(trials), len(todo)
         left = {status: sum(statuses.get(t) == status for t in skipped) for status in ("stopped", "diverged")}
         finished = len(skipped) - sum(left.values())
+        # Finished is finished, whichever mm1core trained it: said here, and in the report, not retrained.
+        by_other_code = store.finished_by_other_code(code_version())
+        older = {t.trial_id: by_other_code[t.trial_id] for t in trials if t.trial_id in by_other_code}
         what = (
-            f"{len(trials)} trials planned, {finished} already finished, "
+            f"{len(trials)} trials planned, {finished} already finished"
+            + (
+                f" ({len(older)} of them by other model code, mm1core {', '.join(sorted(set(older.values())))}: "
+                "they count as they are, and the report says which)"
+                if older
+                else ""
+            )
+            + ", "
             + "".join(f"{n} {status} (left as they are), " for status, n in left.items() if n)
             + f"{len(todo)} to run"
         )

@@ -4,7 +4,9 @@ A study's `study.json` lists the trials of its current plan. A recorded trial th
 a budget or a config field changed since it ran) is stale: kept on disk, listed apart, never averaged in. Each
 finished row carries a fingerprint of every evaluation family's protocol (`protocol/<family>`); an arm is compared
 with the reference on a family's metrics only where all their trials share one fingerprint. Where the seeds of an
-arm share one pre-trained encoder, the verdicts do not cover the encoder's randomness, and the report says so.
+arm share one pre-trained encoder, the verdicts do not cover the encoder's randomness, and the report says so. Where
+its finished trials were trained by more than one version of the model code (a study resumed after a change to
+mm1core keeps the trials it had finished), the report says which trials each trained.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pandas as pd
 
 from mm1core.eval.protocol import PROTOCOL_PREFIX, metric_family
 
-__all__ = ["comparable_items", "shared_encoder_note", "split_stale", "stale_html"]
+__all__ = ["code_versions_note", "comparable_items", "shared_encoder_note", "split_stale", "stale_html"]
 
 
 def split_stale(
@@ -90,4 +92,27 @@ def shared_encoder_note(trials: pd.DataFrame) -> str | None:
     return (
         "The seeds of an arm share one pre-trained encoder (encoder_pretrain.seed_from: stage): the verdicts cover "
         "the multimodal stage's randomness and exclude the encoder's, which is confounded with the arm."
+    )
+
+
+def code_versions_note(trials: pd.DataFrame) -> str | None:
+    """Which finished trials each version of the model code (mm1core's code_version) trained, where there is more
+    than one, else None. Not a reason to leave any out: a change to mm1core may leave every run as it was (the
+    same trial re-trained gives the same scores to the last digit, bench/same_results.py), and only a re-run can
+    tell; the reader is told the comparisons rest on that."""
+    if "code_version" not in trials or "status" not in trials:
+        return None
+    done = trials[(trials["status"] == "finished") & trials["code_version"].notna()]
+    versions = done.groupby(done["code_version"].astype(str))["arm"]
+    if versions.ngroups < 2:
+        return None
+    trained = "; ".join(
+        f"{version}: {len(arms)} trials ({', '.join(sorted(set(arms.astype(str))))})"
+        for version, arms in sorted(versions, key=lambda group: -len(group[1]))
+    )
+    return (
+        f"Its finished trials were trained by {versions.ngroups} versions of the model code (mm1core's "
+        f"code_version): {trained}. The comparisons between them hold only if the change to mm1core left those "
+        "runs as they were: re-running one of the older trials with the current code and comparing its scores "
+        "(bench/same_results.py) says whether it did."
     )

@@ -30,7 +30,13 @@ from dashboards.floors import (
     reference_banner,
     rule_text,
 )
-from dashboards.provenance import comparable_items, shared_encoder_note, split_stale, stale_html
+from dashboards.provenance import (
+    code_versions_note,
+    comparable_items,
+    shared_encoder_note,
+    split_stale,
+    stale_html,
+)
 from dashboards.search_view import load_search, search_html
 from dashboards.stats import compare_to_reference, grouped_ci
 from dashboards.views import cell, figure_html, paper_views_html
@@ -369,8 +375,8 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         )
     findings_html = "<h2>The paper beside us</h2>" + _findings_html(assessed) if assessed else ""
     views_html = paper_views_html(trials, spec_axes)
-    note = shared_encoder_note(trials)
-    _write_summary(study_dir, study, table, arm_columns, compared, reference, assessed, note)
+    notes = [n for n in (shared_encoder_note(trials), code_versions_note(trials)) if n]
+    _write_summary(study_dir, study, table, arm_columns, compared, reference, assessed, notes)
 
     failed = trials[~trials["status"].isin(["finished", "stopped", "diverged"])]
     failed_html = stopped_html(trials)
@@ -401,7 +407,7 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         f"<script>{get_plotlyjs()}</script></head><body>",
         f"<h1>{html.escape(study)}</h1>",
         banner_html(table, reference) if len(table) else "",
-        f"<p class='note'>{html.escape(note)}</p>" if note else "",
+        "".join(f"<p class='note'>{html.escape(note)}</p>" for note in notes),
         f"<p>{html.escape(spec.get('description', ''))}</p>",
         f"<p class='muted'>{len(trials)} trials recorded, {int((trials['status'] == 'finished').sum())} finished; "
         f"generated {time.strftime('%Y-%m-%d %H:%M:%S')}"
@@ -496,14 +502,14 @@ def _write_summary(
     compared: pd.DataFrame,
     reference: str | None,
     assessed: list[dict],
-    note: str | None,
+    notes: list[str],
 ) -> None:
     """summary.md (the report's tables, for a README or a pull request) and the tables as CSV."""
     lines = [f"# {study}", ""]
     banner = reference_banner(table, reference) if len(table) else None
     if banner:
         lines += [f"> **⚠ {banner}**", ""]
-    if note:
+    for note in notes:
         lines += [f"> {note}", ""]
     lines += ["Mean ± 95% CI over seeds.", ""]
     if len(table):

@@ -365,7 +365,18 @@ def test_a_second_runner_of_a_running_study_is_refused(tmp_path):
     finally:
         first.communicate(timeout=600)
     # Once the first has ended, the study is free again.
-    assert "1 trials planned, 1 already finished" in run_cli("run", "tiny.yaml", cwd=tmp_path).stdout
+    assert (
+        "1 trials planned, 1 already finished, 0 to run" in run_cli("run", "tiny.yaml", cwd=tmp_path).stdout
+    )
+    # A run trained by an older mm1core (its recorded code_version) still counts as finished, and the run says so.
+    study_dir = tmp_path / "results" / "busy"
+    for table in (study_dir / "trials.parquet", *study_dir.glob("parts/*.trial.parquet")):
+        pd.read_parquet(table).assign(code_version="0123456789ab").to_parquet(table)
+    again = run_cli("run", "tiny.yaml", cwd=tmp_path)
+    assert (
+        "1 trials planned, 1 already finished (1 of them by other model code, mm1core 0123456789ab: they count as "
+        "they are, and the report says which), 0 to run" in again.stdout
+    ), again.stdout
 
 
 def test_credentials_in_a_tracking_uri_are_never_shown():

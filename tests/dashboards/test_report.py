@@ -344,6 +344,29 @@ def test_a_study_whose_seeds_share_an_encoder_says_its_verdicts_exclude_encoder_
     assert "exclude the encoder&#x27;s" in (study_dir / "report.html").read_text()
 
 
+def test_a_study_trained_by_two_versions_of_the_model_code_says_which_trials_each_trained(tmp_path):
+    """A study resumed after a change to mm1core keeps the trials it had finished: its report names the versions."""
+    from dashboards.provenance import code_versions_note
+
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    assert code_versions_note(trials.assign(code_version="a223dc4c48af")) is None
+    older = trials["arm"] == "res=32"
+    mixed = trials.assign(code_version=["c9aaa3d12dbd" if old else "a223dc4c48af" for old in older])
+    # A trial that did not finish trained nothing that is compared.
+    mixed.loc[mixed.index[0], "status"] = "failed"
+    assert code_versions_note(mixed.assign(code_version="a223dc4c48af")) is None
+    mixed.to_parquet(study_dir / "trials.parquet")
+    write_report(study_dir)
+    finished = mixed[mixed["status"] == "finished"]
+    counts = finished.groupby("code_version").size()
+    summary = (study_dir / "summary.md").read_text()
+    assert "trained by 2 versions of the model code" in summary, summary
+    assert f"c9aaa3d12dbd: {counts['c9aaa3d12dbd']} trials (res=32)" in summary
+    assert f"a223dc4c48af: {counts['a223dc4c48af']} trials (res=64)" in summary
+    assert "trained by 2 versions of the model code" in (study_dir / "report.html").read_text()
+
+
 def test_an_increasing_finding_over_three_values_tests_the_trend(tmp_path):
     from dashboards.findings import assess, load_findings
 
