@@ -158,9 +158,6 @@ class ResultsStore:
             lock.flush()
             yield
 
-    def finished_ids(self) -> set[str]:
-        return {trial_id for trial_id, status in self.statuses().items() if status == "finished"}
-
     def statuses(self) -> dict[str, str]:
         return trial_statuses(self.dir)
 

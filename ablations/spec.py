@@ -100,10 +100,6 @@ class Axis(_Strict):
         return None
 
 
-SCHEDULERS = ("asha",)
-SAMPLERS = ("tpe", "random", "cmaes", "qmc")
-
-
 class Scheduler(_Strict):
     name: Literal["asha"] = Field("asha", description="Ray Tune's ASHAScheduler")
     grace_period: int = Field(gt=0, description="training steps every trial gets before the first cut")

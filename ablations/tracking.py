@@ -354,11 +354,6 @@ class Tracker:
         self._sender = threading.Thread(target=self._send_queued, name="mlflow-sender", daemon=True)
         self._sender.start()
 
-    @property
-    def experiment_url_path(self) -> str:
-        """Where the MLflow UI shows the study's runs table (parent run, trials nested under it)."""
-        return f"#/experiments/{self.experiment_id}/runs"
-
     def _close_abandoned(self) -> None:
         """Runs a killed driver left RUNNING: the caller holds the study's run lock, so no live runner owns them.
         They end as KILLED; a trial that runs again reopens its own run (start_trial) rather than adding one."""

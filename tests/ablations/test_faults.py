@@ -298,11 +298,11 @@ def test_a_damaged_results_part_is_moved_aside_and_its_trial_runs_again(tmp_path
         row = {"trial_id": trial_id, "status": "finished", "0shot/avg": 0.5}
         store.save_trial(row, [{"trial_id": trial_id, "step": 5, "metric": "train/loss", "value": 1.0}], [])
     store.consolidate()
-    assert store.finished_ids() == {"aaa", "bbb"}
+    assert store.statuses() == {"aaa": "finished", "bbb": "finished"}
     part = store.parts / "bbb.curves.parquet"
     part.write_bytes(part.read_bytes()[:40])
     store.consolidate()
-    assert store.finished_ids() == {"aaa"}  # not half a trial: bbb is trained again by the next run
+    assert store.statuses() == {"aaa": "finished"}  # not half a trial: bbb is trained again by the next run
     assert set(pd.read_parquet(store.curves_path)["trial_id"]) == {"aaa"}
     assert "is damaged" in capsys.readouterr().err
     assert len(list(store.parts.glob("bbb.*.damaged-*"))) == 2
