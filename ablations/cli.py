@@ -365,6 +365,7 @@ def _run_one(study: Study, args: argparse.Namespace) -> int:
             address=args.address,
             tracking_uri=args.tracking_uri,
             rerun_diverged=args.rerun_diverged,
+            rerun_other_code=args.rerun_other_code,
             max_failures=args.max_failures,
         )
     except (StudyBusy, ClusterTooSmall, TrackingUnreachable) as refused:
@@ -766,6 +767,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--rerun-diverged",
         action="store_true",
         help="run again the trials whose loss became non-finite (by default their outcome stands)",
+    )
+    p.add_argument(
+        "--rerun-other-code",
+        action="store_true",
+        help="train again the finished trials another version of mm1core trained (by default they count as "
+        "finished; their results are kept aside and their MLflow runs marked superseded)",
     )
     p.add_argument(
         "--max-failures",

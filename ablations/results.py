@@ -207,9 +207,11 @@ class ResultsStore:
         if time.monotonic() - self._consolidated_at >= CONSOLIDATE_EVERY_S:
             self.consolidate()
 
-    def consolidate(self) -> None:
+    def consolidate(self, *, removed: bool = False) -> None:
+        """The study's tables from its trials' parts; `removed`: parts were taken away, so a table whose last part
+        went goes too."""
         self._consolidated_at = time.monotonic()
-        read, damaged = {}, False
+        read, damaged = {}, removed
         for part in sorted(self.parts.glob("*.parquet")):
             try:
                 read[part] = pq.read_table(part)
@@ -233,6 +235,22 @@ class ResultsStore:
             # Failed trials lack metric columns and finished ones have a null error: permissive promotion unifies
             # them (missing columns become nulls, int widens to float where parts disagree).
             _write_atomic(pa.concat_tables(tables, promote_options="permissive"), path)
+
+    def set_aside(self, trial_ids: set[str], why: str) -> None:
+        """Take these trials' records out of the study, kept in parts/`why`/ (a later one replaces an earlier), and
+        delete their checkpoints: the next run trains them from the start."""
+        aside = self.parts / why
+        aside.mkdir(exist_ok=True)
+        for trial_id in trial_ids:
+            for part in self.parts.glob(f"{trial_id}.*.parquet"):
+                os.replace(part, aside / part.name)
+            for left in (self.dir / "checkpoints").glob(f"{trial_id}.*"):
+                left.unlink()
+        self.consolidate(removed=True)
+
+    def set_aside_ids(self, why: str) -> set[str]:
+        """The trials whose records `set_aside(..., why)` keeps."""
+        return {part.name.split(".", 1)[0] for part in (self.parts / why).glob("*.trial.parquet")}
 
     def _quarantine_trial(self, trial_id: str, reason: str) -> None:
         """A damaged part: every part of its trial is moved aside, so that the trial is no longer recorded and the

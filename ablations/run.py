@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 # Tune's CSV and TensorBoard loggers would duplicate what MLflow and Parquet hold; its JSON log is kept (below)
 # because Tune reads its own results back from it.
@@ -426,6 +426,18 @@ def _scheduler(study: Study) -> ASHAScheduler | None:
     )
 
 
+OTHER_CODE = (
+    "other-code"  # results/<study>/parts/other-code/: the records of trials trained again with this code
+)
+
+
+class _Reruns(NamedTuple):
+    """Which ended trials a run trains again rather than leaving them as they are."""
+
+    diverged: bool
+    other_code: bool
+
+
 def run_study(
     study: Study,
     *,
@@ -434,17 +446,27 @@ def run_study(
     tracking_uri: str | None = None,
     out: TextIO = sys.stdout,
     rerun_diverged: bool = False,
+    rerun_other_code: bool = False,
     max_failures: int = 2,
 ) -> RunSummary:
     """Run what is left of a study; raises StudyBusy while another runner holds it.
 
+    rerun_other_code: train again the finished trials that another version of mm1core trained (their results set
+    aside, their MLflow runs marked superseded), where by default they count as finished.
     max_failures: how often Tune retries a trial whose process died (the OOM killer, a lost node), each time from
     its last checkpoint, before it is recorded as failed.
     """
     store = ResultsStore(results_root / study.name)
     with store.exclusive():
         return _run_study(
-            study, store, results_root, address, tracking_uri, out, rerun_diverged, max_failures
+            study,
+            store,
+            results_root,
+            address,
+            tracking_uri,
+            out,
+            _Reruns(rerun_diverged, rerun_other_code),
+            max_failures,
         )
 
 
@@ -455,7 +477,7 @@ def _run_study(
     address: str | None,
     tracking_uri: str | None,
     out: TextIO,
-    rerun_diverged: bool,
+    reruns: _Reruns,
     max_failures: int,
 ) -> RunSummary:
     started = time.time()
@@ -463,6 +485,7 @@ def _run_study(
     trials = plan(study)
     study_dir = store.dir
     store.consolidate()  # parts a killed driver wrote after its last consolidation
+    older: dict[str, str] = {}  # trial id -> the other mm1core that trained it
     if search is None:
         adopted = adopt_finished(study, trials, results_root)
         if adopted:
@@ -472,24 +495,32 @@ def _run_study(
                 file=out,
                 flush=True,
             )
+        by_other_code = store.finished_by_other_code(code_version())
+        older = {t.trial_id: by_other_code[t.trial_id] for t in trials if t.trial_id in by_other_code}
+        if older and reruns.other_code:
+            store.set_aside(set(older), OTHER_CODE)
         statuses = store.statuses()
-        skipped = _skipped(study, statuses, trials, rerun_diverged)
+        skipped = _skipped(study, statuses, trials, reruns.diverged)
         todo = run_order([t for t in trials if t.trial_id not in skipped])
         planned, to_run = len(trials), len(todo)
         left = {status: sum(statuses.get(t) == status for t in skipped) for status in ("stopped", "diverged")}
         finished = len(skipped) - sum(left.values())
-        # Finished is finished, whichever mm1core trained it: said here, and in the report, not retrained.
-        by_other_code = store.finished_by_other_code(code_version())
-        older = {t.trial_id: by_other_code[t.trial_id] for t in trials if t.trial_id in by_other_code}
+        # Finished is finished, whichever mm1core trained it, unless asked otherwise: said here and in the report.
+        versions = ", ".join(sorted(set(older.values())))
         what = (
             f"{len(trials)} trials planned, {finished} already finished"
             + (
-                f" ({len(older)} of them by other model code, mm1core {', '.join(sorted(set(older.values())))}: "
-                "they count as they are, and the report says which)"
-                if older
+                f" ({len(older)} of them by other model code, mm1core {versions}: they count as they are, and "
+                "the report says which; `--rerun-other-code` trains them again)"
+                if older and not reruns.other_code
                 else ""
             )
             + ", "
+            + (
+                f"{len(older)} trained by other model code (mm1core {versions}) to train again, "
+                if older and reruns.other_code
+                else ""
+            )
             + "".join(f"{n} {status} (left as they are), " for status, n in left.items() if n)
             + f"{len(todo)} to run"
         )
@@ -555,6 +586,11 @@ def _run_study(
         # A calibration of the trial shape, where the estimate needs one, measures an idle machine: no trial starts
         # before it ends.
         estimate = estimated.result()
+        # Set aside by this run or by one that ended before its trials opened their runs: before any trial opens
+        # its run, each gets a new one rather than its old code's reopened.
+        retrained = store.set_aside_ids(OTHER_CODE) & {t.trial_id for t in todo} if search is None else set()
+        if retrained:
+            opened.result().supersede(retrained)
     except BaseException:
         futures_wait([estimated, opened])
         if started_ray:

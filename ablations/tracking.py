@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from ablations.plan import Trial
 from mm1core.config import flatten
+from mm1core.stage_cache import code_version
 from mm1core.storage import append_jsonl, atomic_write_text, read_jsonl
 
 if TYPE_CHECKING:
@@ -211,6 +212,9 @@ class _Calls:
         if kind == "start_trial":
             self._start_trial(op)
             return
+        if kind == "supersede":
+            self._supersede(op)
+            return
         run_id = self.resolve(op["ref"])
         if kind == "log_batch":
             self.client.log_batch(
@@ -227,6 +231,23 @@ class _Calls:
             self.client.log_artifact(run_id, op["path"])
         else:
             raise ValueError(f"unknown queued MLflow call {kind!r}")
+
+    def _supersede(self, op: dict[str, Any]) -> None:
+        """The trial's runs that other model code trained (tagged with another code_version, or from before runs
+        were tagged) are no longer its runs: its next start opens a new one. A run this code trained stays the
+        trial's, so a retraining that was interrupted is reopened, and the call can be repeated."""
+        trial_id = op["ref"].removeprefix("trial:")
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.trial_id = '{trial_id}' and tags.`mm1ablate.role` = 'trial'",
+        )
+        for run in runs:
+            if run.data.tags.get("code_version") == op["code_version"]:
+                continue
+            self.client.set_tag(run.info.run_id, "mm1ablate.role", "superseded")
+            self.client.set_tag(run.info.run_id, "mm1ablate.superseded_because", op["why"])
+            if self.run_ids.get(op["ref"]) == run.info.run_id:
+                del self.run_ids[op["ref"]]
 
     def _log_missing(self, run_id: str, received: list[list]) -> None:
         """The points a killed driver had received (its journal) but not yet sent: sent now, once each."""
@@ -451,6 +472,7 @@ class Tracker:
                     "seed": str(trial.seed),
                     "study": self.study_name,
                     "git_commit": self.commit,
+                    "code_version": code_version(),
                     "config_hash": config_hash,
                 },
                 "params": [
@@ -472,6 +494,19 @@ class Tracker:
         if ref not in self.calls.run_ids:
             self._wait_sent()
         return self.calls.run_ids.get(ref)
+
+    def supersede(self, trial_ids: set[str]) -> None:
+        """These trials train again with this code: their MLflow runs that other model code trained are marked
+        superseded (kept in the store, out of the study's runs), and each trial trains in a run of its own."""
+        for trial_id in sorted(trial_ids):
+            self._send(
+                {
+                    "op": "supersede",
+                    "ref": f"trial:{trial_id}",
+                    "code_version": code_version(),
+                    "why": f"trained by other model code; trained again by mm1core {code_version()}",
+                }
+            )
 
     def log_metrics(self, trial_id: str, step: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)

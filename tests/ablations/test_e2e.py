@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from ablations.leftovers import descendants
 from mm1core import schema
+from mm1core.stage_cache import code_version
 
 pytestmark = pytest.mark.slow
 
@@ -344,7 +345,7 @@ resources: {cpu: 1}
 """
 
 
-def test_a_second_runner_of_a_running_study_is_refused(tmp_path):
+def test_a_second_runner_is_refused_and_trials_of_other_model_code_count_unless_rerun(tmp_path):
     # One short trial: the study is held from its first instant to its last, Ray's start alone takes seconds.
     (tmp_path / "tiny.yaml").write_text(BUSY.lstrip())
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
@@ -372,11 +373,43 @@ def test_a_second_runner_of_a_running_study_is_refused(tmp_path):
     study_dir = tmp_path / "results" / "busy"
     for table in (study_dir / "trials.parquet", *study_dir.glob("parts/*.trial.parquet")):
         pd.read_parquet(table).assign(code_version="0123456789ab").to_parquet(table)
+    client = _client(tmp_path)
+    experiment = client.get_experiment_by_name("busy").experiment_id
+    [trained] = client.search_runs([experiment], "tags.`mm1ablate.role` = 'trial'")
+    assert trained.data.tags["code_version"] == code_version()
+    client.set_tag(trained.info.run_id, "code_version", "0123456789ab")
     again = run_cli("run", "tiny.yaml", cwd=tmp_path)
     assert (
         "1 trials planned, 1 already finished (1 of them by other model code, mm1core 0123456789ab: they count as "
-        "they are, and the report says which), 0 to run" in again.stdout
+        "they are, and the report says which; `--rerun-other-code` trains them again), 0 to run"
+        in again.stdout
     ), again.stdout
+    # Asked to, it trains the trial again with this code: the old record kept aside, its MLflow run superseded.
+    [trial_id] = pd.read_parquet(study_dir / "trials.parquet")["trial_id"]
+    rerun = run_cli("run", "tiny.yaml", "--rerun-other-code", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (
+        "1 trials planned, 0 already finished, 1 trained by other model code (mm1core 0123456789ab) to train "
+        "again, 1 to run" in rerun.stdout
+    ), rerun.stdout
+    retrained = pd.read_parquet(study_dir / "trials.parquet")
+    assert list(retrained["status"]) == ["finished"] and list(retrained["code_version"]) == [code_version()]
+    [kept] = (study_dir / "parts" / "other-code").glob(f"{trial_id}.trial.parquet")
+    assert list(pd.read_parquet(kept)["code_version"]) == ["0123456789ab"]
+    runs = client.search_runs([experiment], f"tags.trial_id = '{trial_id}'")
+    roles = sorted(r.data.tags["mm1ablate.role"] for r in runs)
+    assert roles == ["superseded", "trial"], roles
+    [old] = [r for r in runs if r.data.tags["mm1ablate.role"] == "superseded"]
+    assert (
+        old.info.run_id == trained.info.run_id
+        and "trained by other model code" in old.data.tags["mm1ablate.superseded_because"]
+    )
+    [new] = [r for r in runs if r.data.tags["mm1ablate.role"] == "trial"]
+    assert new.info.run_id == retrained["mlflow_run_id"].iloc[0] and new.info.status == "FINISHED"
+    # Trained from its first step, not resumed from the old code's final checkpoint.
+    assert "resume from their checkpoints" not in rerun.stdout, rerun.stdout
+    steps = [m.step for m in client.get_metric_history(new.info.run_id, "train/loss")]
+    assert steps and min(steps) < 20 and len(steps) == len(set(steps)), steps
 
 
 def test_credentials_in_a_tracking_uri_are_never_shown():

@@ -201,3 +201,43 @@ def test_every_metric_sent_in_the_background_reaches_its_run(tmp_path):
         assert sorted(m.step for m in history) == list(range(50))
         assert all(m.value == 1.0 / (m.step + 1) for m in history)
     assert client.get_run(tracker.parent_id).info.status == "FINISHED"
+
+
+def test_a_trial_trained_again_by_new_model_code_gets_a_run_of_its_own(tmp_path):
+    """`--rerun-other-code`: the trial's run from other model code is marked superseded and a new run opens; a run
+    this code trained (a retraining that was interrupted) stays the trial's and is reopened, however often the call
+    is repeated."""
+    from ablations.plan import Trial
+    from ablations.tracking import Tracker
+    from mm1core.stage_cache import code_version
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trial = Trial("t1", "arm", {}, 0, {"train": {"lr": 0.001}})
+    first = Tracker(uri, "again", "", tmp_path)
+    first.start_trial(trial, config_hash=trial.trial_id)
+    first.end_trial(trial.trial_id, status="finished")
+    first.end_study(failed=False, summary={"planned": 1})
+    client = MlflowClient(uri)
+    old = first.run_id(trial.trial_id)
+    client.set_tag(old, "code_version", "0123456789ab")  # as an earlier mm1core would have tagged it
+
+    def retrain() -> str:
+        tracker = Tracker(uri, "again", "", tmp_path)
+        tracker.supersede({trial.trial_id})
+        tracker.start_trial(trial, config_hash=trial.trial_id)
+        tracker.end_trial(trial.trial_id, status="failed")  # say, killed: the next run retrains it
+        tracker.end_study(failed=True, summary={"planned": 1})
+        return tracker.run_id(trial.trial_id)
+
+    new = retrain()
+    assert new != old
+    assert client.get_run(old).data.tags["mm1ablate.role"] == "superseded"
+    assert client.get_run(new).data.tags["code_version"] == code_version()
+    assert retrain() == new  # its own code's run is reopened, not superseded
+    roles = sorted(
+        r.data.tags["mm1ablate.role"]
+        for r in client.search_runs(
+            [client.get_experiment_by_name("again").experiment_id], "tags.trial_id = 't1'"
+        )
+    )
+    assert roles == ["superseded", "trial"]
