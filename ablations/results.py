@@ -207,11 +207,9 @@ class ResultsStore:
         if time.monotonic() - self._consolidated_at >= CONSOLIDATE_EVERY_S:
             self.consolidate()
 
-    def consolidate(self, *, removed: bool = False) -> None:
-        """The study's tables from its trials' parts; `removed`: parts were taken away, so a table whose last part
-        went goes too."""
+    def consolidate(self) -> None:
         self._consolidated_at = time.monotonic()
-        read, damaged = {}, removed
+        read, damaged = {}, False
         for part in sorted(self.parts.glob("*.parquet")):
             try:
                 read[part] = pq.read_table(part)
@@ -238,15 +236,26 @@ class ResultsStore:
 
     def set_aside(self, trial_ids: set[str], why: str) -> None:
         """Take these trials' records out of the study, kept in parts/`why`/ (a later one replaces an earlier), and
-        delete their checkpoints: the next run trains them from the start."""
+        delete their checkpoints: the next run trains them from the start. A trial's row goes first, so a kill
+        half way leaves it untrained rather than finished without its items."""
         aside = self.parts / why
         aside.mkdir(exist_ok=True)
-        for trial_id in trial_ids:
-            for part in self.parts.glob(f"{trial_id}.*.parquet"):
-                os.replace(part, aside / part.name)
+        for trial_id in sorted(trial_ids):
+            for kind in ("trial", "curves", "items"):
+                part = self.parts / f"{trial_id}.{kind}.parquet"
+                if part.exists():
+                    os.replace(part, aside / part.name)
             for left in (self.dir / "checkpoints").glob(f"{trial_id}.*"):
                 left.unlink()
-        self.consolidate(removed=True)
+        import pyarrow.compute as pc
+
+        for path in (self.trials_path, self.curves_path, self.items_path):
+            if path.exists():
+                table = pq.read_table(path)
+                keep = pc.invert(
+                    pc.is_in(table["trial_id"], value_set=pa.array(sorted(trial_ids), pa.string()))
+                )
+                _write_atomic(table.filter(keep), path)
 
     def set_aside_ids(self, why: str) -> set[str]:
         """The trials whose records `set_aside(..., why)` keeps."""

@@ -485,8 +485,14 @@ def _run_study(
     trials = plan(study)
     study_dir = store.dir
     store.consolidate()  # parts a killed driver wrote after its last consolidation
+    uri = resolve_tracking_uri(tracking_uri, results_root)
+    check_reachable(uri)  # before anything starts or moves: a server that is down is one line, at once
     older: dict[str, str] = {}  # trial id -> the other mm1core that trained it
     if search is None:
+        by_other_code = store.finished_by_other_code(code_version())
+        older = {t.trial_id: by_other_code[t.trial_id] for t in trials if t.trial_id in by_other_code}
+        if older and reruns.other_code:  # before adoption: another study's run of this code counts for them
+            store.set_aside(set(older), OTHER_CODE)
         adopted = adopt_finished(study, trials, results_root)
         if adopted:
             print(
@@ -495,10 +501,6 @@ def _run_study(
                 file=out,
                 flush=True,
             )
-        by_other_code = store.finished_by_other_code(code_version())
-        older = {t.trial_id: by_other_code[t.trial_id] for t in trials if t.trial_id in by_other_code}
-        if older and reruns.other_code:
-            store.set_aside(set(older), OTHER_CODE)
         statuses = store.statuses()
         skipped = _skipped(study, statuses, trials, reruns.diverged)
         todo = run_order([t for t in trials if t.trial_id not in skipped])
@@ -510,14 +512,14 @@ def _run_study(
         what = (
             f"{len(trials)} trials planned, {finished} already finished"
             + (
-                f" ({len(older)} of them by other model code, mm1core {versions}: they count as they are, and "
-                "the report says which; `--rerun-other-code` trains them again)"
+                f" ({len(older)} of them by other model code, mm1core {versions}: they count as they are; "
+                "`--rerun-other-code` trains them again)"
                 if older and not reruns.other_code
                 else ""
             )
             + ", "
             + (
-                f"{len(older)} trained by other model code (mm1core {versions}) to train again, "
+                f"{len(older)} set aside as trained by other model code (mm1core {versions}), "
                 if older and reruns.other_code
                 else ""
             )
@@ -525,6 +527,13 @@ def _run_study(
             + f"{len(todo)} to run"
         )
     else:
+        if reruns.other_code:
+            print(
+                f"[{study.name}] --rerun-other-code: not for a search, whose tried configurations stand; "
+                "a study of its own trains them again",
+                file=out,
+                flush=True,
+            )
         storage = open_storage(study_dir)
         configurations = remaining_configurations(study, storage)
         planned, to_run = search.trials * search.seeds, configurations * search.seeds
@@ -532,8 +541,6 @@ def _run_study(
             f"search of {search.trials} configurations x {search.seeds} seed(s) ({search.sampler}), "
             f"{search.trials - configurations} already tried, {configurations} to try; Optuna: {storage_url(study_dir)}"
         )
-    uri = resolve_tracking_uri(tracking_uri, results_root)
-    check_reachable(uri)  # before anything starts: a server that is down is one line, at once
     summary = RunSummary(study.name, planned, planned - to_run, tracking_uri=uri, results_dir=study_dir)
     print(f"[{study.name}] {what}; MLflow: {redacted(uri)}; results: {study_dir}", file=out, flush=True)
     if not to_run:

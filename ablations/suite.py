@@ -54,7 +54,7 @@ SUITE_KEYS = ("suite", "description", "studies")
 SUITE_RECORDS = "suites"  # results/suites/NAME.json, read by dashboards.index
 # How often a running part writes that its driver is alive: a driver killed mid-study (SIGKILL, a machine's end)
 # leaves its part's wall time known to within this, where the end of its last finished study could be hours back.
-HEARTBEAT_S = float(os.environ.get("MM1ABLATE_SUITE_HEARTBEAT_S", 60))
+HEARTBEAT_S = 60.0
 
 
 @dataclass
@@ -169,6 +169,20 @@ def record_suite(suite: Suite, results_root: Path) -> Path:
         }
         _write_record(record, body)
     return record
+
+
+def _heartbeat_s() -> float:
+    try:
+        every = float(os.environ.get("MM1ABLATE_SUITE_HEARTBEAT_S", HEARTBEAT_S))
+    except ValueError:
+        every = 0.0
+    if every <= 0:
+        print(
+            f"warning: MM1ABLATE_SUITE_HEARTBEAT_S must be a positive number of seconds; using {HEARTBEAT_S:g}",
+            file=sys.stderr,
+        )
+        return HEARTBEAT_S
+    return every
 
 
 def _wall(seconds: float) -> str:
@@ -318,14 +332,16 @@ class SuiteRun:
     outcome: str = "running"
 
     @contextlib.contextmanager
-    def alive(self, every_s: float = HEARTBEAT_S) -> Iterator[None]:
-        """Rewrite the part (its wall time, what it has trained) every `every_s` seconds while the block runs."""
+    def alive(self, every_s: float | None = None) -> Iterator[None]:
+        """Rewrite the part (its wall time, what it has trained) every `every_s` seconds while the block runs
+        (HEARTBEAT_S, or MM1ABLATE_SUITE_HEARTBEAT_S where set: the tests beat every second)."""
+        every_s = every_s or _heartbeat_s()
         stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(every_s):
                 try:
-                    self.update(self.outcome)
+                    self._write(self.outcome)  # read once: the driver may say what it is in meanwhile
                 except Exception as err:  # noqa: BLE001 - a missed beat must never stop the suite
                     print(f"warning: the suite's record not updated: {err}", file=sys.stderr)
 
@@ -339,6 +355,9 @@ class SuiteRun:
 
     def update(self, outcome: str, *, ended: bool = False) -> None:
         self.outcome = outcome
+        self._write(outcome, ended=ended)
+
+    def _write(self, outcome: str, *, ended: bool = False) -> None:
         now = time.time()
         with _record_lock(self.record):
             data = _read_record(self.record)

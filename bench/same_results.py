@@ -44,6 +44,12 @@ def compare(a: Path, b: Path, study: str) -> dict:
         else pd.Series(False, index=shared.index)
         for column in ("cpu_model", "code_version")
     )
+    # Other code only where both folders say which: a folder from before code_version was recorded says nothing.
+    other_code = (
+        shared["code_version_a"].notna() & shared["code_version_b"].notna() & ~same_code
+        if {"code_version_a", "code_version_b"} <= set(shared)
+        else pd.Series(False, index=shared.index)
+    )
     alike = same_cpu & same_code
     per_trial = items.assign(d=differs).groupby("trial_id")["d"].max()
     identical = set(per_trial[per_trial == 0].index)
@@ -51,7 +57,7 @@ def compare(a: Path, b: Path, study: str) -> dict:
         "study": study,
         "shared": len(shared),
         "alike": int(alike.sum()),
-        "other_code": int((~same_code).sum()),
+        "other_code": int(other_code.sum()),
         "identical": len(identical),
         "identical_alike": int(shared.loc[alike, "trial_id"].isin(identical).sum()),
         "items": len(items),

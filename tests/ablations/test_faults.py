@@ -290,6 +290,37 @@ def test_a_trial_larger_than_any_node_is_refused_not_queued_forever(tmp_path):
     assert "resources.cpu is 64 per trial, but the largest node" in out.stderr
 
 
+def test_trials_set_aside_leave_the_study_with_their_checkpoints_and_keep_their_records(tmp_path):
+    """`run --rerun-other-code`: the trials another mm1core trained leave the study's tables, their parts kept aside
+    and their checkpoints gone (a retraining must not resume from the old code's); the other trials stay. Tables
+    with no parts behind them (an older results folder) lose those trials' rows too, and only theirs."""
+    from ablations.results import ResultsStore
+
+    store = ResultsStore(tmp_path / "study")
+    checkpoints = store.dir / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for trial_id in ("aaa", "bbb"):
+        row = {"trial_id": trial_id, "status": "finished", "0shot/avg": 0.5}
+        store.save_trial(row, [{"trial_id": trial_id, "step": 5, "metric": "train/loss", "value": 1.0}], [])
+        for suffix in (".pt", ".pt.sha256", ".reports.jsonl"):
+            (checkpoints / f"{trial_id}{suffix}").write_text("x")
+    store.consolidate()
+    store.set_aside({"bbb"}, "other-code")
+    assert store.statuses() == {"aaa": "finished"}
+    assert set(pd.read_parquet(store.curves_path)["trial_id"]) == {"aaa"}
+    kept = sorted(p.name for p in (store.parts / "other-code").iterdir())
+    assert kept == ["bbb.curves.parquet", "bbb.trial.parquet"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["aaa.pt", "aaa.pt.sha256", "aaa.reports.jsonl"]
+    assert store.set_aside_ids("other-code") == {"bbb"}
+    store.consolidate()  # the parts left say the same
+    assert store.statuses() == {"aaa": "finished"}
+
+    for part in store.parts.glob("*.parquet"):
+        part.unlink()  # tables only
+    store.set_aside({"aaa"}, "other-code")
+    assert store.statuses() == {} and pd.read_parquet(store.curves_path).empty
+
+
 def test_a_damaged_results_part_is_moved_aside_and_its_trial_runs_again(tmp_path, capsys):
     from ablations.results import ResultsStore
 
