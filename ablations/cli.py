@@ -215,14 +215,16 @@ def _encoders_line(what: str, encoders: dict[str, str]) -> str:
     )
 
 
-def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> SuitePlan:
+def _print_suite_plan(
+    suite: Suite, root: Path, *, estimate: bool, rerun_other_code: bool = False
+) -> SuitePlan:
     """The whole suite: per study its trials, those another study of the suite (or an earlier run) trains, and
-    the time left; then the total."""
+    the time left; then the total. `rerun_other_code`: finished trials another mm1core trained are to train."""
     from ablations.cost import estimate_study
     from ablations.plan import encoder_plan, plan, stage_cache_dir
-    from ablations.results import trial_statuses
+    from ablations.results import finished_by_other_code, trial_statuses
     from ablations.suite import SuitePlan, adoptable
-    from mm1core.stage_cache import encoder_stage_key
+    from mm1core.stage_cache import code_version, encoder_stage_key
 
     counted = set(adoptable(root))  # finished by some study with this code: no study trains them again
     seen: set[str] = set()
@@ -231,6 +233,8 @@ def _print_suite_plan(suite: Suite, root: Path, *, estimate: bool) -> SuitePlan:
     for study in suite.studies:
         trials = plan(study)
         own = {t for t, status in trial_statuses(root / study.name).items() if status == "finished"}
+        if rerun_other_code:
+            own -= set(finished_by_other_code(root / study.name, code_version()))
         finished = own | counted
         done = [t for t in trials if t.trial_id in finished]
         shared = [t for t in trials if t.trial_id in seen and t.trial_id not in finished]
@@ -282,7 +286,8 @@ def _run_suite(args: argparse.Namespace) -> int:
         _check_file_tasks(study, root)
     record = record_suite(suite, root)
     # The whole, before any of it runs.
-    part = begin_suite_run(record, _print_suite_plan(suite, root, estimate=True))
+    plan = _print_suite_plan(suite, root, estimate=True, rerun_other_code=args.rerun_other_code)
+    part = begin_suite_run(record, plan)
     codes: dict[str, int] = {}
     outcome = "stopped by an error"
     try:

@@ -34,6 +34,7 @@ __all__ = [
     "axis_cell",
     "StudyBusy",
     "config_json",
+    "finished_by_other_code",
     "study_runner",
     "trial_statuses",
     "unended_progress",
@@ -50,6 +51,21 @@ def trial_statuses(study_dir: Path) -> dict[str, str]:
         return {}
     table = pq.read_table(path, columns=["trial_id", "status"]).to_pydict()
     return dict(zip(table["trial_id"], table["status"], strict=True))
+
+
+def finished_by_other_code(study_dir: Path, current: str) -> dict[str, str]:
+    """trial_id -> the model code (mm1core's code_version) that trained it, for each finished trial trained by code
+    other than `current`: a run counts it as finished, as it would a trial of this code, unless told otherwise."""
+    path = study_dir / "trials.parquet"
+    if not path.exists():
+        return {}
+    table = pq.read_table(path).to_pydict()
+    versions = table.get("code_version", [None] * len(table["trial_id"]))
+    return {
+        trial_id: version
+        for trial_id, status, version in zip(table["trial_id"], table["status"], versions, strict=True)
+        if status == "finished" and version is not None and version != current
+    }
 
 
 def study_runner(study_dir: Path) -> str | None:
@@ -160,19 +176,6 @@ class ResultsStore:
 
     def statuses(self) -> dict[str, str]:
         return trial_statuses(self.dir)
-
-    def finished_by_other_code(self, current: str) -> dict[str, str]:
-        """trial_id -> the model code (mm1core's code_version) that trained it, for each finished trial trained by
-        code other than `current`: a run skips it as finished, as it would a trial of this code."""
-        if not self.trials_path.exists():
-            return {}
-        table = pq.read_table(self.trials_path).to_pydict()
-        versions = table.get("code_version", [None] * len(table["trial_id"]))
-        return {
-            trial_id: version
-            for trial_id, status, version in zip(table["trial_id"], table["status"], versions, strict=True)
-            if status == "finished" and version is not None and version != current
-        }
 
     def trials_of_search(self, name: str) -> list[dict[str, Any]]:
         """{trial_id, arm, seed} of every run recorded for the Optuna study `name`."""

@@ -47,7 +47,13 @@ from ablations.handoff import (
 )
 from ablations.leftovers import end_leftovers, forget_processes, record_processes
 from ablations.plan import Trial, plan, run_order, stage_cache_dir
-from ablations.results import ResultsStore, axis_cell, config_json, multimodal_shares_done
+from ablations.results import (
+    ResultsStore,
+    axis_cell,
+    config_json,
+    finished_by_other_code,
+    multimodal_shares_done,
+)
 from ablations.search import (
     configuration_runs,
     make_searcher,
@@ -489,7 +495,7 @@ def _run_study(
     check_reachable(uri)  # before anything starts or moves: a server that is down is one line, at once
     older: dict[str, str] = {}  # trial id -> the other mm1core that trained it
     if search is None:
-        by_other_code = store.finished_by_other_code(code_version())
+        by_other_code = finished_by_other_code(study_dir, code_version())
         older = {t.trial_id: by_other_code[t.trial_id] for t in trials if t.trial_id in by_other_code}
         if older and reruns.other_code:  # before adoption: another study's run of this code counts for them
             store.set_aside(set(older), OTHER_CODE)

@@ -368,3 +368,24 @@ def test_a_study_another_driver_runs_is_refused_and_the_suite_goes_on(tmp_path):
     assert "study 's-res' is already running" in done.stderr
     [part] = json.loads((tmp_path / "results" / "suites" / "tiny-findings.json").read_text())["runs"]
     assert part["outcome"] == "ended; s-res refused" and part["ended"]
+
+
+def test_a_suite_run_that_retrains_other_codes_trials_plans_them_as_to_train(tmp_path, capsys):
+    """`mm1ablate run SUITE --rerun-other-code`: the plan it begins with (and records as the part's) counts the
+    finished trials another mm1core trained as trials to train."""
+    from ablations.cli import _print_suite_plan
+    from ablations.plan import plan
+    from mm1core.stage_cache import code_version
+
+    suite = load_suite(_write_suite(tmp_path))
+    trials = plan(suite.studies[0])  # s-res: 16 and 32 px
+    rows = [
+        {"trial_id": t.trial_id, "status": "finished", "code_version": version}
+        for t, version in zip(trials, ["0123456789ab", code_version()], strict=True)
+    ]
+    (tmp_path / "results" / "s-res").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(tmp_path / "results" / "s-res" / "trials.parquet")
+    root = tmp_path / "results"
+    assert _print_suite_plan(suite, root, estimate=False).to_train == 1  # s-tok's 1-token arm
+    assert _print_suite_plan(suite, root, estimate=False, rerun_other_code=True).to_train == 2
+    assert not (root / "s-tok").exists()  # planning writes nothing
