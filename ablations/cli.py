@@ -342,8 +342,10 @@ def _rewrite_index(root: Path) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ablations.leftovers import stop_on_signals_as_on_ctrl_c
     from ablations.suite import is_suite
 
+    stop_on_signals_as_on_ctrl_c()
     if is_suite(Path(args.study)):
         return _run_suite(args)
     study = load_study(args.study)  # validated completely before Ray or MLflow start
@@ -376,6 +378,12 @@ def _run_one(study: Study, args: argparse.Namespace) -> int:
     except (StudyBusy, ClusterTooSmall, TrackingUnreachable) as refused:
         print(f"error: {refused}", file=sys.stderr)
         return REFUSED
+    except KeyboardInterrupt:  # before Tune ran the trials (while it runs them, it stops them itself)
+        print(
+            f"[{study.name}] interrupted before its trials ran to their end; run it again to resume",
+            flush=True,
+        )
+        return INTERRUPTED
     print(
         f"[{study.name}] done in {summary.wall_time_s:.0f}s: {len(summary.finished)} finished, "
         + (f"{len(summary.stopped)} stopped early, " if summary.stopped else "")

@@ -5,6 +5,9 @@ A driver killed with SIGKILL takes its Ray head (GCS, raylet) and its trial work
 started, each with its start time (so a recycled process id is never taken for one of them); the next run of the
 study, which holds the study's lock and so knows that driver is gone, ends those still alive. Linux /proc only;
 elsewhere nothing is recorded.
+
+Better than a killed driver is one that stops: SIGTERM (a batch scheduler's notice, `kill`) and a background job's
+SIGINT stop a run as Ctrl-C does (`stop_on_signals_as_on_ctrl_c`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from pathlib import Path
 
 from mm1core.storage import atomic_write_text
 
-__all__ = ["descendants", "end_leftovers", "forget_processes", "record_processes"]
+__all__ = [
+    "descendants",
+    "end_leftovers",
+    "forget_processes",
+    "record_processes",
+    "stop_on_signals_as_on_ctrl_c",
+]
 
 _FILE = ".ray-processes.json"
 
@@ -78,3 +87,18 @@ def end_leftovers(study_dir: Path) -> int:
                 pass
     path.unlink()
     return ended
+
+
+def stop_on_signals_as_on_ctrl_c() -> None:
+    """SIGTERM and SIGINT stop a run as Ctrl-C in a terminal does: trials checkpoint, the study and a suite's part
+    record how it ended, and a later run resumes. A shell starts a background job with SIGINT ignored, and Tune
+    listens for SIGINT only while trials run; SIGTERM would end the driver at once (ray.init sets it to exit), with
+    nothing recorded of how the run ended. Called again after ray.init, which replaces the SIGTERM handler."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Passed on as SIGINT, to whoever listens for it then: Tune while trials run, Python's handler otherwise.
+    signal.signal(signal.SIGTERM, _as_sigint)
+
+
+def _as_sigint(signum: int, frame: object) -> None:
+    os.kill(os.getpid(), signal.SIGINT)

@@ -45,7 +45,12 @@ from ablations.handoff import (
     Reporter,
     write_report,
 )
-from ablations.leftovers import end_leftovers, forget_processes, record_processes
+from ablations.leftovers import (
+    end_leftovers,
+    forget_processes,
+    record_processes,
+    stop_on_signals_as_on_ctrl_c,
+)
 from ablations.plan import Trial, plan, run_order, stage_cache_dir
 from ablations.results import (
     ResultsStore,
@@ -596,6 +601,7 @@ def _run_study(
                 )
             if not address:
                 record_processes(study_dir)
+        stop_on_signals_as_on_ctrl_c()  # ray.init made SIGTERM end the driver at once
         # A calibration of the trial shape, where the estimate needs one, measures an idle machine: no trial starts
         # before it ends.
         estimate = estimated.result()

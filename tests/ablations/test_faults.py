@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import read_until, run_cli, start_cli
+from conftest import CLI_ENV, MM1ABLATE, read_until, run_cli, start_cli
 from mlflow.tracking import MlflowClient
 
 from ablations.leftovers import descendants
@@ -288,6 +288,44 @@ def test_a_trial_larger_than_any_node_is_refused_not_queued_forever(tmp_path):
     out = run_cli("run", "s.yaml", cwd=tmp_path, timeout=120)
     assert out.returncode == 2
     assert "resources.cpu is 64 per trial, but the largest node" in out.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_and_a_background_jobs_ctrl_c_stop_a_run_as_ctrl_c_does(tmp_path):
+    """A run started as a shell's background job (SIGINT ignored) stops on SIGINT even before Tune runs its trials,
+    and SIGTERM (a batch scheduler's notice) stops it as Ctrl-C does: exit 130, the trials interrupted and resumable,
+    rather than the driver gone at once."""
+    (tmp_path / "s.yaml").write_text(STUDY.format(name="faults").lstrip())
+
+    def background() -> subprocess.Popen:
+        return subprocess.Popen(
+            [MM1ABLATE, "run", "s.yaml"],
+            cwd=tmp_path,
+            env=CLI_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+
+    early = background()
+    seen = read_until(early, "trials planned")
+    early.send_signal(signal.SIGINT)
+    rest, _ = early.communicate(timeout=300)
+    assert early.returncode == 130, "".join(seen) + rest
+    assert "[faults] interrupted before its trials ran to their end; run it again to resume" in rest, rest
+    assert "Traceback" not in rest, rest
+
+    late = background()
+    seen = read_until(late, "multimodal step")
+    late.send_signal(signal.SIGTERM)
+    rest, _ = late.communicate(timeout=300)
+    assert late.returncode == 130, "".join(seen) + rest
+    assert "interrupted: 2 trials did not end; run the study again to resume them" in rest, rest
+    status = run_cli("status", "faults", cwd=tmp_path, timeout=120).stdout
+    assert (
+        "interrupted" in status and "resumes the interrupted trials from their last checkpoints" in status
+    ), status
 
 
 def test_trials_set_aside_leave_the_study_with_their_checkpoints_and_keep_their_records(tmp_path):
