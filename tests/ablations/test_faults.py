@@ -297,8 +297,9 @@ def test_sigterm_and_a_background_jobs_ctrl_c_stop_a_run_as_ctrl_c_does(tmp_path
     rather than the driver gone at once."""
     (tmp_path / "s.yaml").write_text(STUDY.format(name="faults").lstrip())
 
-    def background() -> subprocess.Popen:
-        return subprocess.Popen(
+    def stopped(marker: str, signum: int) -> str:
+        """A run started as a background job, sent `signum` once it prints `marker`: what it printed after."""
+        driver = subprocess.Popen(
             [MM1ABLATE, "run", "s.yaml"],
             cwd=tmp_path,
             env=CLI_ENV,
@@ -307,21 +308,16 @@ def test_sigterm_and_a_background_jobs_ctrl_c_stop_a_run_as_ctrl_c_does(tmp_path
             text=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         )
+        seen = read_until(driver, marker)
+        driver.send_signal(signum)
+        rest, _ = driver.communicate(timeout=300)
+        assert driver.returncode == 130 and "Traceback" not in rest, "".join(seen) + rest
+        return rest
 
-    early = background()
-    seen = read_until(early, "trials planned")
-    early.send_signal(signal.SIGINT)
-    rest, _ = early.communicate(timeout=300)
-    assert early.returncode == 130, "".join(seen) + rest
-    assert "[faults] interrupted before its trials ran to their end; run it again to resume" in rest, rest
-    assert "Traceback" not in rest, rest
-
-    late = background()
-    seen = read_until(late, "multimodal step")
-    late.send_signal(signal.SIGTERM)
-    rest, _ = late.communicate(timeout=300)
-    assert late.returncode == 130, "".join(seen) + rest
-    assert "interrupted: 2 trials did not end; run the study again to resume them" in rest, rest
+    early = stopped("trials planned", signal.SIGINT)
+    assert "[faults] interrupted before its trials ran to their end; run it again to resume" in early, early
+    late = stopped("multimodal step", signal.SIGTERM)
+    assert "interrupted: 2 trials did not end; run the study again to resume them" in late, late
     status = run_cli("status", "faults", cwd=tmp_path, timeout=120).stdout
     assert (
         "interrupted" in status and "resumes the interrupted trials from their last checkpoints" in status
