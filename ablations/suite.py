@@ -332,10 +332,10 @@ class SuiteRun:
     outcome: str = "running"
 
     @contextlib.contextmanager
-    def alive(self, every_s: float | None = None) -> Iterator[None]:
-        """Rewrite the part (its wall time, what it has trained) every `every_s` seconds while the block runs
-        (HEARTBEAT_S, or MM1ABLATE_SUITE_HEARTBEAT_S where set: the tests beat every second)."""
-        every_s = every_s or _heartbeat_s()
+    def alive(self) -> Iterator[None]:
+        """Rewrite the part (its wall time, what it has trained) every HEARTBEAT_S seconds while the block runs
+        (MM1ABLATE_SUITE_HEARTBEAT_S where set: the tests beat every second)."""
+        every_s = _heartbeat_s()
         stop = threading.Event()
 
         def beat() -> None:
