@@ -33,6 +33,7 @@ from dashboards.floors import (
 from dashboards.provenance import (
     code_versions_note,
     comparable_items,
+    machines_note,
     shared_encoder_note,
     split_stale,
     stale_html,
@@ -375,7 +376,11 @@ def write_report(study_dir: Path, *, tracking_uri: str | None = None) -> Path:
         )
     findings_html = "<h2>The paper beside us</h2>" + _findings_html(assessed) if assessed else ""
     views_html = paper_views_html(trials, spec_axes)
-    notes = [n for n in (shared_encoder_note(trials), code_versions_note(trials)) if n]
+    notes = [
+        n
+        for n in (shared_encoder_note(trials), code_versions_note(trials), machines_note(trials, reference))
+        if n
+    ]
     _write_summary(study_dir, study, table, arm_columns, compared, reference, assessed, notes)
 
     failed = trials[~trials["status"].isin(["finished", "stopped", "diverged"])]

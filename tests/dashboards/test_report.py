@@ -367,6 +367,46 @@ def test_a_study_trained_by_two_versions_of_the_model_code_says_which_trials_eac
     assert "trained by 2 versions of the model code" in (study_dir / "report.html").read_text()
 
 
+def test_a_study_run_on_two_kinds_of_machine_says_which_seeds_it_compares_across_them(tmp_path):
+    """The same trial gives other runs on another CPU: a study run in parts on two machines names the pairs that
+    mix them."""
+    from dashboards.provenance import machines_note
+
+    study_dir = _study(tmp_path, {"res=32": -0.3, "res=64": 0.0})
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    one = trials.assign(cpu_model="AMD EPYC", device="cpu x1 threads")
+    assert machines_note(one, "res=64") is None
+    # More threads round a matrix product's sums in another order: another machine as far as the runs go.
+    assert "2 kinds of machine" in machines_note(
+        one.assign(device=["cpu x2 threads" if s == 4 else "cpu x1 threads" for s in one["seed"]]), "res=64"
+    )
+    # Seeds 0-2 of both arms on one machine, then the study resumed on another: res=32's seeds 3 and 4 there, the
+    # reference's seed 3 too, its seed 4 on the first machine.
+    later = (one["seed"] >= 3) & ~((one["arm"] == "res=64") & (one["seed"] == 4))
+    mixed = one.assign(cpu_model=["Intel(R) Xeon(R) Processor" if x else "AMD EPYC" for x in later])
+    note = machines_note(mixed, "res=64")
+    assert "Intel(R) Xeon(R) Processor, cpu x1 threads: 3 trials (res=32, res=64)" in note
+    assert "AMD EPYC, cpu x1 threads: 7 trials (res=32, res=64)" in note
+    assert (
+        "1 of the 5 runs compared with the reference's run of their seed ran on another machine than it"
+        in note
+    )
+    assert "(res=32 seed 4)" in note
+    # A GPU is named by its device, whatever the host's CPU.
+    gpu = one.assign(device=["NVIDIA H200" if a == "res=32" else "cpu x1 threads" for a in one["arm"]])
+    assert "NVIDIA H200: 5 trials (res=32)" in machines_note(gpu, "res=64")
+    assert "5 of the 5 runs" in machines_note(gpu, "res=64")
+    # Each pair on one machine, the machines differing between seeds: said, and no pair named.
+    by_seed = one.assign(
+        cpu_model=["Intel(R) Xeon(R) Processor" if s >= 3 else "AMD EPYC" for s in one["seed"]]
+    )
+    assert "on the same machine" in machines_note(by_seed, "res=64")
+    mixed.to_parquet(study_dir / "trials.parquet")
+    write_report(study_dir)
+    assert "ran on 2 kinds of machine" in (study_dir / "summary.md").read_text()
+    assert "ran on 2 kinds of machine" in (study_dir / "report.html").read_text()
+
+
 def test_an_increasing_finding_over_three_values_tests_the_trend(tmp_path):
     from dashboards.findings import assess, load_findings
 
