@@ -222,7 +222,7 @@ def _print_suite_plan(
     the time left; then the total. `rerun_other_code`: finished trials another mm1core trained are to train."""
     from ablations.cost import estimate_study
     from ablations.plan import encoder_plan, plan, stage_cache_dir
-    from ablations.results import finished_by_other_code, trial_statuses
+    from ablations.results import finished_unlike, trial_statuses
     from ablations.suite import SuitePlan, adoptable
     from mm1core.stage_cache import code_version, encoder_stage_key
 
@@ -234,7 +234,7 @@ def _print_suite_plan(
         trials = plan(study)
         own = {t for t, status in trial_statuses(root / study.name).items() if status == "finished"}
         if rerun_other_code:
-            own -= set(finished_by_other_code(root / study.name, code_version()))
+            own -= set(finished_unlike(root / study.name, "code_version", code_version()))
         finished = own | counted
         done = [t for t in trials if t.trial_id in finished]
         shared = [t for t in trials if t.trial_id in seen and t.trial_id not in finished]

@@ -34,7 +34,7 @@ __all__ = [
     "axis_cell",
     "StudyBusy",
     "config_json",
-    "finished_by_other_code",
+    "finished_unlike",
     "study_runner",
     "trial_statuses",
     "unended_progress",
@@ -53,18 +53,19 @@ def trial_statuses(study_dir: Path) -> dict[str, str]:
     return dict(zip(table["trial_id"], table["status"], strict=True))
 
 
-def finished_by_other_code(study_dir: Path, current: str) -> dict[str, str]:
-    """trial_id -> the model code (mm1core's code_version) that trained it, for each finished trial trained by code
-    other than `current`: a run counts it as finished, as it would a trial of this code, unless told otherwise."""
+def finished_unlike(study_dir: Path, column: str, current: str) -> dict[str, str]:
+    """trial_id -> what a finished trial recorded in `column`, for each that recorded something other than `current`:
+    the model code that trained it (code_version), the CPU it ran on (cpu_model). A run counts such a trial as
+    finished, as it would one of this code on this machine, and says so."""
     path = study_dir / "trials.parquet"
     if not path.exists():
         return {}
     table = pq.read_table(path).to_pydict()
-    versions = table.get("code_version", [None] * len(table["trial_id"]))
+    recorded = table.get(column, [None] * len(table["trial_id"]))
     return {
-        trial_id: version
-        for trial_id, status, version in zip(table["trial_id"], table["status"], versions, strict=True)
-        if status == "finished" and version is not None and version != current
+        trial_id: value
+        for trial_id, status, value in zip(table["trial_id"], table["status"], recorded, strict=True)
+        if status == "finished" and value is not None and value != current
     }
 
 

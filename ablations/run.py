@@ -56,7 +56,7 @@ from ablations.results import (
     ResultsStore,
     axis_cell,
     config_json,
-    finished_by_other_code,
+    finished_unlike,
     multimodal_shares_done,
 )
 from ablations.search import (
@@ -74,6 +74,7 @@ from ablations.trial import train_trial
 from mm1core import schema
 from mm1core.eval import HEADLINE_METRICS, file_task_headlines
 from mm1core.eval.protocol import protocol_fingerprints
+from mm1core.hardware import cpu_model_name
 from mm1core.schema import last_line
 from mm1core.stage_cache import code_version
 from mm1core.storage import atomic_write_text
@@ -500,7 +501,7 @@ def _run_study(
     check_reachable(uri)  # before anything starts or moves: a server that is down is one line, at once
     older: dict[str, str] = {}  # trial id -> the other mm1core that trained it
     if search is None:
-        by_other_code = finished_by_other_code(study_dir, code_version())
+        by_other_code = finished_unlike(study_dir, "code_version", code_version())
         older = {t.trial_id: by_other_code[t.trial_id] for t in trials if t.trial_id in by_other_code}
         if older and reruns.other_code:  # before adoption: another study's run of this code counts for them
             store.set_aside(set(older), OTHER_CODE)
@@ -513,6 +514,17 @@ def _run_study(
                 flush=True,
             )
         statuses = store.statuses()
+        # On another CPU the same trial gives another run: where this run trains on this machine beside trials
+        # that ran on another, the comparisons will pair runs of two machines (on a cluster, where its trials run
+        # is the cluster's to say, and the report says it).
+        elsewhere = (
+            finished_unlike(study_dir, "cpu_model", cpu_model_name())
+            if not (
+                address or os.environ.get("RAY_ADDRESS") or ray.is_initialized() or study.spec.resources.gpu
+            )
+            else {}
+        )
+        elsewhere = {t.trial_id: elsewhere[t.trial_id] for t in trials if t.trial_id in elsewhere}
         skipped = _skipped(study, statuses, trials, reruns.diverged)
         todo = run_order([t for t in trials if t.trial_id not in skipped])
         planned, to_run = len(trials), len(todo)
@@ -526,6 +538,13 @@ def _run_study(
                 f" ({len(older)} of them by other model code, mm1core {versions}: they count as they are; "
                 "`--rerun-other-code` trains them again)"
                 if older and not reruns.other_code
+                else ""
+            )
+            + (
+                f" ({len(elsewhere)} of them on another CPU, {', '.join(sorted(set(elsewhere.values())))}: the "
+                "same trial gives another run there, so the report names the comparisons that pair runs of two "
+                "machines)"
+                if elsewhere
                 else ""
             )
             + ", "

@@ -369,9 +369,22 @@ def test_a_second_runner_is_refused_and_trials_of_other_model_code_count_unless_
     assert (
         "1 trials planned, 1 already finished, 0 to run" in run_cli("run", "tiny.yaml", cwd=tmp_path).stdout
     )
-    # A run trained by an older mm1core (its recorded code_version) still counts as finished, and the run says so.
     study_dir = tmp_path / "results" / "busy"
-    for table in (study_dir / "trials.parquet", *study_dir.glob("parts/*.trial.parquet")):
+    # A run finished on another kind of CPU counts as it is; a run that trains here beside it says the study now
+    # holds runs of two machines.
+    tables = (study_dir / "trials.parquet", *study_dir.glob("parts/*.trial.parquet"))
+    [here] = pd.read_parquet(study_dir / "trials.parquet")["cpu_model"]
+    for table in tables:
+        pd.read_parquet(table).assign(cpu_model="Another CPU").to_parquet(table)
+    assert (
+        "1 already finished (1 of them on another CPU, Another CPU: the same trial gives another run there, so "
+        "the report names the comparisons that pair runs of two machines), 0 to run"
+        in run_cli("run", "tiny.yaml", cwd=tmp_path).stdout
+    )
+    for table in tables:
+        pd.read_parquet(table).assign(cpu_model=here).to_parquet(table)
+    # A run trained by an older mm1core (its recorded code_version) still counts as finished, and the run says so.
+    for table in tables:
         pd.read_parquet(table).assign(code_version="0123456789ab").to_parquet(table)
     client = _client(tmp_path)
     experiment = client.get_experiment_by_name("busy").experiment_id
