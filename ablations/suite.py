@@ -214,9 +214,16 @@ def suite_runs(record: dict, *, now: float | None = None) -> list[str]:
         "(the rest finished before it)"
     )
     state = "complete" if last.get("outcome") == "complete" else "not complete"
+    machines = sorted({str(r["machine"]) for r in runs if r.get("machine")})
+    # A machine twice as fast halves a part: parts of two machines add up to no one machine's time for the suite.
+    mixed = (
+        f"; its parts ran on {len(machines)} machines ({', '.join(machines)}), so the sum is no one machine's time"
+        if len(machines) > 1
+        else ""
+    )
     lines = [
         f"suite {name}: {len(runs)} part{'s' * (len(runs) > 1)}, {_wall(total)} of wall time in all; {began}; "
-        f"{state}"
+        f"{state}{mixed}"
     ]
     for i, r in enumerate(runs, 1):
         ended, wall = r.get("ended"), _wall(float(r.get("wall_s") or 0))

@@ -192,6 +192,11 @@ def test_a_suite_measured_in_parts_sums_them_and_says_what_each_was():
         "the first began with 89 of 93 distinct trials to train (the rest finished before it); not complete"
         in (partial)
     )
+    # Parts on two machines: their sum is no one machine's time for the suite.
+    elsewhere = resumed | {"machine": "AMD EPYC"}
+    assert suite_runs({"suite": "findings", "runs": [killed, elsewhere]})[0] == (
+        head + "; its parts ran on 2 machines (AMD EPYC, Some CPU), so the sum is no one machine's time"
+    )
     assert suite_runs({"suite": "f", "studies": ["a"]}) == [
         "suite f: no run of the suite as a whole is recorded here (its studies ran one by one)"
     ]
