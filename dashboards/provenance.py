@@ -128,7 +128,10 @@ def code_versions_note(trials: pd.DataFrame) -> str | None:
 
 def _machine(row) -> str:
     """The kind of machine a run's numbers depend on: its GPU's name, or its CPU's model and thread count."""
-    device = str(row.get("device") or "")
+    device = row.get("device")
+    device = (
+        "" if device is None or pd.isna(device) else str(device)
+    )  # rows from before devices were recorded
     if device and not device.startswith("cpu"):
         return device
     return f"{row['cpu_model']}, {device}" if device else str(row["cpu_model"])

@@ -376,6 +376,12 @@ def test_a_study_run_on_two_kinds_of_machine_says_which_seeds_it_compares_across
     trials = pd.read_parquet(study_dir / "trials.parquet")
     one = trials.assign(cpu_model="AMD EPYC", device="cpu x1 threads")
     assert machines_note(one, "res=64") is None
+    # Rows from before the device was recorded are named by their CPU alone (not as a GPU called "nan").
+    older = one.assign(
+        device=[float("nan") if a == "res=32" else "cpu x1 threads" for a in one["arm"]],
+        cpu_model=["Intel(R) Xeon(R) Processor" if a == "res=32" else "AMD EPYC" for a in one["arm"]],
+    )
+    assert "Intel(R) Xeon(R) Processor: 5 trials (res=32)" in machines_note(older, "res=64")
     # More threads round a matrix product's sums in another order: another machine as far as the runs go.
     assert "2 kinds of machine" in machines_note(
         one.assign(device=["cpu x2 threads" if s == 4 else "cpu x1 threads" for s in one["seed"]]), "res=64"
