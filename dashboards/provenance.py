@@ -129,9 +129,7 @@ def code_versions_note(trials: pd.DataFrame) -> str | None:
 def _machine(row) -> str:
     """The kind of machine a run's numbers depend on: its GPU's name, or its CPU's model and thread count."""
     device = row.get("device")
-    device = (
-        "" if device is None or pd.isna(device) else str(device)
-    )  # rows from before devices were recorded
+    device = str(device) if pd.notna(device) else ""  # rows from before devices were recorded have none
     if device and not device.startswith("cpu"):
         return device
     return f"{row['cpu_model']}, {device}" if device else str(row["cpu_model"])
@@ -166,17 +164,15 @@ def machines_note(trials: pd.DataFrame, reference: str | None) -> str | None:
         return note
     arms = done["arm"].astype(str)
     on_reference = dict(zip(done.loc[arms == reference, "seed"], machine[arms == reference], strict=True))
-    crossed = [
-        f"{arm} seed {seed}"
+    paired = [
+        (arm, seed, where)
         for arm, seed, where in zip(arms, done["seed"], machine, strict=True)
-        if arm != reference and seed in on_reference and on_reference[seed] != where
+        if arm != reference and seed in on_reference
     ]
-    paired = sum(
-        arm != reference and seed in on_reference for arm, seed in zip(arms, done["seed"], strict=True)
-    )
+    crossed = [f"{arm} seed {seed}" for arm, seed, where in paired if on_reference[seed] != where]
     if crossed:
         note += (
-            f" {len(crossed)} of the {paired} runs compared with the reference's run of their seed ran on another "
+            f" {len(crossed)} of the {len(paired)} runs compared with the reference's run of their seed ran on another "
             f"machine than it ({', '.join(crossed)}); re-running the study on one machine removes that."
         )
     else:
