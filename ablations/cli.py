@@ -515,7 +515,7 @@ def _suite_time_left(suite: Suite, record: dict, running: tuple[str, float] | No
     wall = study_left + sum(float(planned.get(n, 0.0)) for n in later)
     return (
         f"about {_duration(wall)} left for the suite: {_duration(study_left)} of {name} by its estimate, and "
-        f"the plan this run began with for the {len(later)} studies after it"
+        f"the plan this run began with for the {len(later)} {'study' if len(later) == 1 else 'studies'} after it"
     )
 
 

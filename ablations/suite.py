@@ -242,7 +242,10 @@ def suite_runs(record: dict, *, now: float | None = None) -> list[str]:
         code = str(r.get("commit", "unknown"))[:10] + (
             " with local changes" if r.get("local_changes") else ""
         )
-        outcome = "" if r.get("running") and r.get("outcome") == "running" else f"{r.get('outcome')}; "
+        outcome = str(r.get("outcome"))
+        if not ended:  # the heartbeat's "running; in STUDY": the span already says whether its driver lives
+            outcome = outcome.removeprefix("running").lstrip("; ")
+        outcome = f"{outcome}; " if outcome else ""
         trained = (
             f"; trained {r['trained']}, {r.get('crowded', 0)} of them with less than {MIN_CPU_SHARE:g} of their CPU "
             "(other work beside them)"

@@ -165,7 +165,7 @@ def test_a_suite_measured_in_parts_sums_them_and_says_what_each_was():
     # While a driver of the suite is alive, the unended part is running, and its time so far is known.
     now = calendar.timegm((2026, 11, 29, 9, 19, 0, 0, 0, 0))
     assert (
-        "08:49:00Z, running: 30 min so far; running; f01-resolution ended; 93 trials"
+        "08:49:00Z, running: 30 min so far; f01-resolution ended; 93 trials"
         in suite_runs({"suite": "findings", "runs": [killed]}, now=now)[1]
     )
     resumed = _part("2026-11-29T10:00:00Z", 25200, "complete", to_train=80, commit="a8dce9a", changed=True)
@@ -176,7 +176,10 @@ def test_a_suite_measured_in_parts_sums_them_and_says_what_each_was():
         "trials to train); complete"
     )
     # A later part began: this one's driver was killed, its wall time known to its last heartbeat.
-    assert "its driver killed (no end recorded; last seen 2026-11-29T09:12:00Z): 23 min" in first
+    assert (
+        "its driver killed (no end recorded; last seen 2026-11-29T09:12:00Z): 23 min; f01-resolution ended; "
+        in first
+    )
     alone = suite_runs({"suite": "findings", "runs": [killed]})[1]
     assert (
         "no end recorded (running, or its driver was killed; last seen 2026-11-29T09:12:00Z): 23 min" in alone
@@ -312,7 +315,7 @@ def test_a_killed_suite_driver_leaves_its_part_and_ctrl_c_stops_the_suite(tmp_pa
     running = run_cli("status", "suite", cwd=tmp_path, timeout=120).stdout
     assert f"its driver killed (no end recorded; last seen {killed['last_seen']}): " in running, running
     assert "part 2: " in running and "running: " in running.split("part 2: ")[1], running
-    assert "left for the suite: " in running and "for the 1 studies after it" in running, running
+    assert "left for the suite: " in running and "for the 1 study after it" in running, running
     driver.send_signal(signal.SIGINT)
     rest, _ = driver.communicate(timeout=300)
     out = "".join(seen) + rest
