@@ -785,7 +785,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--rerun-other-code",
         action="store_true",
         help="train again the finished trials another version of mm1core trained (by default they count as "
-        "finished; their results are kept aside and their MLflow runs marked superseded)",
+        "finished; their results are kept aside and their MLflow runs marked superseded), and from step 0 the "
+        "unfinished ones it began (by default they resume from their checkpoints)",
     )
     p.add_argument(
         "--max-failures",

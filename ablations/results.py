@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ablations.handoff import REPORTS_LOG_SUFFIX
-from mm1core.storage import append_jsonl, atomic_write, quarantine, read_jsonl
+from mm1core.storage import append_jsonl, atomic_write, atomic_write_text, quarantine, read_jsonl
 
 __all__ = [
     "CONSOLIDATE_EVERY_S",
@@ -34,9 +34,11 @@ __all__ = [
     "axis_cell",
     "StudyBusy",
     "config_json",
+    "checkpoints_begun_by_other_code",
     "finished_unlike",
     "study_runner",
     "trial_statuses",
+    "record_checkpoint_code",
     "unended_progress",
 ]
 
@@ -67,6 +69,42 @@ def finished_unlike(study_dir: Path, column: str, current: str) -> dict[str, str
         for trial_id, status, value in zip(table["trial_id"], table["status"], recorded, strict=True)
         if status == "finished" and value is not None and value != current
     }
+
+
+# checkpoints/<trial id>.code: the model code (mm1core's code_version) that began the run its checkpoint continues.
+CHECKPOINT_CODE_SUFFIX = ".code"
+
+
+def _has_checkpoint(study_dir: Path, trial_id: str) -> bool:
+    folder = study_dir / "checkpoints"
+    return (folder / f"{trial_id}.pt").exists() or (folder / f"{trial_id}.sft.pt").exists()
+
+
+def checkpoints_begun_by_other_code(study_dir: Path, trial_ids: list[str], current: str) -> dict[str, str]:
+    """trial id -> the code that began it, for each unfinished run whose checkpoint other model code began: resumed,
+    it would be part one code's run and part another's, while its row names only the code that finished it.
+    Checkpoints from before this record name no code, and are not counted."""
+    found = {}
+    for trial_id in trial_ids:
+        if not _has_checkpoint(study_dir, trial_id):
+            continue
+        try:
+            began = (study_dir / "checkpoints" / f"{trial_id}{CHECKPOINT_CODE_SUFFIX}").read_text().strip()
+        except OSError:
+            continue
+        if began and began != current:
+            found[trial_id] = began
+    return found
+
+
+def record_checkpoint_code(study_dir: Path, trial_ids: list[str], current: str) -> None:
+    """`current` begins each of these runs that has no checkpoint to resume from; a resumed run keeps the code that
+    began it, so that it is still named if the code changes again before it finishes."""
+    folder = study_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    for trial_id in trial_ids:
+        if not _has_checkpoint(study_dir, trial_id):
+            atomic_write_text(folder / f"{trial_id}{CHECKPOINT_CODE_SUFFIX}", current)
 
 
 def study_runner(study_dir: Path) -> str | None:
@@ -249,8 +287,7 @@ class ResultsStore:
                 part = self.parts / f"{trial_id}.{kind}.parquet"
                 if part.exists():
                     os.replace(part, aside / part.name)
-            for left in (self.dir / "checkpoints").glob(f"{trial_id}.*"):
-                left.unlink()
+            self._delete_checkpoints(trial_id)
         import pyarrow.compute as pc
 
         for path in (self.trials_path, self.curves_path, self.items_path):
@@ -260,6 +297,17 @@ class ResultsStore:
                     pc.is_in(table["trial_id"], value_set=pa.array(sorted(trial_ids), pa.string()))
                 )
                 _write_atomic(table.filter(keep), path)
+
+    def start_over(self, trial_ids: set[str]) -> None:
+        """These unfinished runs train again from step 0: their checkpoints, report logs and what the driver had
+        received of them are deleted (a resumed run's replayed reports would otherwise stand for the new run's)."""
+        for trial_id in sorted(trial_ids):
+            self._delete_checkpoints(trial_id)
+            (self.journal / f"{trial_id}.jsonl").unlink(missing_ok=True)
+
+    def _delete_checkpoints(self, trial_id: str) -> None:
+        for left in (self.dir / "checkpoints").glob(f"{trial_id}.*"):
+            left.unlink()
 
     def set_aside_ids(self, why: str) -> set[str]:
         """The trials whose records `set_aside(..., why)` keeps."""

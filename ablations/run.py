@@ -55,9 +55,11 @@ from ablations.plan import Trial, plan, run_order, stage_cache_dir
 from ablations.results import (
     ResultsStore,
     axis_cell,
+    checkpoints_begun_by_other_code,
     config_json,
     finished_unlike,
     multimodal_shares_done,
+    record_checkpoint_code,
 )
 from ablations.search import (
     configuration_runs,
@@ -464,7 +466,8 @@ def run_study(
     """Run what is left of a study; raises StudyBusy while another runner holds it.
 
     rerun_other_code: train again the finished trials that another version of mm1core trained (their results set
-    aside, their MLflow runs marked superseded), where by default they count as finished.
+    aside, their MLflow runs marked superseded), where by default they count as finished, and from step 0 the
+    unfinished runs it began, where by default they resume from their checkpoints.
     max_failures: how often Tune retries a trial whose process died (the OOM killer, a lost node), each time from
     its last checkpoint, before it is recorded as failed.
     """
@@ -500,6 +503,7 @@ def _run_study(
     uri = resolve_tracking_uri(tracking_uri, results_root)
     check_reachable(uri)  # before anything starts or moves: a server that is down is one line, at once
     older: dict[str, str] = {}  # trial id -> the other mm1core that trained it
+    restarted: set[str] = set()  # unfinished runs other model code began, trained again from step 0
     if search is None:
         by_other_code = finished_unlike(study_dir, "code_version", code_version())
         older = {t.trial_id: by_other_code[t.trial_id] for t in trials if t.trial_id in by_other_code}
@@ -527,6 +531,15 @@ def _run_study(
         elsewhere = {t.trial_id: elsewhere[t.trial_id] for t in trials if t.trial_id in elsewhere}
         skipped = _skipped(study, statuses, trials, reruns.diverged)
         todo = run_order([t for t in trials if t.trial_id not in skipped])
+        todo_ids = [t.trial_id for t in todo]
+        # Resumed, a run another mm1core began would be part that code's and part this one's, its row naming only
+        # this one: counted as it is, as a finished trial of other code is, unless asked otherwise.
+        begun = checkpoints_begun_by_other_code(study_dir, todo_ids, code_version())
+        if begun and reruns.other_code:
+            store.start_over(set(begun))
+            restarted = set(begun)
+        record_checkpoint_code(study_dir, todo_ids, code_version())
+        begun_by = ", ".join(sorted(set(begun.values())))
         planned, to_run = len(trials), len(todo)
         left = {status: sum(statuses.get(t) == status for t in skipped) for status in ("stopped", "diverged")}
         finished = len(skipped) - sum(left.values())
@@ -555,6 +568,17 @@ def _run_study(
             )
             + "".join(f"{n} {status} (left as they are), " for status, n in left.items() if n)
             + f"{len(todo)} to run"
+            + (
+                f" ({len(begun)} of them resume from checkpoints that other model code began, mm1core {begun_by}: "
+                "each would be part one code's run and part this one's; `--rerun-other-code` starts them over)"
+                if begun and not reruns.other_code
+                else ""
+            )
+            + (
+                f" ({len(begun)} of them, begun by other model code, mm1core {begun_by}, start over)"
+                if begun and reruns.other_code
+                else ""
+            )
         )
     else:
         if reruns.other_code:
@@ -626,7 +650,11 @@ def _run_study(
         estimate = estimated.result()
         # Set aside by this run or by one that ended before its trials opened their runs: before any trial opens
         # its run, each gets a new one rather than its old code's reopened.
-        retrained = store.set_aside_ids(OTHER_CODE) & {t.trial_id for t in todo} if search is None else set()
+        retrained = (
+            (store.set_aside_ids(OTHER_CODE) | restarted) & {t.trial_id for t in todo}
+            if search is None
+            else set()
+        )
         if retrained:
             opened.result().supersede(retrained)
     except BaseException:

@@ -20,7 +20,7 @@ from conftest import CLI_ENV, MM1ABLATE, read_until, run_cli, start_cli
 from mlflow.tracking import MlflowClient
 
 from ablations.leftovers import descendants
-from mm1core.stage_cache import cache_state, cached_stage
+from mm1core.stage_cache import cache_state, cached_stage, code_version
 from mm1core.storage import DamagedFile, load_checked, save_checked
 
 STUDY = """
@@ -294,7 +294,8 @@ def test_a_trial_larger_than_any_node_is_refused_not_queued_forever(tmp_path):
 def test_sigterm_and_a_background_jobs_ctrl_c_stop_a_run_as_ctrl_c_does(tmp_path):
     """A run started as a shell's background job (SIGINT ignored) stops on SIGINT even before Tune runs its trials,
     and SIGTERM (a batch scheduler's notice) stops it as Ctrl-C does: exit 130, the trials interrupted and resumable,
-    rather than the driver gone at once."""
+    rather than the driver gone at once. Then the model code changes under them: a run says that resuming them
+    would mix two codes, and `--rerun-other-code` trains them from step 0 in MLflow runs of their own."""
     (tmp_path / "s.yaml").write_text(STUDY.format(name="faults").lstrip())
 
     def stopped(marker: str, signum: int) -> str:
@@ -312,16 +313,49 @@ def test_sigterm_and_a_background_jobs_ctrl_c_stop_a_run_as_ctrl_c_does(tmp_path
         driver.send_signal(signum)
         rest, _ = driver.communicate(timeout=300)
         assert driver.returncode == 130 and "Traceback" not in rest, "".join(seen) + rest
-        return rest
+        return "".join(seen) + rest
 
     early = stopped("trials planned", signal.SIGINT)
     assert "[faults] interrupted before its trials ran to their end; run it again to resume" in early, early
-    late = stopped("multimodal step", signal.SIGTERM)
+    late = stopped("multimodal step 150/400", signal.SIGTERM)  # past the checkpoint at step 100
     assert "interrupted: 2 trials did not end; run the study again to resume them" in late, late
     status = run_cli("status", "faults", cwd=tmp_path, timeout=120).stdout
     assert (
         "interrupted" in status and "resumes the interrupted trials from their last checkpoints" in status
     ), status
+
+    # Another mm1core began these runs: what their checkpoints' record and their MLflow runs say once it has.
+    checkpoints = _study_dir(tmp_path) / "checkpoints"
+    began = sorted(checkpoints.glob("*.code"))
+    assert len(began) == 2 and {path.read_text() for path in began} == {code_version()}
+    for path in began:
+        path.write_text("0123456789ab")
+    client, runs = _runs(tmp_path, "faults")
+    for run in runs:
+        if run.data.tags.get("mm1ablate.role") == "trial":
+            client.set_tag(run.info.run_id, "code_version", "0123456789ab")
+    told = stopped("trials planned", signal.SIGINT)
+    assert (
+        "2 to run (2 of them resume from checkpoints that other model code began, mm1core 0123456789ab: each "
+        "would be part one code's run and part this one's; `--rerun-other-code` starts them over)" in told
+    ), told
+    again = run_cli("run", "s.yaml", "--rerun-other-code", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 to run (2 of them, begun by other model code, mm1core 0123456789ab, start over)" in again.stdout
+    assert {path.read_text() for path in began} == {code_version()}
+    # From step 0: a resumed run's log beside its checkpoint would go back from step 150 to its checkpoint's 100.
+    for log in checkpoints.glob("*.reports.jsonl"):
+        steps = [
+            e["step"] for e in map(json.loads, log.read_text().splitlines()) if e["stage"] == "multimodal"
+        ]
+        assert steps == sorted(steps) and steps[-1] == 400, (log.name, steps)
+    _, runs = _runs(tmp_path, "faults")
+    roles = sorted(r.data.tags["mm1ablate.role"] for r in runs if r.data.tags.get("trial_id"))
+    assert roles == ["superseded", "superseded", "trial", "trial"], roles
+    for run in runs:
+        if run.data.tags.get("mm1ablate.role") == "trial":
+            history = client.get_metric_history(run.info.run_id, "train/loss")
+            assert sorted(m.step for m in history) == list(range(5, 401, 5))
 
 
 def test_trials_set_aside_leave_the_study_with_their_checkpoints_and_keep_their_records(tmp_path):
