@@ -18,6 +18,7 @@ __all__ = [
     "OBJECTIVE_FINAL",
     "RUN_KEY",
     "Reporter",
+    "checkpoint_path",
     "reports_log",
     "write_index",
     "write_report",
@@ -29,6 +30,12 @@ OBJECTIVE = "objective"  # the searcher's and the scheduler's metric: the mean o
 OBJECTIVE_FINAL = "objective_final"  # set on the report of the objective from the runs' final evaluations
 DIVERGED_KEY = "diverged"  # the last report of a run whose loss or gradient became non-finite: why, in words
 REPORTS_LOG_SUFFIX = ".reports.jsonl"
+
+
+def checkpoint_path(checkpoint_dir: Path, trial_id: str) -> Path:
+    """Where a run's multimodal stage keeps its checkpoint; the core keeps the fine-tuning stage's beside it, with
+    the suffix `.sft.pt`."""
+    return checkpoint_dir / f"{trial_id}.pt"
 
 
 def reports_log(checkpoint_dir: Path, trial_id: str) -> Path:

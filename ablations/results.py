@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ablations.handoff import REPORTS_LOG_SUFFIX
+from ablations.handoff import REPORTS_LOG_SUFFIX, checkpoint_path
 from mm1core.storage import append_jsonl, atomic_write, atomic_write_text, quarantine, read_jsonl
 
 __all__ = [
@@ -76,8 +76,12 @@ CHECKPOINT_CODE_SUFFIX = ".code"
 
 
 def _has_checkpoint(study_dir: Path, trial_id: str) -> bool:
-    folder = study_dir / "checkpoints"
-    return (folder / f"{trial_id}.pt").exists() or (folder / f"{trial_id}.sft.pt").exists()
+    multimodal = checkpoint_path(study_dir / "checkpoints", trial_id)
+    return multimodal.exists() or multimodal.with_suffix(".sft.pt").exists()
+
+
+def _code_record(study_dir: Path, trial_id: str) -> Path:
+    return study_dir / "checkpoints" / f"{trial_id}{CHECKPOINT_CODE_SUFFIX}"
 
 
 def checkpoints_begun_by_other_code(study_dir: Path, trial_ids: list[str], current: str) -> dict[str, str]:
@@ -89,7 +93,7 @@ def checkpoints_begun_by_other_code(study_dir: Path, trial_ids: list[str], curre
         if not _has_checkpoint(study_dir, trial_id):
             continue
         try:
-            began = (study_dir / "checkpoints" / f"{trial_id}{CHECKPOINT_CODE_SUFFIX}").read_text().strip()
+            began = _code_record(study_dir, trial_id).read_text().strip()
         except OSError:
             continue
         if began and began != current:
@@ -100,11 +104,10 @@ def checkpoints_begun_by_other_code(study_dir: Path, trial_ids: list[str], curre
 def record_checkpoint_code(study_dir: Path, trial_ids: list[str], current: str) -> None:
     """`current` begins each of these runs that has no checkpoint to resume from; a resumed run keeps the code that
     began it, so that it is still named if the code changes again before it finishes."""
-    folder = study_dir / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
+    (study_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     for trial_id in trial_ids:
         if not _has_checkpoint(study_dir, trial_id):
-            atomic_write_text(folder / f"{trial_id}{CHECKPOINT_CODE_SUFFIX}", current)
+            atomic_write_text(_code_record(study_dir, trial_id), current)
 
 
 def study_runner(study_dir: Path) -> str | None:

@@ -23,7 +23,15 @@ from typing import Any
 import ray
 from ray import tune
 
-from ablations.handoff import DIVERGED_KEY, FINAL_KEY, OBJECTIVE, OBJECTIVE_FINAL, RUN_KEY, reports_log
+from ablations.handoff import (
+    DIVERGED_KEY,
+    FINAL_KEY,
+    OBJECTIVE,
+    OBJECTIVE_FINAL,
+    RUN_KEY,
+    checkpoint_path,
+    reports_log,
+)
 from mm1core.config import config_from_dict
 from mm1core.hardware import cpu_device_name, cpu_model_name
 from mm1core.storage import append_jsonl, read_jsonl
@@ -128,7 +136,7 @@ def train_trial(tune_config: dict[str, Any]) -> None:
                 cfg,
                 device=device,
                 on_metrics=report,
-                checkpoint_path=Path(payload["checkpoint_dir"]) / f"{run['trial_id']}.pt",
+                checkpoint_path=checkpoint_path(Path(payload["checkpoint_dir"]), run["trial_id"]),
                 cache_dir=Path(payload["cache_dir"]),
             )
         except _Stopped:
