@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from dashboards.floors import at_chance
+from dashboards.floors import at_chance, chance_line
 from dashboards.stats import ALPHA, equivalent, fit_lr_law, holm, paired_comparison, trend_comparison
 from mm1core.axes import resolve_axis
 
@@ -129,13 +129,16 @@ def assess(
     if not weighed:
         return base | {"ours": "not tested", "detail": "the study recorded none of its metrics per item"}
     found = [c for c, _ in weighed]
-    mute = {id(c) for c, arms in weighed if all(_at_chance(done, axis, arm, c.metric) for arm in arms)}
+    mute = {id(c): arms for c, arms in weighed if all(_at_chance(done, axis, arm, c.metric) for arm in arms)}
     speaking = [c for c in found if id(c) not in mute]
     if not speaking:
         return base | {
             "ours": "cannot speak (at chance)",
             "detail": "both arms sit at chance on every metric compared: "
-            + "; ".join(f"{c.arm} vs {c.reference} {c.metric} {c.delta:+.3f}" for c in found),
+            + "; ".join(
+                f"{c.arm} vs {c.reference} {c.metric} {c.delta:+.3f} ({_below_lines(done, axis, mute[id(c)], c.metric)})"
+                for c in found
+            ),
         }
     adjusted = dict(zip(map(id, speaking), holm([c.p_value for c in speaking]), strict=True))
     up = [c for c in speaking if adjusted[id(c)] < ALPHA and c.delta > 0]
@@ -168,7 +171,11 @@ def assess(
     unit = "seeds" if all(c.seeds <= seeds for c in found) else "runs of each arm"
     detail = "; ".join(
         f"{c.arm} vs {c.reference} {c.metric} {c.delta:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] "
-        + (f"p(Holm) {adjusted[id(c)]:.2g}" if id(c) in adjusted else "every arm at chance: left out")
+        + (
+            f"p(Holm) {adjusted[id(c)]:.2g}"
+            if id(c) in adjusted
+            else f"every arm at chance ({_below_lines(done, axis, mute[id(c)], c.metric)}): left out"
+        )
         + _what_would_settle(c, adjusted.get(id(c)), unit)
         for c in found
     )
@@ -297,12 +304,26 @@ def _what_would_settle(c, p_holm: float | None, unit: str = "seeds") -> str:
     return f" (no number of {unit} would: more items would)" if c.delta else ""
 
 
-def _at_chance(trials: pd.DataFrame, axis: str, value: str, metric: str) -> bool:
-    """Whether the finished trials with this axis value sit at chance on `metric` (mean over them, and over the
+def _pooled_row(trials: pd.DataFrame, axis: str, value: str, metric: str) -> dict:
+    """The finished trials with this axis value as one arm-table row for `metric` (mean over them, and over the
     study's other axes: the finding pools them too)."""
     rows = trials[trials[axis].astype(str) == str(value)]
     columns = [c for c in (metric, f"floor/chance/{metric}", f"floor/oracle/{metric}") if c in rows.columns]
-    return at_chance({f"{c} mean": rows[c].mean() for c in columns}, metric)
+    return {f"{c} mean": rows[c].mean() for c in columns}
+
+
+def _at_chance(trials: pd.DataFrame, axis: str, value: str, metric: str) -> bool:
+    return at_chance(_pooled_row(trials, axis, value, metric), metric)
+
+
+def _below_lines(trials: pd.DataFrame, axis: str, arms: tuple[str, ...] | list[str], metric: str) -> str:
+    """Each arm's mean against its chance line, "5:5:1 0.144 < 0.148, ...": the reader sees how far under the line a
+    left-out comparison's arms sit, and a verdict that hangs on an arm a hair below it is seen as such."""
+    marks = []
+    for arm in arms:
+        row = _pooled_row(trials, axis, arm, metric)
+        marks.append(f"{arm} {row[f'{metric} mean']:.3f} < {chance_line(row, metric):.3f}")
+    return ", ".join(marks)
 
 
 def assess_all(

@@ -22,6 +22,7 @@ __all__ = [
     "arm_flags",
     "arm_rows",
     "at_chance",
+    "chance_line",
     "banner_html",
     "comparison_note",
     "floor_levels",
@@ -77,14 +78,20 @@ def floor_levels(row: pd.Series | dict, metric: str) -> tuple[float, float] | No
     return float(chance), float(oracle)
 
 
-def at_chance(row: pd.Series | dict, metric: str) -> bool:
-    """Whether the arm's mean on `metric` is below chance + NEAR_CHANCE_SHARE of the way to oracle."""
+def chance_line(row: pd.Series | dict, metric: str) -> float | None:
+    """The score below which an arm sits at chance on `metric`: chance + NEAR_CHANCE_SHARE of the way to oracle."""
     levels = floor_levels(row, metric)
-    mean = row.get(f"{metric} mean", float("nan"))
-    if levels is None or pd.isna(mean):
-        return False
+    if levels is None:
+        return None
     chance, oracle = levels
-    return float(mean) < chance + NEAR_CHANCE_SHARE * (oracle - chance)
+    return chance + NEAR_CHANCE_SHARE * (oracle - chance)
+
+
+def at_chance(row: pd.Series | dict, metric: str) -> bool:
+    """Whether the arm's mean on `metric` is below its chance_line."""
+    line = chance_line(row, metric)
+    mean = row.get(f"{metric} mean", float("nan"))
+    return line is not None and not pd.isna(mean) and float(mean) < line
 
 
 def is_blind(row: pd.Series | dict) -> bool:

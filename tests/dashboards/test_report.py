@@ -302,12 +302,34 @@ def test_a_finding_drawn_only_from_arms_at_chance_cannot_speak(tmp_path):
     tables = [pd.read_parquet(muted / f) for f in ("trials.parquet", "items.parquet")]
     verdict = assess(f1, *tables, ["resolution"])
     assert verdict["ours"] == "cannot speak (at chance)" and "0shot/vqa" in verdict["detail"]
+    # Each arm's mean is said against its line (chance 0.9 + 10% of the way to oracle 1.0).
+    assert re.search(r"\(64 0\.\d{3} < 0\.910, 32 0\.\d{3} < 0\.910\)", verdict["detail"])
     # The same study with chance below both arms: the difference speaks, and agrees with the paper.
     heard = _with_floors(
         _study(tmp_path / "heard", {"res=32": -0.3, "res=64": 0.0}), chance={"0shot/vqa": 0.0}
     )
     tables = [pd.read_parquet(heard / f) for f in ("trials.parquet", "items.parquet")]
     assert assess(f1, *tables, ["resolution"])["ours"] == "agrees"
+
+
+def test_a_comparison_left_out_at_chance_names_how_far_under_the_line_its_arms_sit(tmp_path):
+    """A verdict drawn from the metrics that speak lists the one left out with each arm's mean against its chance
+    line, so that an arm a hair under the line (a verdict that hangs on it) is visible in the finding."""
+    from dashboards.findings import assess, load_findings
+
+    f1 = next(f for f in load_findings() if f["id"] == "F1")
+    study_dir = _with_floors(_study(tmp_path, {"res=32": -0.3, "res=64": 0.0}), chance={"0shot/vqa": 0.0})
+    trials, items = (pd.read_parquet(study_dir / f) for f in ("trials.parquet", "items.parquet"))
+    # The same scores once more as captions, whose chance line (0.6 + 10% of the way to 1.0) is above both arms.
+    items = pd.concat([items, items.assign(metric="0shot/cider")], ignore_index=True)
+    trials["0shot/cider"] = trials["0shot/vqa"]
+    trials["floor/chance/0shot/cider"], trials["floor/oracle/0shot/cider"] = 0.6, 1.0
+    verdict = assess(f1, trials, items, ["resolution"])
+    assert verdict["ours"] == "agrees"
+    reference = trials.loc[trials["arm"] == "res=64", "0shot/vqa"].mean()
+    left_out = next(part for part in verdict["detail"].split("; ") if "0shot/cider" in part)
+    assert f"every arm at chance (64 {reference:.3f} < 0.640, 32 " in left_out
+    assert left_out.endswith(" < 0.640): left out")
 
 
 def test_a_trend_over_arms_all_at_chance_cannot_speak(tmp_path):
