@@ -223,15 +223,17 @@ def _print_suite_plan(
     from ablations.cost import estimate_study
     from ablations.plan import encoder_plan, plan, stage_cache_dir
     from ablations.results import finished_unlike, trial_statuses
-    from ablations.suite import SuitePlan, adoptable
+    from ablations.suite import SuitePlan, adoptable, budget_line, read_suite_record
     from mm1core.stage_cache import code_version, encoder_stage_key
 
     counted = set(adoptable(root))  # finished by some study with this code: no study trains them again
     seen: set[str] = set()
     rows, total_s, slots, wall_of = [], 0.0, 1, {}
+    precisions: set[str] = set()
     to_train: list = []  # in the order the suite trains them: an encoder one study builds, a later one finds cached
     for study in suite.studies:
         trials = plan(study)
+        precisions |= {t.config["train"]["precision"] for t in trials}
         own = {t for t, status in trial_statuses(root / study.name).items() if status == "finished"}
         if rerun_other_code:
             own -= set(finished_unlike(root / study.name, "code_version", code_version()))
@@ -271,6 +273,11 @@ def _print_suite_plan(
     if estimate:
         line += f"; about {_minutes(total_s)} of wall time on {slots} slots, the studies one after another"
     print(line, flush=True)
+    if estimate and suite.wall_budget_s:
+        earlier = read_suite_record(root, suite.name).get("runs") or []
+        earlier_s = sum(float(r.get("wall_s") or 0) for r in earlier if isinstance(r, dict))
+        precision = ", ".join(sorted(precisions)) + _precision_reason(suite.studies[0])
+        print(budget_line(suite.wall_budget_s, total_s, earlier_s, precision), flush=True)
     return SuitePlan(len(seen), trained, total_s if estimate else None, wall_of)
 
 
@@ -495,7 +502,8 @@ def _status_suite(args: argparse.Namespace) -> int:
         )
     record = read_suite_record(root, suite.name)
     running_since = time.time() if running_left else None
-    print("\n" + "\n".join(suite_runs(record | {"suite": suite.name}, now=running_since)))
+    record |= {"suite": suite.name, "wall_budget_s": suite.wall_budget_s}  # the suite file's, as it is now
+    print("\n" + "\n".join(suite_runs(record, now=running_since)))
     left = _suite_time_left(suite, record, running_left)
     if left:
         print(left)

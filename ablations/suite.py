@@ -42,6 +42,7 @@ __all__ = [
     "adopt_finished",
     "adoptable",
     "begin_suite_run",
+    "budget_line",
     "is_suite",
     "load_suite",
     "read_suite_record",
@@ -50,7 +51,7 @@ __all__ = [
     "suite_runs",
 ]
 
-SUITE_KEYS = ("suite", "description", "studies")
+SUITE_KEYS = ("suite", "description", "studies", "wall_budget_min")
 SUITE_RECORDS = "suites"  # results/suites/NAME.json, read by dashboards.index
 # How often a running part writes that its driver is alive: a driver killed mid-study (SIGKILL, a machine's end)
 # leaves its part's wall time known to within this, where the end of its last finished study could be hours back.
@@ -63,6 +64,9 @@ class Suite:
     description: str
     path: Path
     studies: list[Study]
+    # The wall time the suite is sized to run in from nothing (`wall_budget_min`), which the plan and the record
+    # weigh each measurement against; None: not declared.
+    wall_budget_s: float | None = None
 
 
 def suite_file(path: Path) -> Path:
@@ -109,6 +113,15 @@ def load_suite(path: Path) -> Suite:
     name = data.get("suite")
     if not isinstance(name, str) or not name:
         problems.append(f"{where('suite')}: suite: a name is required")
+    budget = data.get("wall_budget_min")
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0
+    ):
+        problems.append(
+            f"{where('wall_budget_min')}: wall_budget_min: the minutes of wall time the suite is sized to run in "
+            f"from nothing, a positive number; got {budget!r}"
+        )
+        budget = None
     listed = data.get("studies")
     if not isinstance(listed, list) or not listed:
         problems.append(f"{where('studies')}: studies: a list of study files (relative to the suite file)")
@@ -138,7 +151,13 @@ def load_suite(path: Path) -> Suite:
         studies.append(study)
     if problems:
         raise StudyError(problems)
-    return Suite(name, str(data.get("description", "")).strip(), path, studies)
+    return Suite(
+        name,
+        str(data.get("description", "")).strip(),
+        path,
+        studies,
+        None if budget is None else float(budget) * 60,
+    )
 
 
 def _read_record(record: Path) -> dict[str, Any]:
@@ -165,6 +184,7 @@ def record_suite(suite: Suite, results_root: Path) -> Path:
             "suite": suite.name,
             "file": str(suite.path),
             "studies": [s.name for s in suite.studies],
+            "wall_budget_s": suite.wall_budget_s,
             "runs": runs if isinstance(runs, list) else [],
         }
         _write_record(record, body)
@@ -221,9 +241,10 @@ def suite_runs(record: dict, *, now: float | None = None) -> list[str]:
         if len(machines) > 1
         else ""
     )
+    budget = record.get("wall_budget_s")
     lines = [
-        f"suite {name}: {len(runs)} part{'s' * (len(runs) > 1)}, {_wall(total)} of wall time in all; {began}; "
-        f"{state}{mixed}"
+        f"suite {name}: {len(runs)} part{'s' * (len(runs) > 1)}, {_wall(total)} of wall time in all"
+        f"{_against_budget(total, budget, complete=state == 'complete')}; {began}; {state}{mixed}"
     ]
     for i, r in enumerate(runs, 1):
         ended, wall = r.get("ended"), _wall(float(r.get("wall_s") or 0))
@@ -257,6 +278,42 @@ def suite_runs(record: dict, *, now: float | None = None) -> list[str]:
             f"{r.get('machine')}, {r.get('cores')} cores; code {code}{trained}"
         )
     return lines
+
+
+def _against_budget(wall_s: float, budget_s: float | None, *, complete: bool) -> str:
+    """ ", within its budget of 4 h 00 min" / ", over its budget of 4 h 00 min by 2 h 25 min": how a measurement's
+    wall time stands against the suite's declared budget ("" when it declares none). An unfinished suite is over it
+    only once its parts so far are."""
+    if not budget_s:
+        return ""
+    if wall_s > budget_s:
+        return f", over its budget of {_wall(budget_s)} by {_wall(wall_s - budget_s)}"
+    return f", within its budget of {_wall(budget_s)}" if complete else f", its budget {_wall(budget_s)}"
+
+
+def budget_line(budget_s: float, plan_s: float, earlier_s: float, precision: str) -> str:
+    """The plan against the suite's budget, before anything runs: this plan alone, or with the wall time its
+    earlier parts in this results folder took. Over it, the line names the precision this machine trains in, the
+    first thing that makes one 2-core machine twice another's time (bench/README.md)."""
+    whole = plan_s + earlier_s
+    said = (
+        f"the earlier parts here took {_wall(earlier_s)} and this plan adds about {_wall(plan_s)}: {_wall(whole)} "
+        "in all"
+        if earlier_s
+        else f"this plan is about {_wall(plan_s)}"
+    )
+    if whole <= budget_s:
+        return f"budget: {_wall(budget_s)} of wall time (the suite file's wall_budget_min); {said}, within it"
+    return (
+        f"budget: {_wall(budget_s)} of wall time (the suite file's wall_budget_min); {said}, over it by "
+        f"{_wall(whole - budget_s)} ({_share_over(whole, budget_s)}) on this machine, which trains in "
+        f"{precision}"
+    )
+
+
+def _share_over(whole_s: float, budget_s: float) -> str:
+    share = (whole_s - budget_s) / budget_s
+    return f"+{share:.0%}" if share >= 0.005 else "under 1%"
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -256,6 +257,7 @@ def test_suite_file_mistakes_are_named_with_their_line(tmp_path, write_study):
           - b.yaml
           - c.yaml
         extra: 1
+        wall_budget_min: four hours
         """,
         "suite.yaml",
     )
@@ -264,6 +266,8 @@ def test_suite_file_mistakes_are_named_with_their_line(tmp_path, write_study):
         load_suite(suite)
     problems = err.value.problems
     assert f"{suite}:7: unknown key 'extra'" in problems[0]
+    assert f"{suite}:8: wall_budget_min: the minutes of wall time the suite is sized to run in" in problems[1]
+    assert problems[1].endswith("a positive number; got 'four hours'")
     assert any(p.startswith(f"{suite}:4: studies[1]: no such study file 'missing.yaml'") for p in problems)
     assert any(
         f"{suite}:5: studies[2]: study name 'a' is also the name of the study at {suite}:3" in p
@@ -286,6 +290,54 @@ def test_the_shipped_suites_validate(suite_name):
     suite = load_suite(Path(__file__).resolve().parents[2] / "studies" / suite_name)
     names = [s.name for s in suite.studies]
     assert len(names) == len(set(names)) and all(len(s.spec.seeds) >= 2 for s in suite.studies)
+    if suite_name == "findings":
+        assert suite.wall_budget_s == 4 * 3600  # the issue's sizing: the whole suite in 4 hours on 2 cores
+
+
+def test_a_suite_weighs_its_plan_and_its_measurement_against_its_budget(tmp_path):
+    """`wall_budget_min` in the suite file: the plan says before anything runs whether it fits, counting the parts
+    already run into the folder, and names the precision when it does not; the record's summary (status, the
+    scoreboard) says how the measurement stands against it."""
+    folder = _write_suite(tmp_path)
+    declared = (folder / "suite.yaml").read_text()
+    for minutes, expected in (
+        (
+            0.05,
+            r"this plan is about \d+ s, over it by \d+ s \(\+\d+%\) on this machine, "
+            r"which trains in fp32",
+        ),
+        (600, r"this plan is about \d+ s, within it"),
+    ):
+        (folder / "suite.yaml").write_text(declared + f"wall_budget_min: {minutes}\n")
+        plan = run_cli("plan", "suite", cwd=tmp_path, timeout=300)
+        assert plan.returncode == 0, plan.stderr
+        budget = next(line for line in plan.stdout.splitlines() if line.startswith("budget: "))
+        assert budget.startswith(
+            f"budget: {'3 s' if minutes < 1 else '10 h 00 min'} of wall time (the suite file's"
+        )
+        assert re.search(expected, budget), budget
+    # Parts run before count: with 10 h 01 min spent here already, the suite is over its 10 hours.
+    record = tmp_path / "results" / "suites" / "tiny-findings.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(
+        json.dumps({"suite": "tiny-findings", "runs": [_part("t", 36060, "interrupted in s-res")]})
+    )
+    plan = run_cli("plan", "suite", cwd=tmp_path, timeout=300)
+    assert "the earlier parts here took 10 h 01 min and this plan adds about" in plan.stdout, plan.stdout
+    assert re.search(r"10 h 0\d min in all, over it by \d min \(under 1%\) on this machine", plan.stdout), (
+        plan.stdout
+    )
+    # The measurement against the budget, as status and the scoreboard say it.
+    done = {"suite": "f", "wall_budget_s": 14400.0, "runs": [_part("t", 23100, "complete")]}
+    assert suite_runs(done)[0].startswith(
+        "suite f: 1 part, 6 h 25 min of wall time in all, over its budget of "
+        "4 h 00 min by 2 h 25 min; the first began from nothing"
+    )
+    fits = done | {"runs": [_part("t", 10740, "complete")]}
+    assert ", 2 h 59 min of wall time in all, within its budget of 4 h 00 min;" in suite_runs(fits)[0]
+    going = done | {"runs": [_part("t", 3600, "interrupted in f03")]}
+    assert ", 1 h 00 min of wall time in all, its budget 4 h 00 min;" in suite_runs(going)[0]
+    assert "budget" not in suite_runs({"suite": "f", "runs": [_part("t", 23100, "complete")]})[0]
 
 
 @pytest.mark.slow
