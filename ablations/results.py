@@ -81,7 +81,7 @@ def _has_checkpoint(study_dir: Path, trial_id: str) -> bool:
 
 
 def _code_record(study_dir: Path, trial_id: str) -> Path:
-    return study_dir / "checkpoints" / f"{trial_id}{CHECKPOINT_CODE_SUFFIX}"
+    return checkpoint_path(study_dir / "checkpoints", trial_id).with_suffix(CHECKPOINT_CODE_SUFFIX)
 
 
 def checkpoints_begun_by_other_code(study_dir: Path, trial_ids: list[str], current: str) -> dict[str, str]:
