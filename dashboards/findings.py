@@ -79,6 +79,18 @@ def stand_in_metrics(metrics: list[str], eval_tasks: list[dict]) -> list[str]:
     return out
 
 
+def _with_categories(items: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """The items, plus those of each category metric among `metrics` that the evaluation recorded only under its
+    average: `0shot/vqa/color` is the 0shot/vqa items about colour, `textcore/scene_qa` the textcore/avg items about
+    scenes (a category of `<family>/avg` is `<family>/<category>`)."""
+    missing = set(metrics) - set(items["metric"])
+    if not missing or "category" not in items.columns:
+        return items
+    named = items["metric"].str.removesuffix("/avg") + "/" + items["category"].astype(str)
+    picked = named.isin(missing)
+    return pd.concat([items, items[picked].assign(metric=named[picked])], ignore_index=True)
+
+
 def assess(
     finding: dict,
     trials: pd.DataFrame,
@@ -114,8 +126,8 @@ def assess(
         needs = ", ".join(missing) or "two values"
         return base | {"ours": "not tested", "detail": f"needs arms with {axis} = {needs}" + diverged}
     others = [a for a in study_axes if a != axis and a in trials.columns]
-    table = _pairs_table(items, done, axis, others)
     wanted = [*finding["metrics"], *stand_in_metrics(finding["metrics"], eval_tasks or [])]
+    table = _pairs_table(_with_categories(items, wanted), done, axis, others)
     recorded = [m for m in wanted if m in set(table["metric"])]
     # Each comparison with the arms it weighs: a comparison whose every arm sits at chance cannot speak.
     if check == "increasing" and len(values) > 2:  # the trend over every value, not the two extremes alone

@@ -662,3 +662,50 @@ def test_the_learning_rate_law_is_judged_by_the_sign_of_its_slope_fitted_to_ever
     one_size = _lr_sweep(-0.4, 0.003)
     one_size = one_size[one_size["num_params"] == 2e5]
     assert assess(f12, one_size, items, axes)["ours"] == "not tested"
+
+
+def test_a_text_claim_is_read_on_each_textcore_task_against_its_own_floor():
+    """An arm that learned scene questions and not arithmetic sits under TextCore's chance line on the average, while
+    the task it learned moves with the axis: F9 reads that task's items on their own floor, and leaves the unlearned
+    one out."""
+    from dashboards.findings import assess, load_findings
+
+    f9 = next(f for f in load_findings() if f["id"] == "F9")
+    rng = np.random.default_rng(0)
+    chance = {"scene_qa": 0.08, "arithmetic": 0.026}
+    learned = {
+        "5:5:1": {"scene_qa": 0.22, "arithmetic": 0.02},
+        "5:5:0": {"scene_qa": 0.02, "arithmetic": 0.0},
+    }
+    ease = {task: rng.uniform(0.2, 1.8, size=200) for task in chance}  # an item's ease, the same in every run
+    trials, rows = [], []
+    for ratio, accuracy in learned.items():
+        for seed in range(3):
+            trial_id = f"{ratio}-{seed}"
+            by_task = {}
+            for task, p in accuracy.items():
+                scores = (rng.uniform(size=200) < p * ease[task]).astype(float)
+                by_task[task] = scores.mean()
+                rows += [
+                    {"trial_id": trial_id, "arm": ratio, "seed": seed, "metric": "textcore/avg",
+                     "item_id": f"{task}-{i}", "category": task, "score": s}
+                    for i, s in enumerate(scores)
+                ]  # fmt: skip
+            average = {"textcore/avg": np.mean(list(by_task.values()))}
+            floors = {f"floor/chance/textcore/{t}": c for t, c in chance.items()}
+            floors["floor/chance/textcore/avg"] = np.mean(list(chance.values()))
+            floors |= {f"floor/oracle/{m}": 1.0 for m in ("textcore/avg", *(f"textcore/{t}" for t in chance))}
+            trials.append(
+                {"trial_id": trial_id, "arm": ratio, "seed": seed, "status": "finished", "data_ratio": ratio}
+                | {f"textcore/{t}": v for t, v in by_task.items()}
+                | average
+                | floors
+            )
+    trials, items = pd.DataFrame(trials), pd.DataFrame(rows)
+    assert trials.loc[trials["data_ratio"] == "5:5:1", "textcore/avg"].mean() < 0.053 + 0.1 * (1 - 0.053)
+
+    verdict = assess(f9, trials, items, ["data_ratio"])
+    assert verdict["ours"] == "agrees"
+    assert verdict["comparison"] == "5:5:1 vs 5:5:0 textcore/scene_qa" and verdict["effect"] > 0.15
+    left_out = [part.split()[3] for part in verdict["detail"].split("; ") if part.endswith(": left out")]
+    assert left_out == ["textcore/avg", "textcore/arithmetic"]
