@@ -26,6 +26,7 @@ INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C
 # A study that did not start: another driver runs it, the cluster is too small, the tracking server does not answer.
 # A suite goes on to its next study (on shared storage, a second node's driver takes the studies the first is not in).
 REFUSED = 2
+BUSY = 3  # a study another driver of the same side-by-side suite run runs: not refused, left to that driver
 
 # Each command imports what it needs inside its function, for start-up: `mm1ablate plan` answers in a fraction of a
 # second because it never loads Ray, MLflow, pandas or torch, which `run`, `report` and `ui` need.
@@ -199,8 +200,19 @@ def _plan_suite(args: argparse.Namespace) -> int:
     suite = load_suite(Path(args.study))
     for study in suite.studies:
         _check_file_tasks(study, _results_root(args))
-    _print_suite_plan(suite, _results_root(args), estimate=args.estimate)
+    _print_suite_plan(suite, _results_root(args), estimate=args.estimate, drivers=_drivers(args, suite))
     return 0
+
+
+def _drivers(args: argparse.Namespace, suite: Suite) -> int:
+    """How many drivers run the suite's studies at once: as asked, else two where this machine has slots for two
+    trials (so that none idles while a study's last trial runs alone), else one."""
+    from ablations.cost import slots_for
+
+    if args.drivers is not None:
+        return max(1, min(args.drivers, len(suite.studies)))
+    slots = min(slots_for(study.spec.resources.cpu) for study in suite.studies)
+    return 2 if slots > 1 and len(suite.studies) > 1 else 1
 
 
 def _encoders_line(what: str, encoders: dict[str, str]) -> str:
@@ -216,11 +228,12 @@ def _encoders_line(what: str, encoders: dict[str, str]) -> str:
 
 
 def _print_suite_plan(
-    suite: Suite, root: Path, *, estimate: bool, rerun_other_code: bool = False
+    suite: Suite, root: Path, *, estimate: bool, drivers: int = 1, rerun_other_code: bool = False
 ) -> SuitePlan:
     """The whole suite: per study its trials, those another study of the suite (or an earlier run) trains, and
-    the time left; then the total. `rerun_other_code`: finished trials another mm1core trained are to train."""
-    from ablations.cost import estimate_study
+    the time left; then the total, for `drivers` running the studies at once. `rerun_other_code`: finished trials
+    another mm1core trained are to train."""
+    from ablations.cost import estimate_study, side_by_side_wall
     from ablations.plan import encoder_plan, plan, stage_cache_dir
     from ablations.results import finished_unlike, trial_statuses
     from ablations.suite import SuitePlan, adoptable, budget_line, read_suite_record
@@ -228,7 +241,7 @@ def _print_suite_plan(
 
     counted = set(adoptable(root))  # finished by some study with this code: no study trains them again
     seen: set[str] = set()
-    rows, total_s, slots, wall_of = [], 0.0, 1, {}
+    rows, total_s, slots, wall_of, queues = [], 0.0, 1, {}, []
     precisions: set[str] = set()
     to_train: list = []  # in the order the suite trains them: an encoder one study builds, a later one finds cached
     for study in suite.studies:
@@ -253,6 +266,7 @@ def _print_suite_plan(
             )
             total_s += cost.wall_s
             wall_of[study.name] = cost.wall_s
+            queues.append(cost.queue)
             slots = cost.slots
             wall = _minutes(cost.wall_s)
         to_train += todo
@@ -270,7 +284,13 @@ def _print_suite_plan(
     )
     trained = sum(r[4] for r in rows)
     line = f"{sum(r[1] for r in rows)} trials in all, {len(seen)} distinct; {trained} to train"
-    if estimate:
+    if estimate and drivers > 1 and len(queues) > 1:
+        one_by_one_s, total_s = total_s, side_by_side_wall(queues, slots, drivers)
+        line += (
+            f"; about {_minutes(total_s)} of wall time on {slots} slots, {drivers} studies at a time "
+            f"({_minutes(one_by_one_s)} one after another)"
+        )
+    elif estimate:
         line += f"; about {_minutes(total_s)} of wall time on {slots} slots, the studies one after another"
     print(line, flush=True)
     if estimate and suite.wall_budget_s:
@@ -291,15 +311,23 @@ def _run_suite(args: argparse.Namespace) -> int:
     root = _results_root(args)
     for study in suite.studies:
         _check_file_tasks(study, root)
+    if args.suite_driver:
+        return _drive_suite(suite, args, Path(args.suite_driver))
     record = record_suite(suite, root)
+    drivers = _drivers(args, suite)
     # The whole, before any of it runs.
-    plan = _print_suite_plan(suite, root, estimate=True, rerun_other_code=args.rerun_other_code)
+    plan = _print_suite_plan(
+        suite, root, estimate=True, drivers=drivers, rerun_other_code=args.rerun_other_code
+    )
     part = begin_suite_run(record, plan)
     codes: dict[str, int] = {}
     outcome = "stopped by an error"
     try:
         with part.alive():  # a killed driver leaves its part known to within a heartbeat
-            outcome = _run_studies(suite, args, root, part, codes)
+            if drivers > 1:
+                outcome = _run_side_by_side(suite, args, root, part, codes, drivers)
+            else:
+                outcome = _run_studies(suite, args, root, part, codes)
     except KeyboardInterrupt:
         outcome = "interrupted"
         raise
@@ -307,7 +335,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         part.update(outcome, ended=True)
         # The studies' reporters wrote the index before this part's end was known.
         _rewrite_index(root)
-    if INTERRUPTED in codes.values():  # Ctrl-C ended the suite inside a study: _run_studies said where
+    if INTERRUPTED in codes.values() or outcome.startswith("interrupted"):  # Ctrl-C: the runner said where
         return INTERRUPTED
     print(f"suite {suite.name}: " + ", ".join(f"{n} {_study_outcome(c)}" for n, c in codes.items()))
     print(f"scoreboard: {root / 'index.html'}")
@@ -331,8 +359,119 @@ def _run_studies(
         part.update(f"running; {study.name} ended")
         if study is not suite.studies[-1]:  # the last one's is rewritten with the part's end
             _rewrite_index(root)  # the study's report wrote it before its part said the study had ended
+    return _suite_outcome(codes)
+
+
+def _suite_outcome(codes: dict[str, int]) -> str:
     said = {n: _study_outcome(c) for n, c in codes.items() if c != 0}
     return "ended; " + ", ".join(f"{n} {w}" for n, w in said.items()) if said else "complete"
+
+
+def _run_side_by_side(
+    suite: Suite, args: argparse.Namespace, root: Path, part: SuiteRun, codes: dict[str, int], drivers: int
+) -> str:
+    """The suite's studies, `drivers` at once on one Ray runtime: each driver (a `mm1ablate run SUITE` of its own)
+    takes the next study in the suite's order that no other runs, and its trials share the slots with the other
+    drivers', so that no slot idles while a study's last trial runs alone. A trial two studies share trains once,
+    in the first to claim it, and counts in the other (ablations.claims). The part's outcome."""
+    import tempfile
+
+    from ablations.run import side_by_side_runtime
+
+    part.outcome = f"running; {drivers} studies at a time"
+    runtime = side_by_side_runtime(suite.name, root, args.address)
+    with runtime as address, tempfile.TemporaryDirectory() as tmp:
+        said = [Path(tmp) / f"driver{i}.json" for i in range(drivers)]
+        command = [sys.executable, "-m", "ablations.cli", "--results-dir", str(root), "run", str(suite.path)]
+        command += ["--address", address, "--max-failures", str(args.max_failures)]
+        command += ["--tracking-uri", args.tracking_uri] if args.tracking_uri else []
+        command += ["--rerun-diverged"] * args.rerun_diverged + ["--rerun-other-code"] * args.rerun_other_code
+        env = os.environ | {_PARENT: str(os.getpid())}
+        # Each in a session of its own: a Ctrl-C (or SIGTERM) reaches them once, from here, not twice.
+        children = [
+            subprocess.Popen([*command, "--suite-driver", str(path)], env=env, start_new_session=True)
+            for path in said
+        ]
+        try:
+            for child in children:
+                child.wait()
+        except KeyboardInterrupt:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGINT)
+            for child in children:
+                child.wait()
+        codes |= _merged_codes(suite, [_read_codes(path) for path in said], root)
+    if INTERRUPTED in codes.values() or any(child.returncode == INTERRUPTED for child in children):
+        stopped = [name for name, code in codes.items() if code == INTERRUPTED]
+        left = [s.name for s in suite.studies if s.name not in codes]
+        print(
+            f"suite {suite.name}: interrupted in {', '.join(stopped) or 'no study'}; "
+            f"not started: {', '.join(left) or 'none'}",
+            flush=True,
+        )
+        return f"interrupted in {', '.join(stopped) or 'no study'}"
+    return _suite_outcome(codes)
+
+
+_PARENT = "MM1ABLATE_SUITE_PARENT"  # the pid of the `mm1ablate run SUITE` that started a driver
+
+
+def _end_with_parent() -> None:
+    """A driver ends with the suite run that started it, however that ends: the kernel sends it SIGTERM, which it
+    takes as Ctrl-C (its trials checkpoint, its study records how it ended), instead of training on unwatched."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if str(os.getppid()) != os.environ.get(_PARENT, str(os.getppid())):  # it ended before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _read_codes(path: Path) -> dict[str, int]:
+    try:
+        return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}  # the driver died before it wrote: its studies say so by their own records
+
+
+def _merged_codes(suite: Suite, said: list[dict[str, int]], root: Path) -> dict[str, int]:
+    """Each study's exit code from the driver that ran it; a study every driver found another running (a driver
+    outside this run of the suite) is refused, and said so."""
+    from ablations.results import study_runner
+
+    codes = {}
+    for study in suite.studies:
+        mine = [c[study.name] for c in said if study.name in c]
+        ran = [code for code in mine if code != BUSY]
+        if ran:
+            codes[study.name] = max(ran)
+        elif mine:
+            codes[study.name] = REFUSED
+            holder = study_runner(root / study.name) or "a driver that has ended since"
+            print(
+                f"error: study {study.name!r} is already running ({holder}), not in this run of the suite: "
+                f"left to it. `mm1ablate status {study.name}` shows its progress",
+                file=sys.stderr,
+            )
+    return codes
+
+
+def _drive_suite(suite: Suite, args: argparse.Namespace, said: Path) -> int:
+    """One of the drivers `_run_side_by_side` starts: the suite's studies in order, each that no other driver runs
+    (a study another holds is left to it), each one's exit code written to `said` as it ends."""
+    _end_with_parent()
+    codes: dict[str, int] = {}
+    try:
+        for study in suite.studies:
+            codes[study.name] = _run_one(study, args, busy=BUSY)
+            said.write_text(json.dumps(codes))
+            if codes[study.name] == INTERRUPTED:
+                return INTERRUPTED
+    except KeyboardInterrupt:  # between two studies
+        return INTERRUPTED
+    return 0
 
 
 def _study_outcome(code: int) -> str:
@@ -360,13 +499,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_one(study, args)
 
 
-def _run_one(study: Study, args: argparse.Namespace) -> int:
+def _run_one(study: Study, args: argparse.Namespace, *, busy: int = REFUSED) -> int:
+    """`busy`: the exit code for a study another driver runs (a driver of the same suite run says so quietly)."""
     from ablations.handoff import REPORTER_NICE, prestart_reporter
+    from ablations.results import study_runner
     from ablations.tracking import redacted, resolve_tracking_uri
 
     root = _results_root(args)
+    if busy == BUSY and (runner := study_runner(root / study.name)):
+        print(f"[{study.name}] another driver runs it ({runner})", flush=True)
+        return BUSY
     uri = redacted(resolve_tracking_uri(args.tracking_uri, root))
     prestart_reporter(root / study.name, root, tracking_uri=uri, nice=REPORTER_NICE)  # before Ray's import
+    from ablations.handoff import Reporter
     from ablations.results import StudyBusy
     from ablations.run import ClusterTooSmall, run_study
     from ablations.tracking import TrackingUnreachable
@@ -382,7 +527,14 @@ def _run_one(study: Study, args: argparse.Namespace) -> int:
             rerun_other_code=args.rerun_other_code,
             max_failures=args.max_failures,
         )
-    except (StudyBusy, ClusterTooSmall, TrackingUnreachable) as refused:
+    except StudyBusy as refused:
+        Reporter.started(root / study.name, root, tracking_uri=uri, nice=REPORTER_NICE).close()
+        if busy == BUSY:
+            print(f"[{study.name}] another driver runs it", flush=True)
+            return BUSY
+        print(f"error: {refused}", file=sys.stderr)
+        return REFUSED
+    except (ClusterTooSmall, TrackingUnreachable) as refused:
         print(f"error: {refused}", file=sys.stderr)
         return REFUSED
     except KeyboardInterrupt:  # before Tune ran the trials (while it runs them, it stops them itself)
@@ -453,7 +605,7 @@ def _status_suite(args: argparse.Namespace) -> int:
     for study in suite.studies:
         _consolidate(root / study.name)
     counted = adoptable(root)  # finished by some study with this code: no study trains them again
-    rows, runners, state_of, running_left = [], [], {}, None
+    rows, runners, state_of, running_left = [], [], {}, {}
     # A trial two studies hold has one state: the most advanced any of them records.
     rank = {"to run": 0, "failed": 1, "interrupted": 2, "running": 3, "finished": 4}
     for study in suite.studies:
@@ -464,7 +616,7 @@ def _status_suite(args: argparse.Namespace) -> int:
         if runner and (study_dir / "study.json").exists():
             spec = json.loads((study_dir / "study.json").read_text())
             left = _seconds_left(spec.get("estimate"), _unrecorded(spec, set(recorded), progress), progress)
-            running_left = (study.name, left[0] if left else 0.0)
+            running_left[study.name] = left[0] if left else 0.0
         tally = dict.fromkeys(["finished", "counted", "running", "interrupted", "failed", "to run"], 0)
         for trial in plan(study):
             status = recorded.get(trial.trial_id)
@@ -510,20 +662,22 @@ def _status_suite(args: argparse.Namespace) -> int:
     return 0
 
 
-def _suite_time_left(suite: Suite, record: dict, running: tuple[str, float] | None) -> str:
-    """While a run of the suite is in one of its studies: what is left of that study by its own estimate, and the
-    plan the run began with for the studies after it."""
+def _suite_time_left(suite: Suite, record: dict, running: dict[str, float]) -> str:
+    """While a run of the suite is in some of its studies (one, or two side by side): what is left of each by its
+    own estimate, and the plan the run began with for the studies after them. Side by side, the sum overstates by
+    what the studies' overlap saves."""
     runs = record.get("runs") or []
-    if running is None or not runs or runs[-1].get("ended") or "plan_by_study" not in runs[-1]:
+    if not running or not runs or runs[-1].get("ended") or "plan_by_study" not in runs[-1]:
         return ""
-    name, study_left = running
     names = [s.name for s in suite.studies]
-    later = names[names.index(name) + 1 :]
+    later = names[max(names.index(name) for name in running) + 1 :]
     planned = runs[-1].get("plan_by_study") or {}
-    wall = study_left + sum(float(planned.get(n, 0.0)) for n in later)
+    wall = sum(running.values()) + sum(float(planned.get(n, 0.0)) for n in later)
+    each = " and ".join(f"{_duration(left)} of {name}" for name, left in running.items())
     return (
-        f"about {_duration(wall)} left for the suite: {_duration(study_left)} of {name} by its estimate, and "
-        f"the plan this run began with for the {len(later)} {'study' if len(later) == 1 else 'studies'} after it"
+        f"about {_duration(wall)} left for the suite: {each} by {'their' if len(running) > 1 else 'its'} "
+        f"estimate, and the plan this run began with for the {len(later)} "
+        f"{'study' if len(later) == 1 else 'studies'} after {'them' if len(running) > 1 else 'it'}"
     )
 
 
@@ -773,6 +927,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the time estimate (which may calibrate the trial shapes on this machine first)",
     )
+    p.add_argument(
+        "--drivers", type=int, default=None, help="for a suite: as `run --drivers`, what the estimate assumes"
+    )
     p.set_defaults(func=cmd_plan)
     p = sub.add_parser("run", help="run a study on Ray Tune, tracked in MLflow")
     p.add_argument("study", help="study YAML file, or a suite (a YAML file listing studies, or its folder)")
@@ -802,6 +959,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="retries of a trial whose process died, each from its last checkpoint (default 2)",
     )
+    p.add_argument(
+        "--drivers",
+        type=int,
+        default=None,
+        help="for a suite: how many of its studies run at once, their trials sharing the slots (default: 2 where "
+        "this machine has slots for two trials, so that none idles while a study's last trial runs alone)",
+    )
+    p.add_argument("--suite-driver", default=None, help=argparse.SUPPRESS)  # one of --drivers' drivers
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="trials of a study (or of each study of a suite) and their status")
     p.add_argument("study", type=_study_name, help="study name or YAML file, or a suite (its file or folder)")

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
@@ -118,6 +118,9 @@ class StudyEstimate:
     wall_s: float  # the study on its slots, waits included
     slots: int
     sources: list[str]  # where the rates came from, per shape
+    # (trial, what is left of it, its encoder's status) in the order the study starts them: what side_by_side_wall
+    # replays with the other studies of a suite
+    queue: list[tuple[Trial, Estimate, str]] = field(default_factory=list)
 
 
 def calibration_path() -> Path:
@@ -412,8 +415,16 @@ def estimate_study(
     for trial in trials:
         if encoder_stage_key(trial.config) in (encoders_built_before or set()):
             encoders[trial.trial_id] = "cached"
-    wall = _replay(run_order(trials), left, encoders, slots)
-    return StudyEstimate(estimates, wall + STUDY_OVERHEAD_S, slots, sources)
+    queue = [(t, left[t.trial_id], encoders.get(t.trial_id, "-")) for t in run_order(trials)]
+    return StudyEstimate(estimates, _replay(queue, slots) + STUDY_OVERHEAD_S, slots, sources, queue)
+
+
+def side_by_side_wall(queues: list[list[tuple[Trial, Estimate, str]]], slots: int, drivers: int) -> float:
+    """A suite's wall time when `drivers` run its studies at once on one set of slots (`mm1ablate run SUITE`): no
+    slot idles while a study's last trials run, so the studies' trials queue as one, in the suite's order. Each
+    study's start (the driver's own seconds) overlaps the other drivers' trials."""
+    starts_s = STUDY_OVERHEAD_S * len(queues) / max(1, drivers)
+    return _replay([entry for queue in queues for entry in queue], slots) + starts_s
 
 
 def _priced(config: dict, rate: dict[str, float]) -> Estimate:
@@ -426,19 +437,15 @@ def _priced(config: dict, rate: dict[str, float]) -> Estimate:
     )
 
 
-def _replay(
-    trials: list[Trial], estimates: dict[str, Estimate], encoders: dict[str, str], slots: int
-) -> float:
-    """The study's wall time: each trial on the first free slot; one that reuses an encoder being built waits for
-    it; a cached encoder costs nothing."""
+def _replay(queue: list[tuple[Trial, Estimate, str]], slots: int) -> float:
+    """The wall time of (trial, estimate, encoder status) in order: each trial on the first free slot; one that
+    reuses an encoder being built waits for it; a cached encoder costs nothing."""
     free = [0.0] * slots
     heapq.heapify(free)
     built_at: dict[str | None, float] = {}
     end = 0.0
-    for trial in trials:
+    for trial, e, status in queue:
         start = heapq.heappop(free)
-        e = estimates[trial.trial_id]
-        status = encoders.get(trial.trial_id, "-")
         key = encoder_stage_key(trial.config)
         if status in ("build", "rebuild"):
             ready = start + e.encoder_s

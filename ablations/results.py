@@ -192,12 +192,21 @@ class ResultsStore:
     def items_path(self) -> Path:
         return self.dir / "items.parquet"
 
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
         """One runner per study: held for the whole run by a lock on `.run.lock`, which the kernel releases when the
         process ends, however it ends (POSIX locks: also on shared storage). A second runner is refused at once,
         told who holds the study, instead of training every trial twice."""
-        path = self.dir / RUN_LOCK
+        return self.lock_of(
+            self.dir,
+            what=f"study {self.dir.name!r}",
+            then=f"`mm1ablate status {self.dir.name}` shows its progress",
+        )
+
+    @staticmethod
+    @contextlib.contextmanager
+    def lock_of(folder: Path, *, what: str, then: str = "") -> Iterator[None]:
+        """`folder`'s run lock, held by this process for the block; StudyBusy, naming `what`, if another holds it."""
+        path = folder / RUN_LOCK
         with open(path, "a+") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -205,8 +214,8 @@ class ResultsStore:
                 lock.seek(0)
                 holder = lock.read().strip() or "another process"
                 raise StudyBusy(
-                    f"study {self.dir.name!r} is already running ({holder}); wait for it, or stop that run first. "
-                    f"`mm1ablate status {self.dir.name}` shows its progress"
+                    f"{what} is already running ({holder}); wait for it, or stop that run first"
+                    + (f". {then}" if then else "")
                 ) from None
             lock.seek(0)
             lock.truncate()

@@ -8,9 +8,11 @@ its error and the others go on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -34,6 +36,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from ablations.claims import TrialClaims
 from ablations.cost import estimate_search, estimate_study
 from ablations.handoff import (
     DIVERGED_KEY,
@@ -81,7 +84,10 @@ from mm1core.schema import last_line
 from mm1core.stage_cache import code_version
 from mm1core.storage import atomic_write_text
 
-__all__ = ["ClusterTooSmall", "RunSummary", "run_study"]
+__all__ = ["EMBEDDED_HERE", "ClusterTooSmall", "RunSummary", "run_study", "side_by_side_runtime"]
+
+# The address of a Ray runtime a suite run embedded on this machine for its drivers (side_by_side_runtime).
+EMBEDDED_HERE = "MM1ABLATE_EMBEDDED_RAY"
 
 
 @dataclass
@@ -97,12 +103,14 @@ class RunSummary:
     tracking_uri: str = ""
     results_dir: Path = Path()
     report: Path | None = None
+    # trial id -> the driver that holds it: trials of this study another driver is training (ablations.claims)
+    elsewhere: dict[str, str] = field(default_factory=dict)
 
     @property
     def interrupted(self) -> int:
         """How many of the runs this execution set out to do it did not end (Ctrl-C, a stop): a re-run resumes them."""
         ended = len(self.finished) + len(self.stopped) + len(self.failed) + len(self.diverged)
-        return max(0, self.planned - self.skipped - ended)
+        return max(0, self.planned - self.skipped - len(self.elsewhere) - ended)
 
 
 class _StudyCallback(tune.Callback):
@@ -124,8 +132,10 @@ class _StudyCallback(tune.Callback):
         out: TextIO,
         *,
         gpu: bool,
+        claims: TrialClaims,
     ) -> None:
         self.study = study
+        self.claims = claims
         self.by_id = {t.trial_id: t for t in trials}
         self._tracker = tracker
         self.store = store
@@ -148,8 +158,8 @@ class _StudyCallback(tune.Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into the experiment's folder for Tuner.restore, which a study never uses (it
-        # resumes from its own records): the live tracker stays out.
-        return {k: v for k, v in self.__dict__.items() if k != "_tracker"}
+        # resumes from its own records): the live tracker and the open claims stay out.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_tracker", "claims")}
 
     def _runs(self, tune_trial: Any) -> list[Trial]:
         if tune_trial.trial_id not in self.runs_of:
@@ -306,6 +316,7 @@ class _StudyCallback(tune.Callback):
     def _ended(self, planned: Trial) -> None:
         self.recorded.add(planned.trial_id)
         self.running.pop(planned.trial_id, None)
+        self.claims.release(planned.trial_id)  # recorded: a driver waiting for it counts it now
 
     def _row(self, planned: Trial, status: str, error: str | None) -> dict[str, Any]:
         return (
@@ -332,7 +343,7 @@ class _StudyCallback(tune.Callback):
 
     def _progress(self, event: str) -> None:
         s = self.summary
-        todo = s.planned - s.skipped
+        todo = s.planned - s.skipped - len(s.elsewhere)
         stopped = f", {len(s.stopped)} stopped" if s.stopped else ""
         counts = (
             f"{len(s.finished)}/{todo} done{stopped}, {len(self.running)} running, {len(s.failed)} failed"
@@ -379,6 +390,40 @@ def _gpus_per_trial(requested: float, out: TextIO, study_name: str) -> float:
         )
         return 0.0
     return requested
+
+
+@contextlib.contextmanager
+def side_by_side_runtime(suite_name: str, results_root: Path, address: str | None) -> Any:
+    """The Ray runtime that a suite's drivers share when they run its studies at once (`mm1ablate run SUITE`):
+    the cluster at `address` (or RAY_ADDRESS) where there is one, else one embedded here for as long as the block
+    runs. Yields the address the drivers join. What a killed run of this suite on this host left running is ended
+    first; a second run of it on this host at once is refused (StudyBusy). The drivers' environment names an
+    embedded runtime (EMBEDDED_HERE): their trials run on this machine, as a study's own embedded Ray's do."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        yield address
+        return
+    here = results_root / "suites" / f".{suite_name}.{socket.gethostname()}"
+    here.mkdir(parents=True, exist_ok=True)
+    with ResultsStore.lock_of(here, what=f"suite {suite_name!r} on this host"):
+        end_leftovers(here)
+        with _without_unused_helpers():
+            context = ray.init(
+                address="local",
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                _system_config={"prestart_worker_first_driver": False},
+            )
+        record_processes(here)
+        embedded = context.address_info["gcs_address"]
+        os.environ[EMBEDDED_HERE] = embedded
+        try:
+            yield embedded
+        finally:
+            os.environ.pop(EMBEDDED_HERE, None)
+            ray.shutdown()
+            forget_processes(here)
 
 
 @contextlib.contextmanager
@@ -473,7 +518,9 @@ def run_study(
     """
     store = ResultsStore(results_root / study.name)
     with store.exclusive():
-        return _run_study(
+        claims = TrialClaims(results_root, study.name)
+        run = functools.partial(
+            _run_study,
             study,
             store,
             results_root,
@@ -482,7 +529,42 @@ def run_study(
             out,
             _Reruns(rerun_diverged, rerun_other_code),
             max_failures,
+            claims,
         )
+        try:
+            summary = run()
+            while summary.elsewhere:
+                holders = "; ".join(sorted(set(summary.elsewhere.values())))
+                print(
+                    f"[{study.name}] waiting for the {len(summary.elsewhere)} trials another driver is training "
+                    f"({holders}): they count here when they end",
+                    file=out,
+                    flush=True,
+                )
+                claims.wait_for(summary.elsewhere)
+                summary = _then(summary, run(only=set(summary.elsewhere)))
+        finally:
+            claims.release_all()
+        return summary
+
+
+def _then(first: RunSummary, later: RunSummary) -> RunSummary:
+    """A study's run, then its second pass over the trials another driver held: what the two did, as one."""
+    counted = len(first.elsewhere) - (later.planned - later.skipped)  # ended elsewhere: counted, not trained
+    return RunSummary(
+        first.study,
+        first.planned,
+        first.skipped + counted,
+        finished=first.finished + later.finished,
+        stopped=first.stopped + later.stopped,
+        failed=first.failed | later.failed,
+        diverged=first.diverged | later.diverged,
+        wall_time_s=first.wall_time_s + later.wall_time_s,
+        tracking_uri=later.tracking_uri,
+        results_dir=later.results_dir,
+        report=later.report or first.report,
+        elsewhere=later.elsewhere,
+    )
 
 
 def _run_study(
@@ -494,7 +576,12 @@ def _run_study(
     out: TextIO,
     reruns: _Reruns,
     max_failures: int,
+    claims: TrialClaims,
+    *,
+    only: set[str] | None = None,
 ) -> RunSummary:
+    """One pass over what is left of the study; `only`: of these trials (a second pass over those another driver
+    held in the first)."""
     started = time.time()
     search = study.spec.search
     trials = plan(study)
@@ -504,6 +591,7 @@ def _run_study(
     check_reachable(uri)  # before anything starts or moves: a server that is down is one line, at once
     older: dict[str, str] = {}  # trial id -> the other mm1core that trained it
     restarted: set[str] = set()  # unfinished runs other model code began, trained again from step 0
+    held: dict[str, str] = {}  # trial id -> the other driver training it now (ablations.claims)
     if search is None:
         by_other_code = finished_unlike(study_dir, "code_version", code_version())
         older = {t.trial_id: by_other_code[t.trial_id] for t in trials if t.trial_id in by_other_code}
@@ -521,16 +609,20 @@ def _run_study(
         # On another CPU the same trial gives another run: where this run trains on this machine beside trials
         # that ran on another, the comparisons will pair runs of two machines (on a cluster, where its trials run
         # is the cluster's to say, and the report says it).
+        joined = address or os.environ.get("RAY_ADDRESS")
+        on_this_machine = not (joined or ray.is_initialized()) or joined == os.environ.get(EMBEDDED_HERE)
         elsewhere = (
             finished_unlike(study_dir, "cpu_model", cpu_model_name())
-            if not (
-                address or os.environ.get("RAY_ADDRESS") or ray.is_initialized() or study.spec.resources.gpu
-            )
+            if on_this_machine and not study.spec.resources.gpu
             else {}
         )
         elsewhere = {t.trial_id: elsewhere[t.trial_id] for t in trials if t.trial_id in elsewhere}
         skipped = _skipped(study, statuses, trials, reruns.diverged)
-        todo = run_order([t for t in trials if t.trial_id not in skipped])
+        wanted = [t for t in trials if t.trial_id not in skipped and (only is None or t.trial_id in only)]
+        # Another driver is training these now: counted here when they end.
+        held = claims.take(t.trial_id for t in wanted)
+        todo = run_order(wanted)
+        todo = [t for t in todo if t.trial_id not in held]
         todo_ids = [t.trial_id for t in todo]
         # Resumed, a run another mm1core began would be part that code's and part this one's, its row naming only
         # this one: counted as it is, as a finished trial of other code is, unless asked otherwise.
@@ -569,6 +661,12 @@ def _run_study(
             + "".join(f"{n} {status} (left as they are), " for status, n in left.items() if n)
             + f"{len(todo)} to run"
             + (
+                f" ({len(held)} more another driver is training now, "
+                f"{'; '.join(sorted(set(held.values())))}: counted here when they end)"
+                if held
+                else ""
+            )
+            + (
                 f" ({len(begun)} of them resume from checkpoints that other model code began, mm1core {begun_by}: "
                 "each would be part one code's run and part this one's; `--rerun-other-code` starts them over)"
                 if begun and not reruns.other_code
@@ -596,10 +694,13 @@ def _run_study(
             f"{search.trials - configurations} already tried, {configurations} to try; Optuna: {storage_url(study_dir)}"
         )
     summary = RunSummary(study.name, planned, planned - to_run, tracking_uri=uri, results_dir=study_dir)
+    if search is None:
+        summary.elsewhere = held
+        summary.skipped -= len(held)
     print(f"[{study.name}] {what}; MLflow: {redacted(uri)}; results: {study_dir}", file=out, flush=True)
     if not to_run:
         _write_study_json(study, study_dir, trials)
-        if search is None and (adopted or not (study_dir / "report.html").exists()):
+        if search is None and not held and (adopted or not (study_dir / "report.html").exists()):
             # Runs counted from another study are new rows of this one: its report must say what it holds now.
             def report() -> None:
                 # The reporter `mm1ablate run` started ahead, not a second one beside it.
@@ -694,7 +795,14 @@ def _run_study(
         param_space = {"trial": common | {"study": spec_json}}
         search_alg, num_samples = make_searcher(study, storage), configurations
     callback = _StudyCallback(
-        study, todo if search is None else [], opened, store, summary, out, gpu=gpus_per_trial > 0
+        study,
+        todo if search is None else [],
+        opened,
+        store,
+        summary,
+        out,
+        gpu=gpus_per_trial > 0,
+        claims=claims,
     )
     tuner = tune.Tuner(
         tune.with_resources(train_trial, {"cpu": resources.cpu, "gpu": gpus_per_trial}),

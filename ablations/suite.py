@@ -487,21 +487,44 @@ def begin_suite_run(record: Path, plan: SuitePlan) -> SuiteRun:
 def adoptable(results_root: Path) -> dict[str, str]:
     """trial id -> the study under `results_root` that finished it with the current code: what adopt_finished
     counts for another study instead of training it (the first such study, by name)."""
-    paths = sorted(results_root.glob("*/trials.parquet"))
-    if not paths:  # pyarrow's import alone costs half a second of `plan`'s start
+    tables = [(p.parent.name, p) for p in results_root.glob("*/trials.parquet")]
+    tables += _unconsolidated(results_root)
+    if not tables:  # pyarrow's import alone costs half a second of `plan`'s start
         return {}
     import pyarrow.parquet as pq
 
     from mm1core.stage_cache import code_version
 
     current, found = code_version(), {}
-    for path in paths:
-        table = pq.read_table(path).to_pydict()
+    for study, path in sorted(tables):
+        try:
+            table = pq.read_table(path).to_pydict()
+        except FileNotFoundError:  # a damaged part moved aside since it was listed
+            continue
         codes = table.get("code_version", [None] * len(table["trial_id"]))
         for trial_id, status, code in zip(table["trial_id"], table["status"], codes, strict=True):
             if status == "finished" and code == current:
-                found.setdefault(trial_id, path.parent.name)
+                found.setdefault(trial_id, study)
     return found
+
+
+def _unconsolidated(results_root: Path) -> list[tuple[str, Path]]:
+    """(study, part) for each trial a running driver has recorded since it last folded its parts into the study's
+    table: a trial another driver waits for counts the moment it is recorded (ablations.claims)."""
+    newer = []
+    for parts in results_root.glob("*/parts"):
+        table = parts.parent / "trials.parquet"
+        try:
+            since = table.stat().st_mtime
+        except FileNotFoundError:
+            since = float("-inf")
+        for part in parts.glob("*.trial.parquet"):
+            try:
+                if part.stat().st_mtime >= since:
+                    newer.append((parts.parent.name, part))
+            except FileNotFoundError:
+                continue
+    return newer
 
 
 def adopt_finished(study: Study, trials: list[Trial], results_root: Path) -> list[tuple[Trial, str]]:

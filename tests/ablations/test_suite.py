@@ -138,6 +138,67 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
     assert (tmp_path / "results" / "s-ref" / "report.html").exists()
 
 
+@pytest.mark.slow
+def test_two_studies_at_a_time_train_their_shared_trial_once(tmp_path):
+    """The default on a machine with two slots: two drivers on one Ray runtime, each taking the next study no other
+    runs. The second study's driver finds the reference being trained by the first's, trains its own trial beside
+    it, waits, and counts it: three trainings for three distinct trials, one part, both studies reported."""
+    folder = _write_suite(tmp_path)
+    # Long enough that the shared trial is still training when s-tok plans.
+    for name in ("res.yaml", "tok.yaml"):
+        path = folder / name
+        path.write_text(path.read_text().replace("multimodal: {steps: 20}", "multimodal: {steps: 300}"))
+    done = run_cli("run", "suite", cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "3 to train; about " in done.stdout and ", 2 studies at a time (" in done.stdout, out
+    assert "1 more another driver is training now, study s-re" in done.stdout, out
+    assert "counting 1 finished runs of the same trials" in done.stdout, out
+    assert "suite tiny-findings: s-res ok, s-tok ok" in done.stdout, out
+    assert "error" not in done.stderr.lower(), done.stderr
+    rows = pd.concat(
+        [pd.read_parquet(tmp_path / "results" / name / "trials.parquet") for name in ("s-res", "s-tok")]
+    )
+    assert (rows.status == "finished").all() and len(rows) == 4
+    trained = rows[rows.adopted_from.isna()]
+    assert len(trained) == 3 and trained.trial_id.is_unique, rows[["study", "trial_id", "adopted_from"]]
+    [part] = json.loads((tmp_path / "results" / "suites" / "tiny-findings.json").read_text())["runs"]
+    assert part["outcome"] == "complete" and part["ended"] and part["trained"] == 3, part
+    for name in ("s-res", "s-tok"):
+        assert (tmp_path / "results" / name / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_the_drivers_of_a_killed_suite_run_end_with_it(tmp_path):
+    """SIGKILL of `mm1ablate run SUITE` running two studies at a time: its drivers end too (as on Ctrl-C: their
+    studies record it), the runtime it started is ended by the next run, and that run finishes the suite."""
+    from ablations.leftovers import end_leftovers
+    from ablations.results import study_runner
+
+    folder = _write_suite(tmp_path)
+    long = (folder / "res.yaml").read_text().replace("multimodal: {steps: 20}", "multimodal: {steps: 2000}")
+    (folder / "res.yaml").write_text(long)
+    driver = start_cli("run", "suite", cwd=tmp_path)
+    read_until(driver, "multimodal step")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    results = tmp_path / "results"
+    deadline = time.monotonic() + 120
+    while any(study_runner(results / name) for name in ("s-res", "s-tok")):
+        assert time.monotonic() < deadline, [study_runner(results / name) for name in ("s-res", "s-tok")]
+        time.sleep(1)
+    [runtime] = (results / "suites").glob(".tiny-findings.*")
+    left = [p["pid"] for p in json.loads((runtime / ".ray-processes.json").read_text())]
+    assert left  # the killed run's Ray runtime, recorded when it started
+    (folder / "res.yaml").write_text(long.replace("multimodal: {steps: 2000}", "multimodal: {steps: 20}"))
+    again = run_cli("run", "suite", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "suite tiny-findings: s-res ok, s-tok ok" in again.stdout
+    assert not any(Path(f"/proc/{pid}").exists() for pid in left), left  # ended by the next run
+    assert not (runtime / ".ray-processes.json").exists()  # its own, recorded while it ran, ended with it
+    end_leftovers(runtime)
+
+
 def _status_row(stdout: str, study: str) -> list[str]:
     """A study's counts in `mm1ablate status SUITE`: trials, finished, counted, running, interrupted, failed, to run."""
     return next(line.split()[1:] for line in stdout.splitlines() if line.startswith(f"{study} "))
@@ -344,13 +405,14 @@ def test_a_suite_weighs_its_plan_and_its_measurement_against_its_budget(tmp_path
 @pytest.mark.slow
 def test_a_killed_suite_driver_leaves_its_part_and_ctrl_c_stops_the_suite(tmp_path):
     """SIGKILL of a suite's driver mid-study: its part keeps the wall time of its last heartbeat, though no study of
-    it ended. Then Ctrl-C of the next run stops the suite, not only the study it was in."""
+    it ended. Then Ctrl-C of the next run stops the suite, not only the study it was in. One study at a time: the
+    order of the studies is what the test reads."""
     folder = _write_suite(tmp_path)
     long = (folder / "res.yaml").read_text().replace("multimodal: {steps: 20}", "multimodal: {steps: 2000}")
     (folder / "res.yaml").write_text(long)
     record = tmp_path / "results" / "suites" / "tiny-findings.json"
     beating = {"MM1ABLATE_SUITE_HEARTBEAT_S": "1"}
-    driver = start_cli("run", "suite", cwd=tmp_path, env=beating)
+    driver = start_cli("run", "suite", "--drivers", "1", cwd=tmp_path, env=beating)
     read_until(driver, "multimodal step")
     deadline = time.monotonic() + 60
     while json.loads(record.read_text())["runs"][0]["wall_s"] < 3 and time.monotonic() < deadline:
@@ -362,7 +424,7 @@ def test_a_killed_suite_driver_leaves_its_part_and_ctrl_c_stops_the_suite(tmp_pa
         killed
     )
 
-    driver = start_cli("run", "suite", cwd=tmp_path, env=beating)
+    driver = start_cli("run", "suite", "--drivers", "1", cwd=tmp_path, env=beating)
     seen = read_until(driver, "multimodal step")
     # While it runs: this part so far, and what is left of the suite (s-res by its estimate, s-tok by the plan).
     running = run_cli("status", "suite", cwd=tmp_path, timeout=120).stdout
