@@ -764,7 +764,13 @@ def _run_study(
             ray.shutdown()
         raise
     cluster = ray.cluster_resources()
-    where = f"joined the Ray cluster at {address}" if address else "started an embedded Ray"
+    where = (
+        "started an embedded Ray"
+        if not address
+        else f"joined its suite run's Ray on this machine ({address})"
+        if address == os.environ.get(EMBEDDED_HERE)
+        else f"joined the Ray cluster at {address}"
+    )
     print(
         f"[{study.name}] {where}: {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; "
         f"{resources.cpu:g} CPU per trial",

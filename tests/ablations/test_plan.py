@@ -257,6 +257,22 @@ def test_a_resumed_trial_is_priced_at_what_is_left_of_it():
     assert whole.left(0.0) == whole and whole.left(1.5).train_s == 0.0
 
 
+def test_studies_side_by_side_fill_the_slot_a_study_leaves_idle(write_study):
+    """Three studies of three equal trials each on 2 slots: one after another, each runs its last trial alone (2
+    rounds a study, 6 in all); as one queue, 9 trials take 5 rounds."""
+    from ablations.cost import STUDY_OVERHEAD_S, TRIAL_OVERHEAD_S, Estimate, _replay, side_by_side_wall
+
+    trials = _plan(write_study, "grid", **{"[0.003, 0.001]": "[0.003]", "seeds: [0, 1]": "seeds: [0]"})
+    assert len(trials) == 3
+    trial = Estimate(encoder_s=0.0, train_s=98.0, eval_s=0.0, fixed_s=0.0)
+    queue = [(t, trial, "cached") for t in trials]
+    round_s = 98.0 + TRIAL_OVERHEAD_S
+    one_after_another = sum(_replay(queue, slots=2) for _ in range(3))
+    assert one_after_another == 6 * round_s
+    assert side_by_side_wall([queue] * 3, slots=2, drivers=2) == 5 * round_s + 3 * STUDY_OVERHEAD_S / 2
+    assert side_by_side_wall([queue], slots=2, drivers=2) == 2 * round_s + STUDY_OVERHEAD_S / 2
+
+
 def test_a_calibrated_shape_is_priced_at_what_finished_trials_took_against_their_calibration(
     write_study, tmp_path, monkeypatch
 ):
