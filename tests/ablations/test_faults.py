@@ -409,12 +409,13 @@ def test_a_damaged_results_part_is_moved_aside_and_its_trial_runs_again(tmp_path
 
 @pytest.mark.slow
 def test_two_studies_at_once_share_the_cache_and_the_tracking_store(tmp_path):
-    """Two different studies started together in one results folder: one builds the encoder they share, the other
-    waits for it; both record every trial in the same SQLite MLflow store, nothing left queued."""
+    """Two different studies started together in one results folder, their trials different (another learning
+    rate) on the same encoder: one builds the encoder, the other waits for it; both record every trial in the same
+    SQLite MLflow store, nothing left queued. (The same trial in both trains once: test_suite.py.)"""
     drivers = []
-    for name in ("left", "right"):
+    for name, lr in (("left", "0.001"), ("right", "0.002")):
         (tmp_path / f"{name}.yaml").write_text(
-            STUDY.format(name=name).replace("values: [0.001, 0.002]", "values: [0.001]").lstrip()
+            STUDY.format(name=name).replace("values: [0.001, 0.002]", f"values: [{lr}]").lstrip()
         )
         drivers.append(start_cli("run", f"{name}.yaml", cwd=tmp_path))
     outputs = [driver.communicate(timeout=600)[0] for driver in drivers]

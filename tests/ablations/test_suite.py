@@ -152,7 +152,9 @@ def test_two_studies_at_a_time_train_their_shared_trial_once(tmp_path):
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "3 to train; about " in done.stdout and ", 2 studies at a time (" in done.stdout, out
-    assert done.stdout.count("joined its suite run's Ray on this machine") == 2, out  # one runtime, two drivers
+    assert done.stdout.count("joined its suite run's Ray on this machine") == 2, (
+        out
+    )  # one runtime, two drivers
     assert "1 more another driver is training now, study s-re" in done.stdout, out
     assert "counting 1 finished runs of the same trials" in done.stdout, out
     assert "suite tiny-findings: s-res ok, s-tok ok" in done.stdout, out
