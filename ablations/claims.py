@@ -15,12 +15,11 @@ next. The files stay: removing a lock file another process may be opening is a r
 from __future__ import annotations
 
 import fcntl
-import os
-import socket
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
+
+from ablations.results import hold_lock, this_process
 
 __all__ = ["CLAIMS", "TrialClaims"]
 
@@ -42,22 +41,11 @@ class TrialClaims:
         for trial_id in trial_ids:
             if trial_id in self._held:
                 continue
-            lock = open(self.dir / trial_id, "a+")  # noqa: SIM115 - held open for as long as the claim
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.seek(0)
-                elsewhere[trial_id] = lock.read().strip() or "another driver"
-                lock.close()
-                continue
-            lock.seek(0)
-            lock.truncate()
-            lock.write(
-                f"study {self.study}, pid {os.getpid()} on {socket.gethostname()}, "
-                f"since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-            )
-            lock.flush()
-            self._held[trial_id] = lock
+            taken = hold_lock(self.dir / trial_id, f"study {self.study}, {this_process()}")
+            if isinstance(taken, str):
+                elsewhere[trial_id] = taken
+            else:
+                self._held[trial_id] = taken
         return elsewhere
 
     def release(self, trial_id: str) -> None:

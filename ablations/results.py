@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,7 +36,9 @@ __all__ = [
     "config_json",
     "checkpoints_begun_by_other_code",
     "finished_unlike",
+    "hold_lock",
     "study_runner",
+    "this_process",
     "trial_statuses",
     "record_checkpoint_code",
     "unended_progress",
@@ -115,14 +117,35 @@ def study_runner(study_dir: Path) -> str | None:
     path = study_dir / RUN_LOCK
     if not path.exists():
         return None
-    with open(path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            return lock.read().strip() or "another process"
-        fcntl.flock(lock, fcntl.LOCK_UN)
+    taken = hold_lock(path, "")
+    if isinstance(taken, str):
+        return taken
+    taken.close()
     return None
+
+
+def this_process() -> str:
+    """How a lock's holder names itself, for whoever is refused it."""
+    return f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+def hold_lock(path: Path, holder: str) -> IO[str] | str:
+    """Take `path`'s lock without waiting and write `holder` in it: the open file, whose lock lasts until it is closed
+    (or the process ends, however it ends: POSIX locks, also on shared storage). If another process holds the lock,
+    what that process wrote in it instead."""
+    lock = open(path, "a+")  # noqa: SIM115 - held open for as long as the lock
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        held_by = lock.read().strip() or "another process"
+        lock.close()
+        return held_by
+    lock.seek(0)
+    lock.truncate()
+    lock.write(holder)
+    lock.flush()
+    return lock
 
 
 @dataclass(frozen=True)
@@ -206,23 +229,13 @@ class ResultsStore:
     @contextlib.contextmanager
     def lock_of(folder: Path, *, what: str, then: str = "") -> Iterator[None]:
         """`folder`'s run lock, held by this process for the block; StudyBusy, naming `what`, if another holds it."""
-        path = folder / RUN_LOCK
-        with open(path, "a+") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.seek(0)
-                holder = lock.read().strip() or "another process"
-                raise StudyBusy(
-                    f"{what} is already running ({holder}); wait for it, or stop that run first"
-                    + (f". {then}" if then else "")
-                ) from None
-            lock.seek(0)
-            lock.truncate()
-            lock.write(
-                f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        taken = hold_lock(folder / RUN_LOCK, this_process())
+        if isinstance(taken, str):
+            raise StudyBusy(
+                f"{what} is already running ({taken}); wait for it, or stop that run first"
+                + (f". {then}" if then else "")
             )
-            lock.flush()
+        with taken:
             yield
 
     def statuses(self) -> dict[str, str]:

@@ -619,10 +619,10 @@ def _run_study(
         elsewhere = {t.trial_id: elsewhere[t.trial_id] for t in trials if t.trial_id in elsewhere}
         skipped = _skipped(study, statuses, trials, reruns.diverged)
         wanted = [t for t in trials if t.trial_id not in skipped and (only is None or t.trial_id in only)]
-        # Another driver is training these now: counted here when they end.
+        # Another driver is training these now: counted here when they end. Ordered before they are left out, so
+        # that the users of an encoder a held trial builds stay behind it rather than start first and wait for it.
         held = claims.take(t.trial_id for t in wanted)
-        todo = run_order(wanted)
-        todo = [t for t in todo if t.trial_id not in held]
+        todo = [t for t in run_order(wanted) if t.trial_id not in held]
         todo_ids = [t.trial_id for t in todo]
         # Resumed, a run another mm1core began would be part that code's and part this one's, its row naming only
         # this one: counted as it is, as a finished trial of other code is, unless asked otherwise.
