@@ -169,8 +169,8 @@ def _finished_rates(results_root: Path, shapes: set[str] | None, threads: int) -
             if row["trial_id"] in seen:
                 continue
             seen.add(row["trial_id"])
-            if crowded(row, threads):
-                continue
+            if crowded(row, threads) or row.get("resumed") in (True, 1):
+                continue  # a resumed run's times are its last go's, some of its steps: not its shape's price
             config = json.loads(row["config_json"])
             shape = shape_key(config)
             if shapes is not None and shape not in shapes:

@@ -19,6 +19,7 @@ __all__ = [
     "RUN_KEY",
     "Reporter",
     "checkpoint_path",
+    "machines_log",
     "reports_log",
     "write_index",
     "write_report",
@@ -30,6 +31,7 @@ OBJECTIVE = "objective"  # the searcher's and the scheduler's metric: the mean o
 OBJECTIVE_FINAL = "objective_final"  # set on the report of the objective from the runs' final evaluations
 DIVERGED_KEY = "diverged"  # the last report of a run whose loss or gradient became non-finite: why, in words
 REPORTS_LOG_SUFFIX = ".reports.jsonl"
+MACHINES_LOG_SUFFIX = ".machines.jsonl"
 
 
 def checkpoint_path(checkpoint_dir: Path, trial_id: str) -> Path:
@@ -42,6 +44,12 @@ def reports_log(checkpoint_dir: Path, trial_id: str) -> Path:
     """Every report of a run, one JSON line each, beside its checkpoint: what a resumed run replays to its new driver
     and what `status` reads a running trial's progress from."""
     return checkpoint_dir / f"{trial_id}{REPORTS_LOG_SUFFIX}"
+
+
+def machines_log(checkpoint_dir: Path, trial_id: str) -> Path:
+    """Each go at a run, one JSON line each, beside its checkpoint: the machine it trained on and whether it resumed
+    from the checkpoint, so that a run trained in parts names every machine that trained it."""
+    return checkpoint_dir / f"{trial_id}{MACHINES_LOG_SUFFIX}"
 
 
 def write_report(study_dir: Path, results_root: Path, *, tracking_uri: str | None, nice: int = 0) -> Path:

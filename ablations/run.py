@@ -262,6 +262,8 @@ class _StudyCallback(tune.Callback):
                 "device": final["device"],
                 "node": final.get("node"),
                 "cpu_model": final.get("cpu_model"),
+                "resumed": bool(final.get("resumed", False)),
+                "machines_json": final.get("machines_json"),
                 "eval_protocol_json": final["eval_protocol_json"],
                 "built_encoder": bool(final["built_encoder"]),
             }

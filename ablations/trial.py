@@ -30,6 +30,7 @@ from ablations.handoff import (
     OBJECTIVE_FINAL,
     RUN_KEY,
     checkpoint_path,
+    machines_log,
     reports_log,
 )
 from mm1core.config import config_from_dict
@@ -96,6 +97,7 @@ def train_trial(tune_config: dict[str, Any]) -> None:
     num_threads = max(1, int(payload["num_cpus"]))
     torch.set_num_threads(num_threads)
     device = _device()
+    device_name = cpu_device_name(num_threads) if device.type == "cpu" else torch.cuda.get_device_name()
     objective = payload.get("objective")  # the metric the scheduler or searcher reads, None without either
     events: queue.Queue = queue.Queue()
     # A stopped trial's runs must end where the scheduler stopped them: with reused actors, runs that trained on
@@ -116,6 +118,12 @@ def train_trial(tune_config: dict[str, Any]) -> None:
         log = reports_log(Path(payload["checkpoint_dir"]), run["trial_id"])
         for event in read_jsonl(log):
             events.put((index, event))
+        checkpoint = checkpoint_path(Path(payload["checkpoint_dir"]), run["trial_id"])
+        resumed, machines = _machines_so_far(
+            machines_log(Path(payload["checkpoint_dir"]), run["trial_id"]),
+            checkpoint,
+            {"cpu_model": cpu_model_name(), "device": device_name},
+        )
 
         def report(stage: str, step: int, metrics: dict[str, float]) -> None:
             if stop.is_set():
@@ -136,7 +144,7 @@ def train_trial(tune_config: dict[str, Any]) -> None:
                 cfg,
                 device=device,
                 on_metrics=report,
-                checkpoint_path=checkpoint_path(Path(payload["checkpoint_dir"]), run["trial_id"]),
+                checkpoint_path=checkpoint,
                 cache_dir=Path(payload["cache_dir"]),
             )
         except _Stopped:
@@ -170,11 +178,12 @@ def train_trial(tune_config: dict[str, Any]) -> None:
                     "num_params": outcome.num_params,
                     "built_encoder": outcome.built_encoder,
                     "wall_time_s": wall,
-                    "device": cpu_device_name(num_threads)
-                    if device.type == "cpu"
-                    else torch.cuda.get_device_name(),
+                    "device": device_name,
                     "node": ray.util.get_node_ip_address(),
                     "cpu_model": cpu_model_name(),
+                    # Its time/* and cost/* are this go's alone: a resumed run's price is not its shape's.
+                    "resumed": resumed,
+                    "machines_json": json.dumps(machines),
                     "eval_items_json": json.dumps(outcome.eval.items),
                     "eval_protocol_json": json.dumps(outcome.eval.protocol),
                 },
@@ -194,6 +203,24 @@ def train_trial(tune_config: dict[str, Any]) -> None:
         for thread in threads:
             thread.join()
         _release_freed_memory()
+
+
+def _machines_so_far(log: Path, checkpoint: Path, this: dict[str, str]) -> tuple[bool, list[dict[str, str]]]:
+    """Whether this go at a run resumes it from its checkpoint, and the machines of the goes that trained it, in the
+    order they first did, this one's recorded first.
+
+    A go that finds no checkpoint trains the run from step 0, whatever earlier goes did (killed before their first
+    checkpoint, or their checkpoint deleted for a fresh start): the run is its and those after it."""
+    resumes = checkpoint.exists()
+    append_jsonl(log, {**this, "resumed": resumes, "began": time.time()})
+    trained_by: list[dict[str, str]] = []
+    for went in read_jsonl(log):
+        if not went["resumed"]:
+            trained_by = []
+        machine = {"cpu_model": went["cpu_model"], "device": went["device"]}
+        if machine not in trained_by:
+            trained_by.append(machine)
+    return resumes, trained_by
 
 
 class _Rounds:

@@ -127,7 +127,11 @@ def code_versions_note(trials: pd.DataFrame) -> str | None:
 
 
 def _machine(row) -> str:
-    """The kind of machine a run's numbers depend on: its GPU's name, or its CPU's model and thread count."""
+    """The kind of machine a run's numbers depend on: its GPU's name, or its CPU's model and thread count; a run
+    resumed on another kind than began it is its own kind, "A, then B"."""
+    machines = row.get("machines_json")
+    if isinstance(machines, str) and len(trained_by := json.loads(machines)) > 1:
+        return ", then ".join(_machine(machine) for machine in trained_by)
     device = row.get("device")
     device = str(device) if pd.notna(device) else ""  # rows from before devices were recorded have none
     if device and not device.startswith("cpu"):

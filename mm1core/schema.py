@@ -42,6 +42,8 @@ META_COLUMNS = (
     "device",
     "node",  # the Ray node the run trained on
     "cpu_model",  # that node's CPU: its stage times (time/*) price later plans only on the same CPU
+    "resumed",  # whether its last go resumed it from a checkpoint: its time/* and cost/* are that go's alone
+    "machines_json",  # [{cpu_model, device}] of every go that trained it, in order: more than one if resumed elsewhere
     "mlflow_run_id",
     "built_encoder",  # whether this run built its pre-trained encoder (or found it cached)
     "finished_at",

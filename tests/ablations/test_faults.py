@@ -20,6 +20,7 @@ from conftest import CLI_ENV, MM1ABLATE, read_until, run_cli, start_cli
 from mlflow.tracking import MlflowClient
 
 from ablations.leftovers import descendants
+from mm1core.hardware import cpu_model_name
 from mm1core.stage_cache import cache_state, cached_stage, code_version
 from mm1core.storage import DamagedFile, load_checked, save_checked
 
@@ -142,6 +143,17 @@ def test_a_killed_driver_resumes_to_the_same_study(tmp_path, uninterrupted):
             assert re.search(r" interrupted +multimodal \d+/400", after.stdout), after.stdout
             assert "resumes the interrupted trials" in after.stdout
 
+    # Each go at a trial logs its machine beside the checkpoint. Say the go that began one trial's run ran on
+    # another machine: its row names both, in order (the test has one machine to resume on).
+    logs = sorted((_study_dir(tmp_path) / "checkpoints").glob("*.machines.jsonl"))
+    assert len(logs) == 2, logs
+    goes = [json.loads(line) for line in logs[0].read_text().splitlines()]
+    assert goes[-1]["resumed"] and not goes[0]["resumed"], goes
+    began = max(i for i, went in enumerate(goes) if not went["resumed"])
+    goes[began]["cpu_model"] = "Another CPU"
+    logs[0].write_text("".join(json.dumps(went) + "\n" for went in goes))
+    handed_on = logs[0].name.split(".")[0]
+
     again = run_cli("run", "s.yaml", cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Ray processes a killed run had left behind" in again.stdout
@@ -152,6 +164,11 @@ def test_a_killed_driver_resumes_to_the_same_study(tmp_path, uninterrupted):
 
     resumed, whole = _trials(tmp_path), _trials(uninterrupted)
     assert list(resumed["status"]) == ["finished", "finished"]
+    # Resumed runs' times are their last go's: they say so, and price no plan (ablations.cost).
+    assert list(resumed["resumed"]) == [True, True] and not whole["resumed"].any()
+    for trial_id, machines in resumed["machines_json"].items():
+        expected = ["Another CPU", cpu_model_name()] if trial_id == handed_on else [cpu_model_name()]
+        assert [m["cpu_model"] for m in json.loads(machines)] == expected, machines
     pd.testing.assert_frame_equal(resumed[METRICS], whole[METRICS])
     for part in ("trials", "encoder"):
         pd.testing.assert_frame_equal(_curves(tmp_path, part), _curves(uninterrupted, part))

@@ -198,7 +198,8 @@ def test_imports_run_one_way():
 def test_finished_trials_price_their_shape_once_each_and_past_a_busy_day(tmp_path):
     """The plan's rates from finished trials: a trial two studies hold counts once, trials slowed by load from
     outside their study do not set the rate, even when they are half of the shape's trials, and trials that ran on
-    another CPU, with other threads, or recorded no CPU do not count at all."""
+    another CPU, with other threads, or recorded no CPU do not count at all, nor do resumed ones (their times are
+    of their last go, a part of their steps)."""
     import pandas as pd
 
     from ablations.cost import _finished_rates, shape_key
@@ -226,7 +227,11 @@ def test_finished_trials_price_their_shape_once_each_and_past_a_busy_day(tmp_pat
 
     calm = [row("calm0", 0.10), row("calm1", 0.11)]
     busy = [row("busy0", 0.35), row("busy1", 0.36)]
-    elsewhere = [row("faster-cpu", 0.01, cpu="Another CPU"), row("two-threads", 0.02, threads=2)]
+    elsewhere = [
+        row("faster-cpu", 0.01, cpu="Another CPU"),
+        row("two-threads", 0.02, threads=2),
+        row("resumed-at-half", 0.05) | {"resumed": True},
+    ]
     for study, rows in {
         "a": calm + busy + elsewhere,
         "b": busy,

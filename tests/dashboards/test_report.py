@@ -423,6 +423,25 @@ def test_a_study_run_on_two_kinds_of_machine_says_which_seeds_it_compares_across
     # A GPU is named by its device, whatever the host's CPU.
     gpu = one.assign(device=["NVIDIA H200" if a == "res=32" else "cpu x1 threads" for a in one["arm"]])
     assert "NVIDIA H200: 5 trials (res=32)" in machines_note(gpu, "res=64")
+    # A run begun on one machine and resumed on another is neither's: it is named by both, in order.
+    amd, xeon = (
+        {"cpu_model": "AMD EPYC", "device": "cpu x1 threads"},
+        {"cpu_model": "Intel(R) Xeon(R) Processor", "device": "cpu x1 threads"},
+    )
+    handed_on = (one["arm"] == "res=32") & (one["seed"] == 0)
+    resumed = one.assign(
+        machines_json=[json.dumps([amd, xeon] if x else [amd]) for x in handed_on],
+        cpu_model=["Intel(R) Xeon(R) Processor" if x else "AMD EPYC" for x in handed_on],
+    )
+    note = machines_note(resumed, "res=64")
+    assert (
+        "AMD EPYC, cpu x1 threads, then Intel(R) Xeon(R) Processor, cpu x1 threads: 1 trials (res=32)" in note
+    )
+    assert "(res=32 seed 0)" in note
+    # Resumed on the machine that began it: one machine.
+    assert (
+        machines_note(resumed.assign(machines_json=json.dumps([amd]), cpu_model="AMD EPYC"), "res=64") is None
+    )
     assert "5 of the 5 runs" in machines_note(gpu, "res=64")
     # Each pair on one machine, the machines differing between seeds: said, and no pair named.
     by_seed = one.assign(
