@@ -27,6 +27,8 @@ INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C
 # A suite goes on to its next study (on shared storage, a second node's driver takes the studies the first is not in).
 REFUSED = 2
 BUSY = 3  # a study another driver of the same side-by-side suite run runs: not refused, left to that driver
+# A study of a suite's driver whose last trials another driver is training: the driver comes back to it at the end.
+WAITING = 4
 
 # Each command imports what it needs inside its function, for start-up: `mm1ablate plan` answers in a fraction of a
 # second because it never loads Ray, MLflow, pandas or torch, which `run`, `report` and `ui` need.
@@ -463,14 +465,30 @@ def _drive_suite(suite: Suite, args: argparse.Namespace, said: Path) -> int:
     (a study another holds is left to it), each one's exit code written to `said` as it ends."""
     _end_with_parent()
     codes: dict[str, int] = {}
+    # A study whose last trials another driver is training waits for them only once this driver has nothing else
+    # to run: meanwhile its slot trains the next study's trials rather than idle.
+    waiting: list[Study] = []
     try:
         for study in suite.studies:
+            code = _run_one(study, args, busy=BUSY, wait_for_others=False)
+            if code == WAITING:
+                waiting.append(study)
+                continue
+            codes[study.name] = code
+            said.write_text(json.dumps(codes))
+            if code == INTERRUPTED:
+                return INTERRUPTED
+        for study in waiting:
             codes[study.name] = _run_one(study, args, busy=BUSY)
             said.write_text(json.dumps(codes))
             if codes[study.name] == INTERRUPTED:
                 return INTERRUPTED
     except KeyboardInterrupt:  # between two studies
         return INTERRUPTED
+    finally:
+        # Stopped before it came back to them: they ended interrupted, and the next run resumes them.
+        if left := {s.name: INTERRUPTED for s in waiting if s.name not in codes}:
+            said.write_text(json.dumps(codes | left))
     return 0
 
 
@@ -499,8 +517,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_one(study, args)
 
 
-def _run_one(study: Study, args: argparse.Namespace, *, busy: int = REFUSED) -> int:
-    """`busy`: the exit code for a study another driver runs (a driver of the same suite run says so quietly)."""
+def _run_one(
+    study: Study, args: argparse.Namespace, *, busy: int = REFUSED, wait_for_others: bool = True
+) -> int:
+    """`busy`: the exit code for a study another driver runs (a driver of the same suite run says so quietly);
+    `wait_for_others`: False, a study whose last trials another driver trains returns WAITING (run_study)."""
     from ablations.handoff import REPORTER_NICE, prestart_reporter
     from ablations.results import study_runner
     from ablations.tracking import redacted, resolve_tracking_uri
@@ -526,6 +547,7 @@ def _run_one(study: Study, args: argparse.Namespace, *, busy: int = REFUSED) -> 
             rerun_diverged=args.rerun_diverged,
             rerun_other_code=args.rerun_other_code,
             max_failures=args.max_failures,
+            wait_for_others=wait_for_others,
         )
     except StudyBusy as refused:
         Reporter.started(root / study.name, root, tracking_uri=uri, nice=REPORTER_NICE).close()
@@ -543,6 +565,8 @@ def _run_one(study: Study, args: argparse.Namespace, *, busy: int = REFUSED) -> 
             flush=True,
         )
         return INTERRUPTED
+    if summary.elsewhere and not summary.interrupted:
+        return WAITING
     print(
         f"[{study.name}] done in {summary.wall_time_s:.0f}s: {len(summary.finished)} finished, "
         + (f"{len(summary.stopped)} stopped early, " if summary.stopped else "")

@@ -509,6 +509,7 @@ def run_study(
     rerun_diverged: bool = False,
     rerun_other_code: bool = False,
     max_failures: int = 2,
+    wait_for_others: bool = True,
 ) -> RunSummary:
     """Run what is left of a study; raises StudyBusy while another runner holds it.
 
@@ -517,6 +518,9 @@ def run_study(
     unfinished runs it began, where by default they resume from their checkpoints.
     max_failures: how often Tune retries a trial whose process died (the OOM killer, a lost node), each time from
     its last checkpoint, before it is recorded as failed.
+    wait_for_others: whether to wait for the trials another driver is training and count them (by default), or to
+    return once the rest have ended, `elsewhere` naming them: a suite's driver runs its next study meanwhile and
+    comes back to this one.
     """
     store = ResultsStore(results_root / study.name)
     with store.exclusive():
@@ -535,8 +539,17 @@ def run_study(
         )
         try:
             summary = run()
-            while summary.elsewhere:
+            # Stopped (Ctrl-C), it neither waits nor trains what the other driver left: the next run does.
+            while summary.elsewhere and not summary.interrupted:
                 holders = "; ".join(sorted(set(summary.elsewhere.values())))
+                if not wait_for_others and not summary.failed:  # a failure ends the study as it would alone
+                    print(
+                        f"[{study.name}] {len(summary.elsewhere)} trials another driver is training ({holders}): "
+                        "back to them after the suite's other studies",
+                        file=out,
+                        flush=True,
+                    )
+                    break
                 print(
                     f"[{study.name}] waiting for the {len(summary.elsewhere)} trials another driver is training "
                     f"({holders}): they count here when they end",
