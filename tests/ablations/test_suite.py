@@ -142,43 +142,49 @@ def test_a_suite_is_planned_whole_and_its_shared_trial_trains_once(tmp_path):
 def test_two_studies_at_a_time_train_their_shared_trial_once(tmp_path):
     """The default on a machine with two slots: two drivers on one Ray runtime, each taking the next study no other
     runs. The second study's driver finds the reference being trained by the first's and trains its own trial
-    beside it; rather than wait for the reference, it runs the next study (s-seed), then comes back and counts it:
-    four trainings for four distinct trials, one part, every study reported."""
+    beside it; rather than wait for the reference, it runs the next study no driver holds (s-seed: the first driver
+    is in s-long by then), then comes back and counts it: five trainings for five distinct trials, one part, every
+    study reported."""
     folder = _write_suite(tmp_path)
     # Long enough that the shared trial is still training when s-tok plans.
     for name in ("res.yaml", "tok.yaml"):
         path = folder / name
         path.write_text(path.read_text().replace("multimodal: {steps: 20}", "multimodal: {steps: 300}"))
+    # The first driver's next study, long enough to hold it while s-tok's own trial ends.
+    long = TINY.format(name="s-long", axis="resolution", values="[32]").replace("seeds: [0]", "seeds: [2]")
+    (folder / "long.yaml").write_text(
+        long.replace("multimodal: {steps: 20}", "multimodal: {steps: 800}").lstrip()
+    )
     other_seed = TINY.format(name="s-seed", axis="resolution", values="[32]").replace(
         "seeds: [0]", "seeds: [1]"
     )
     (folder / "seed.yaml").write_text(other_seed.lstrip())
     suite = (folder / "suite.yaml").read_text()
-    (folder / "suite.yaml").write_text(
-        suite.replace("[res.yaml, tok.yaml]", "[res.yaml, tok.yaml, seed.yaml]")
-    )
+    in_order = "[res.yaml, tok.yaml, long.yaml, seed.yaml]"
+    (folder / "suite.yaml").write_text(suite.replace("[res.yaml, tok.yaml]", in_order))
     done = run_cli("run", "suite", cwd=tmp_path)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
-    assert "4 to train; about " in done.stdout and ", 2 studies at a time (" in done.stdout, out
+    assert "5 to train; about " in done.stdout and ", 2 studies at a time (" in done.stdout, out
     # One runtime: every study that trained joined the one the suite run started.
     joined = re.findall(r"joined its suite run's Ray on this machine \(([^)]+)\)", done.stdout)
-    assert len(joined) == 3 and len(set(joined)) == 1, out
+    assert len(joined) == 4 and len(set(joined)) == 1, out
     assert "1 more another driver is training now, study s-re" in done.stdout, out
     # s-tok's driver moved on to s-seed instead of waiting (whichever driver is free then finishes s-tok).
     moved_on = done.stdout.index("[s-tok] 1 trials another driver is training (study s-res")
     assert "back to them after the suite's other studies" in done.stdout[moved_on:].split("\n")[0], out
-    assert moved_on < done.stdout.index("[s-seed] 1 trials planned"), out
+    planned = {name: done.stdout.index(f"[{name}] 1 trials planned") for name in ("s-long", "s-seed")}
+    assert planned["s-long"] < moved_on < planned["s-seed"], out
     assert "counting 1 finished runs of the same trials" in done.stdout, out
-    assert "suite tiny-findings: s-res ok, s-tok ok, s-seed ok" in done.stdout, out
+    assert "suite tiny-findings: s-res ok, s-tok ok, s-long ok, s-seed ok" in done.stdout, out
     assert "error" not in done.stderr.lower(), done.stderr
-    studies = ("s-res", "s-tok", "s-seed")
+    studies = ("s-res", "s-tok", "s-long", "s-seed")
     rows = pd.concat([pd.read_parquet(tmp_path / "results" / name / "trials.parquet") for name in studies])
-    assert (rows.status == "finished").all() and len(rows) == 5
+    assert (rows.status == "finished").all() and len(rows) == 6
     trained = rows[rows.adopted_from.isna()]
-    assert len(trained) == 4 and trained.trial_id.is_unique, rows[["study", "trial_id", "adopted_from"]]
+    assert len(trained) == 5 and trained.trial_id.is_unique, rows[["study", "trial_id", "adopted_from"]]
     [part] = json.loads((tmp_path / "results" / "suites" / "tiny-findings.json").read_text())["runs"]
-    assert part["outcome"] == "complete" and part["ended"] and part["trained"] == 4, part
+    assert part["outcome"] == "complete" and part["ended"] and part["trained"] == 5, part
     for name in studies:
         assert (tmp_path / "results" / name / "report.html").exists()
 
